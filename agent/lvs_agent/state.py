@@ -1,0 +1,103 @@
+"""What the kernel holds (observed) and what this engine created (owned).
+
+IPVS has no labels, so ownership is a record kept by the engine; it is
+persisted as JSON on the node so a restart knows its own objects and leaves
+everybody else's (kube-proxy's, keepalived's, hand-made) alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvs_model.nodespec import DestKey, Service, ServiceKey
+
+
+@dataclass(frozen=True)
+class LinkState:
+    kind: str  # "dummy", "ipip", ... ("" if unknown)
+    up: bool
+
+
+@dataclass
+class Observed:
+    services: dict[ServiceKey, Service] = field(default_factory=dict)
+    addresses: set[tuple[str, str]] = field(default_factory=set)  # (device, address)
+    links: dict[str, LinkState] = field(default_factory=dict)
+    sysctls: dict[str, str | None] = field(default_factory=dict)  # None: no such sysctl
+
+    def has_address(self, address: str) -> bool:
+        return any(a == address for _, a in self.addresses)
+
+
+def _skey(d: dict) -> ServiceKey:
+    return ServiceKey(d["family"], d["protocol"], d["address"], d["port"], d.get("fwmark", 0))
+
+
+def _skey_json(k: ServiceKey) -> dict:
+    return {"family": k.family, "protocol": k.protocol, "address": k.address, "port": k.port,
+            "fwmark": k.fwmark}
+
+
+@dataclass
+class Ownership:
+    """Kernel objects this engine created, and the sysctl values it replaced."""
+
+    services: set[ServiceKey] = field(default_factory=set)
+    dests: dict[ServiceKey, set[DestKey]] = field(default_factory=dict)
+    addresses: set[tuple[str, str]] = field(default_factory=set)
+    links: dict[str, str] = field(default_factory=dict)  # name -> "created" | "upped"
+    sysctls: dict[str, str | None] = field(default_factory=dict)  # name -> original value
+
+    def copy(self) -> "Ownership":
+        return Ownership(set(self.services), {k: set(v) for k, v in self.dests.items()},
+                         set(self.addresses), dict(self.links), dict(self.sysctls))
+
+    def to_json(self) -> dict:
+        return {
+            "version": 1,
+            "services": [
+                {**_skey_json(k), "dests": [[d.address, d.port] for d in sorted(self.dests.get(k, ()))]}
+                for k in sorted(self.services)
+            ],
+            "addresses": sorted([list(a) for a in self.addresses]),
+            "links": dict(sorted(self.links.items())),
+            "sysctls": dict(sorted(self.sysctls.items())),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Ownership":
+        own = cls()
+        for s in data.get("services", []):
+            k = _skey(s)
+            own.services.add(k)
+            own.dests[k] = {DestKey(a, p) for a, p in s.get("dests", [])}
+        own.addresses = {(d, a) for d, a in data.get("addresses", [])}
+        own.links = dict(data.get("links", {}))
+        own.sysctls = dict(data.get("sysctls", {}))
+        return own
+
+
+class OwnershipStore:
+    """The ownership record on disk, replaced atomically so a crash mid-write
+    leaves the previous record intact."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def load(self) -> Ownership:
+        try:
+            return Ownership.from_json(json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return Ownership()
+
+    def save(self, own: Ownership) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ownership.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(own.to_json(), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

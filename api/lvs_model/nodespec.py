@@ -1,0 +1,519 @@
+"""The per-node desired state: what one node's kernel must hold.
+
+The operator compiles it, the agent (or ``lvsctl apply``) makes the kernel
+match it. Values are frozen and hashable so the planner can diff them with
+plain equality. Parsing never raises for one bad service: it keeps the good
+ones and returns a FieldError for each bad one, because one tenant's mistake
+must not stop the other services on the node.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from . import kernel as K
+from .errors import FieldError, SpecError
+
+DIRECTOR_DEVICE = "kube-lvs0"  # dummy device holding director VIPs (cf. kube-ipvs0)
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """How the kernel identifies a virtual service."""
+
+    family: str  # "ipv4" | "ipv6"
+    protocol: str  # "tcp" | "udp" | "sctp" | "" for fwmark
+    address: str  # canonical text, "" for fwmark
+    port: int
+    fwmark: int = 0
+
+    def __str__(self) -> str:
+        if self.fwmark:
+            return f"fwm:{self.fwmark}" + ("/v6" if self.family == "ipv6" else "")
+        host = f"[{self.address}]" if self.family == "ipv6" else self.address
+        return f"{self.protocol}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, order=True)
+class DestKey:
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Dest:
+    address: str
+    port: int
+    weight: int = 1
+    method: str = "nat"  # nat | dr | tun
+    tunnel_type: str = "ipip"
+    tunnel_port: int = 0  # GUE only
+    tunnel_csum: str = "none"
+    upper_threshold: int = 0
+    lower_threshold: int = 0
+
+    @property
+    def key(self) -> DestKey:
+        return DestKey(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class Service:
+    family: str = "ipv4"
+    protocol: str = "tcp"
+    address: str = ""
+    port: int = 0
+    fwmark: int = 0
+    scheduler: str = "wlc"
+    scheduler_flags: tuple[str, ...] = ()
+    persistence_timeout: int = 0  # seconds; 0 = not persistent
+    persistence_netmask: str = ""  # "" = host (/32 or /128)
+    one_packet: bool = False
+    dests: tuple[Dest, ...] = ()
+    name: str = ""  # who asked for it (namespace/name); for status only
+
+    @property
+    def key(self) -> ServiceKey:
+        if self.fwmark:
+            return ServiceKey(self.family, "", "", 0, self.fwmark)
+        return ServiceKey(self.family, self.protocol, self.address, self.port)
+
+    @property
+    def flags(self) -> int:
+        bits = 0
+        if self.persistence_timeout:
+            bits |= K.SVC_F_PERSISTENT
+        if self.one_packet:
+            bits |= K.SVC_F_ONEPACKET
+        for f in self.scheduler_flags:
+            bits |= K.SCHED_FLAGS[f][1]
+        return bits
+
+    @property
+    def netmask(self) -> str:
+        """The netmask the kernel stores: IPv4 dotted, IPv6 prefix length."""
+        if self.persistence_netmask:
+            return self.persistence_netmask
+        return "255.255.255.255" if self.family == "ipv4" else "128"
+
+    def attrs(self) -> tuple:
+        """Everything `ipvsadm -E` can change; equality means no SetService."""
+        return (self.scheduler, self.flags, self.persistence_timeout, self.netmask)
+
+
+@dataclass(frozen=True)
+class LocalAddress:
+    """An address the node must hold: a director VIP or a backend VIP."""
+
+    address: str  # canonical, no prefix
+    device: str = DIRECTOR_DEVICE
+
+    @property
+    def prefixlen(self) -> int:
+        return 128 if ":" in self.address else 32
+
+
+@dataclass(frozen=True)
+class BackendVip:
+    """A VIP this node serves as a DR or TUN real server."""
+
+    address: str
+    method: str  # dr | tun
+    tunnel_type: str = "ipip"
+
+    @property
+    def device(self) -> str:
+        if self.method == "dr":
+            return "lo"
+        v6 = ":" in self.address
+        return {"ipip": "ip6tnl0" if v6 else "tunl0", "gre": "gre0", "gue": "tunl0"}[self.tunnel_type]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node: str = ""
+    services: tuple[Service, ...] = ()
+    director_addresses: tuple[LocalAddress, ...] = ()
+    backend_vips: tuple[BackendVip, ...] = ()
+    # The device that carries LVS traffic (ARP and rp_filter get scoped to it);
+    # "" lets the agent pick the device of the default route.
+    uplink: str = ""
+    sysctls: tuple[tuple[str, str], ...] = ()
+
+    def service(self, key: ServiceKey) -> Service | None:
+        return next((s for s in self.services if s.key == key), None)
+
+
+# --------------------------------------------------------------------------
+# Derived kernel settings
+# --------------------------------------------------------------------------
+
+def effective_sysctls(spec: NodeSpec, uplink: str) -> dict[str, str]:
+    """Sysctls implied by the services and backend VIPs, plus explicit ones.
+
+    ARP settings are scoped to the uplink (and the tunnel device), never to
+    ``all``: a global arp_ignore broke CNIs and kube-proxy externalIPs
+    (kubernetes#71555). rp_filter's effective value is max(all, dev), so
+    TUN needs ``all`` at 0 too.
+    """
+    out: dict[str, str] = {}
+    methods = {d.method for s in spec.services for d in s.dests}
+    families = {s.family for s in spec.services if any(d.method == "nat" for d in s.dests)}
+    if "nat" in methods:
+        if "ipv4" in families:
+            out["net.ipv4.ip_forward"] = "1"
+        if "ipv6" in families:
+            out["net.ipv6.conf.all.forwarding"] = "1"
+    if spec.services:
+        # Expire connections to removed dests, as kube-proxy does.
+        out["net.ipv4.vs.expire_nodest_conn"] = "1"
+        out["net.ipv4.vs.expire_quiescent_template"] = "1"
+    v4_backends = [v for v in spec.backend_vips if ":" not in v.address]
+    if v4_backends and uplink:
+        out[f"net.ipv4.conf.{uplink}.arp_ignore"] = "1"
+        out[f"net.ipv4.conf.{uplink}.arp_announce"] = "2"
+    for v in v4_backends:
+        if v.method == "tun":
+            out["net.ipv4.conf.all.rp_filter"] = "0"
+            out[f"net.ipv4.conf.{v.device}.rp_filter"] = "0"
+            if uplink:
+                out[f"net.ipv4.conf.{uplink}.rp_filter"] = "0"
+    out.update(dict(spec.sysctls))
+    return out
+
+
+def local_addresses(spec: NodeSpec) -> tuple[LocalAddress, ...]:
+    """Every address the node must hold, director and backend side."""
+    backend = tuple(LocalAddress(v.address, v.device) for v in spec.backend_vips)
+    return tuple(dict.fromkeys(spec.director_addresses + backend))
+
+
+# --------------------------------------------------------------------------
+# Parsing and validation
+# --------------------------------------------------------------------------
+
+def _canon_ip(value: Any, path: str, errors: list[FieldError], family: str | None = None) -> str:
+    try:
+        ip = ipaddress.ip_address(str(value))
+    except ValueError:
+        errors.append(FieldError(path, f"{value!r} is not an IP address"))
+        return ""
+    fam = "ipv6" if ip.version == 6 else "ipv4"
+    if family and fam != family:
+        errors.append(FieldError(path, f"{ip} is {fam} but the service is {family}"))
+    return str(ip)
+
+
+def _int(d: Mapping, key: str, path: str, errors: list[FieldError], default: int,
+         lo: int, hi: int, hint: str = "") -> int:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(FieldError(f"{path}.{key}", f"must be an integer, got {value!r}"))
+        return default
+    if not lo <= value <= hi:
+        errors.append(FieldError(f"{path}.{key}", f"{value} is out of range {lo}-{hi}{hint}"))
+    return value
+
+
+def _choice(d: Mapping, key: str, path: str, errors: list[FieldError], default: str,
+            choices: Iterable[str]) -> str:
+    value = d.get(key, default)
+    choices = tuple(choices)
+    if value not in choices:
+        errors.append(FieldError(f"{path}.{key}", f"{value!r} is not one of {', '.join(choices)}"))
+        return default
+    return value
+
+
+def _known_keys(d: Mapping, allowed: set[str], path: str, errors: list[FieldError]) -> None:
+    for k in d:
+        if k not in allowed:
+            errors.append(FieldError(f"{path}.{k}", f"unknown field (known: {', '.join(sorted(allowed))})"))
+
+
+_DEST_KEYS = {"address", "port", "weight", "method", "tunnel", "upperThreshold", "lowerThreshold"}
+_SVC_KEYS = {"name", "family", "protocol", "address", "port", "fwmark", "scheduler",
+             "schedulerFlags", "persistence", "onePacket", "dests"}
+
+
+def parse_dest(d: Any, path: str, svc: Service, errors: list[FieldError]) -> Dest | None:
+    if not isinstance(d, Mapping):
+        errors.append(FieldError(path, "must be a mapping"))
+        return None
+    n = len(errors)
+    _known_keys(d, _DEST_KEYS, path, errors)
+    if "address" not in d:
+        errors.append(FieldError(f"{path}.address", "is required"))
+        return None
+    address = _canon_ip(d["address"], f"{path}.address", errors, svc.family)
+    method = _choice(d, "method", path, errors, "nat", K.METHODS)
+    default_port = svc.port
+    port = _int(d, "port", path, errors, default_port, 0, 65535)
+    if svc.fwmark and "port" not in d:
+        port = 0
+    weight = _int(d, "weight", path, errors, 1, 0, K.MAX_WEIGHT, " (0 drains the server)")
+    upper = _int(d, "upperThreshold", path, errors, 0, 0, 2**31 - 1, " (0 means no limit)")
+    lower = _int(d, "lowerThreshold", path, errors, 0, 0, 2**31 - 1)
+    if upper and lower > upper:
+        errors.append(FieldError(f"{path}.lowerThreshold",
+                                 f"{lower} is above upperThreshold {upper}"))
+    tunnel = d.get("tunnel") or {}
+    ttype, tport, tcsum = "ipip", 0, "none"
+    if tunnel:
+        if method != "tun":
+            errors.append(FieldError(f"{path}.tunnel", "only applies to method tun"))
+        elif not isinstance(tunnel, Mapping):
+            errors.append(FieldError(f"{path}.tunnel", "must be a mapping"))
+        else:
+            tpath = f"{path}.tunnel"
+            _known_keys(tunnel, {"type", "port", "checksum"}, tpath, errors)
+            ttype = _choice(tunnel, "type", tpath, errors, "ipip", K.TUNNEL_TYPES)
+            tport = _int(tunnel, "port", tpath, errors, 0, 0, 65535)
+            tcsum = _choice(tunnel, "checksum", tpath, errors, "none", K.TUNNEL_CSUM)
+            if ttype == "gue" and not tport:
+                errors.append(FieldError(f"{tpath}.port", "GUE needs the UDP port the real server decapsulates on"))
+            if ttype != "gue" and tport:
+                errors.append(FieldError(f"{tpath}.port", "only GUE tunnels have a port"))
+            if ttype == "ipip" and tcsum != "none":
+                errors.append(FieldError(f"{tpath}.checksum", "ipip has no checksum option; use gue or gre"))
+    if method in ("dr", "tun") and not svc.fwmark and port != svc.port:
+        errors.append(FieldError(
+            f"{path}.port",
+            f"{port} differs from the service port {svc.port}: only method nat can map ports "
+            "(DR and TUN deliver the packet unchanged)"))
+    if len(errors) != n:
+        return None
+    return Dest(address, port, weight, method, ttype, tport, tcsum, upper, lower)
+
+
+def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None:
+    """Parse one service; None (and errors) if anything about it is wrong."""
+    if not isinstance(d, Mapping):
+        errors.append(FieldError(path, "must be a mapping"))
+        return None
+    n = len(errors)
+    _known_keys(d, _SVC_KEYS, path, errors)
+    fwmark = _int(d, "fwmark", path, errors, 0, 0, 2**32 - 1)
+    family = _choice(d, "family", path, errors, "", ("", *K.FAMILIES))
+    address, port, protocol = "", 0, d.get("protocol", "tcp")
+    if fwmark:
+        for k in ("address", "port", "protocol"):
+            if k in d:
+                errors.append(FieldError(
+                    f"{path}.{k}",
+                    "a firewall-mark service is matched by its mark alone: drop address, port and protocol"))
+        family = family or "ipv4"
+        protocol = ""
+    else:
+        if "address" not in d:
+            errors.append(FieldError(f"{path}.address", "is required (or give fwmark)"))
+            return None
+        address = _canon_ip(d["address"], f"{path}.address", errors, family or None)
+        if address:
+            family = family or ("ipv6" if ":" in address else "ipv4")
+            if ipaddress.ip_address(address).is_unspecified:
+                errors.append(FieldError(
+                    f"{path}.address",
+                    f"{address} never matches a packet: IPVS matches the virtual address exactly. "
+                    "Use the real VIP, or a firewall-mark service (fwmark) to catch many addresses"))
+        protocol = _choice(d, "protocol", path, errors, "tcp", K.PROTOCOLS)
+        if "port" not in d:
+            errors.append(FieldError(f"{path}.port", "is required (0 means all ports, with persistence)"))
+        port = _int(d, "port", path, errors, 0, 0, 65535)
+        if port == 0 and "port" in d and not (d.get("persistence") or {}).get("timeout"):
+            errors.append(FieldError(f"{path}.port",
+                                     "port 0 (all ports) needs persistence.timeout, as ipvsadm -p requires"))
+    scheduler = _choice(d, "scheduler", path, errors, "wlc", K.SCHEDULERS)
+    flags = d.get("schedulerFlags") or []
+    if not isinstance(flags, list):
+        errors.append(FieldError(f"{path}.schedulerFlags", "must be a list"))
+        flags = []
+    for i, f in enumerate(flags):
+        if f not in K.SCHED_FLAGS:
+            errors.append(FieldError(f"{path}.schedulerFlags[{i}]",
+                                     f"{f!r} is not one of {', '.join(K.SCHED_FLAGS)}"))
+        elif scheduler not in K.SCHED_FLAGS[f][0]:
+            errors.append(FieldError(f"{path}.schedulerFlags[{i}]",
+                                     f"{f} only applies to scheduler {K.SCHED_FLAGS[f][0][0]}, not {scheduler}"))
+    persistence = d.get("persistence") or {}
+    timeout, netmask = 0, ""
+    if not isinstance(persistence, Mapping):
+        errors.append(FieldError(f"{path}.persistence", "must be a mapping"))
+    elif persistence:
+        ppath = f"{path}.persistence"
+        _known_keys(persistence, {"timeout", "netmask"}, ppath, errors)
+        timeout = _int(persistence, "timeout", ppath, errors, 300, 1, K.MAX_TIMEOUT)
+        if "netmask" in persistence:
+            netmask = _parse_netmask(persistence["netmask"], family, f"{ppath}.netmask", errors)
+    one_packet = d.get("onePacket", False)
+    if not isinstance(one_packet, bool):
+        errors.append(FieldError(f"{path}.onePacket", "must be true or false"))
+        one_packet = False
+    elif one_packet and protocol not in ("udp", ""):
+        errors.append(FieldError(f"{path}.onePacket", "one-packet scheduling is for UDP services"))
+    if len(errors) != n:
+        return None
+    svc = Service(family, protocol, address, port, fwmark, scheduler, tuple(flags), timeout,
+                  netmask, one_packet, (), str(d.get("name", "")))
+    dests_raw = d.get("dests") or []
+    if not isinstance(dests_raw, list):
+        errors.append(FieldError(f"{path}.dests", "must be a list"))
+        return None
+    dests: list[Dest] = []
+    seen: set[DestKey] = set()
+    for i, dd in enumerate(dests_raw):
+        dest = parse_dest(dd, f"{path}.dests[{i}]", svc, errors)
+        if dest is None:
+            continue
+        if dest.key in seen:
+            errors.append(FieldError(f"{path}.dests[{i}]", f"{dest.key} is listed twice"))
+            continue
+        seen.add(dest.key)
+        dests.append(dest)
+    if len(errors) != n:
+        return None
+    return replace(svc, dests=tuple(dests))
+
+
+def _parse_netmask(value: Any, family: str, path: str, errors: list[FieldError]) -> str:
+    text = str(value)
+    if family == "ipv6":
+        try:
+            plen = int(text.lstrip("/"))
+        except ValueError:
+            errors.append(FieldError(path, f"{value!r}: an IPv6 persistence netmask is a prefix length 1-128"))
+            return ""
+        if not 1 <= plen <= 128:
+            errors.append(FieldError(path, f"{plen} is out of range 1-128"))
+        return str(plen)
+    try:
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{text.lstrip('/')}").netmask)
+    except ValueError:
+        errors.append(FieldError(path, f"{value!r} is not an IPv4 netmask (e.g. 255.255.255.0 or 24)"))
+        return ""
+
+
+def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
+    """Parse a node spec document; bad services are dropped and reported."""
+    errors: list[FieldError] = []
+    if not isinstance(data, Mapping):
+        return NodeSpec(), [FieldError("spec", "must be a mapping")]
+    _known_keys(data, {"node", "services", "directorAddresses", "backendVips", "uplink", "sysctls"},
+                "spec", errors)
+    services: list[Service] = []
+    seen: dict[ServiceKey, int] = {}
+    for i, raw in enumerate(data.get("services") or []):
+        path = f"services[{i}]"
+        svc = parse_service(raw, path, errors)
+        if svc is None:
+            continue
+        if svc.key in seen:
+            errors.append(FieldError(path, f"{svc.key} is already declared by services[{seen[svc.key]}]"))
+            continue
+        seen[svc.key] = i
+        services.append(svc)
+    director: list[LocalAddress] = []
+    for i, raw in enumerate(data.get("directorAddresses") or []):
+        path = f"directorAddresses[{i}]"
+        raw = raw if isinstance(raw, Mapping) else {"address": raw}
+        addr = _canon_ip(raw.get("address"), f"{path}.address", errors)
+        if addr:
+            director.append(LocalAddress(addr, str(raw.get("device", DIRECTOR_DEVICE))))
+    backend: list[BackendVip] = []
+    for i, raw in enumerate(data.get("backendVips") or []):
+        path = f"backendVips[{i}]"
+        if not isinstance(raw, Mapping):
+            errors.append(FieldError(path, "must be a mapping"))
+            continue
+        n = len(errors)
+        addr = _canon_ip(raw.get("address"), f"{path}.address", errors)
+        method = _choice(raw, "method", path, errors, "tun", ("dr", "tun"))
+        ttype = _choice(raw, "tunnelType", path, errors, "ipip", K.TUNNEL_TYPES)
+        if len(errors) == n:
+            backend.append(BackendVip(addr, method, ttype))
+    sysctls = data.get("sysctls") or {}
+    if not isinstance(sysctls, Mapping):
+        errors.append(FieldError("sysctls", "must be a mapping of name to value"))
+        sysctls = {}
+    spec = NodeSpec(
+        node=str(data.get("node", "")),
+        services=tuple(services),
+        director_addresses=tuple(dict.fromkeys(director)),
+        backend_vips=tuple(dict.fromkeys(backend)),
+        uplink=str(data.get("uplink", "")),
+        sysctls=tuple(sorted((str(k), str(v)) for k, v in sysctls.items())),
+    )
+    return spec, errors
+
+
+def parse_node_spec_strict(data: Any) -> NodeSpec:
+    spec, errors = parse_node_spec(data)
+    if errors:
+        raise SpecError(errors)
+    return spec
+
+
+def dump_service(s: Service) -> dict:
+    """The document form of a service (inverse of parse_service)."""
+    out: dict[str, Any] = {}
+    if s.name:
+        out["name"] = s.name
+    if s.fwmark:
+        out["fwmark"] = s.fwmark
+        out["family"] = s.family
+    else:
+        out.update(protocol=s.protocol, address=s.address, port=s.port)
+    out["scheduler"] = s.scheduler
+    if s.scheduler_flags:
+        out["schedulerFlags"] = list(s.scheduler_flags)
+    if s.persistence_timeout:
+        p: dict[str, Any] = {"timeout": s.persistence_timeout}
+        if s.persistence_netmask:
+            p["netmask"] = s.persistence_netmask
+        out["persistence"] = p
+    if s.one_packet:
+        out["onePacket"] = True
+    out["dests"] = [dump_dest(d) for d in s.dests]
+    return out
+
+
+def dump_dest(d: Dest) -> dict:
+    out: dict[str, Any] = {"address": d.address, "port": d.port, "weight": d.weight, "method": d.method}
+    if d.method == "tun" and (d.tunnel_type != "ipip" or d.tunnel_port or d.tunnel_csum != "none"):
+        t: dict[str, Any] = {"type": d.tunnel_type}
+        if d.tunnel_port:
+            t["port"] = d.tunnel_port
+        if d.tunnel_csum != "none":
+            t["checksum"] = d.tunnel_csum
+        out["tunnel"] = t
+    if d.upper_threshold:
+        out["upperThreshold"] = d.upper_threshold
+    if d.lower_threshold:
+        out["lowerThreshold"] = d.lower_threshold
+    return out
+
+
+def dump_node_spec(spec: NodeSpec) -> dict:
+    out: dict[str, Any] = {}
+    if spec.node:
+        out["node"] = spec.node
+    out["services"] = [dump_service(s) for s in spec.services]
+    if spec.director_addresses:
+        out["directorAddresses"] = [
+            {"address": a.address, **({"device": a.device} if a.device != DIRECTOR_DEVICE else {})}
+            for a in spec.director_addresses]
+    if spec.backend_vips:
+        out["backendVips"] = [
+            {"address": v.address, "method": v.method,
+             **({"tunnelType": v.tunnel_type} if v.tunnel_type != "ipip" else {})}
+            for v in spec.backend_vips]
+    if spec.uplink:
+        out["uplink"] = spec.uplink
+    if spec.sysctls:
+        out["sysctls"] = dict(spec.sysctls)
+    return out
