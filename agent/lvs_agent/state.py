@@ -28,9 +28,6 @@ class Observed:
     links: dict[str, LinkState] = field(default_factory=dict)
     sysctls: dict[str, str | None] = field(default_factory=dict)  # None: no such sysctl
 
-    def has_address(self, address: str) -> bool:
-        return any(a == address for _, a in self.addresses)
-
 
 def _skey(d: dict) -> ServiceKey:
     return ServiceKey(d["family"], d["protocol"], d["address"], d["port"], d.get("fwmark", 0))

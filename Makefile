@@ -1,0 +1,57 @@
+# Entry points. `make demo` runs the local demo of the whole system, `make test`
+# runs every test tier this machine can run. Both install what they need.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+PYTEST := $(PYTHON) -m pytest -p no:cacheprovider -rs
+RESULTS := build/test-results
+LAB_TIMEOUT ?= 2400
+
+.PHONY: all venv lab k8s test test-unit test-kernel test-cluster e2e demo cluster bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q -U pip
+	$(PYTHON) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lab: venv
+	bash lab/setup.sh
+
+k8s:
+	bash cluster/build.sh
+
+test-unit: venv
+	@mkdir -p $(RESULTS)
+	$(PYTEST) tests/unit -q --junitxml=$(RESULTS)/unit.xml
+
+# The kernel tier runs inside the lab VM: a real IPVS kernel, real traffic.
+test-kernel: lab
+	@mkdir -p $(RESULTS)
+	$(PYTHON) -m lvs_lab run --timeout $(LAB_TIMEOUT) -- \
+	  $(PYTHON) -m pytest -p no:cacheprovider -rs tests/kernel -q --junitxml=$(RESULTS)/kernel.xml
+
+# The control-plane tier: real etcd + kube-apiserver + kube-controller-manager.
+test-cluster: venv k8s
+	@mkdir -p $(RESULTS)
+	$(PYTEST) tests/cluster -q --junitxml=$(RESULTS)/cluster.xml
+
+test: venv
+	@rm -rf $(RESULTS); mkdir -p $(RESULTS)
+	@rc=0; \
+	$(MAKE) --no-print-directory test-unit || rc=1; \
+	$(MAKE) --no-print-directory test-kernel || rc=1; \
+	$(MAKE) --no-print-directory test-cluster || rc=1; \
+	$(PYTHON) tests/summarize.py $(RESULTS); \
+	exit $$rc
+
+cluster: venv k8s
+	$(PYTHON) -m lvs_cluster up
+
+clean:
+	rm -rf build $(VENV)
