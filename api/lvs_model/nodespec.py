@@ -63,6 +63,20 @@ class Dest:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """How a director checks its real servers (no kernel state: agent-side only)."""
+
+    type: str = "none"  # none | tcp | http | https
+    port: int = 0  # 0: the dest's port
+    path: str = "/"
+    expected_status: int = 200
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
 class Service:
     family: str = "ipv4"
     protocol: str = "tcp"
@@ -76,6 +90,7 @@ class Service:
     one_packet: bool = False
     dests: tuple[Dest, ...] = ()
     name: str = ""  # who asked for it (namespace/name); for status only
+    health: HealthCheck = HealthCheck()
 
     @property
     def key(self) -> ServiceKey:
@@ -238,7 +253,46 @@ def _known_keys(d: Mapping, allowed: set[str], path: str, errors: list[FieldErro
 
 _DEST_KEYS = {"address", "port", "weight", "method", "tunnel", "upperThreshold", "lowerThreshold"}
 _SVC_KEYS = {"name", "family", "protocol", "address", "port", "fwmark", "scheduler",
-             "schedulerFlags", "persistence", "onePacket", "dests"}
+             "schedulerFlags", "persistence", "onePacket", "dests", "healthCheck"}
+_HC_KEYS = {"type", "port", "path", "expectedStatus", "interval", "timeout", "rise", "fall"}
+
+
+def _number(d: Mapping, key: str, path: str, errors: list[FieldError], default: float,
+            lo: float, hi: float) -> float:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.append(FieldError(f"{path}.{key}", f"must be a number, got {value!r}"))
+        return default
+    if not lo <= value <= hi:
+        errors.append(FieldError(f"{path}.{key}", f"{value} is out of range {lo:g}-{hi:g}"))
+    return float(value)
+
+
+def parse_health_check(d: Any, path: str, errors: list[FieldError]) -> HealthCheck:
+    if not d:
+        return HealthCheck()
+    if not isinstance(d, Mapping):
+        errors.append(FieldError(path, "must be a mapping"))
+        return HealthCheck()
+    _known_keys(d, _HC_KEYS, path, errors)
+    kind = _choice(d, "type", path, errors, "tcp", ("none", "tcp", "http", "https"))
+    hc_path = d.get("path", "/")
+    if not isinstance(hc_path, str) or not hc_path.startswith("/"):
+        errors.append(FieldError(f"{path}.path", f"{hc_path!r} must be an absolute URL path like /healthz"))
+        hc_path = "/"
+    interval = _number(d, "interval", path, errors, 5.0, 0.1, 3600)
+    timeout = _number(d, "timeout", path, errors, 2.0, 0.05, 3600)
+    if timeout > interval:
+        errors.append(FieldError(f"{path}.timeout", f"{timeout:g}s is longer than interval {interval:g}s"))
+    return HealthCheck(
+        type=kind,
+        port=_int(d, "port", path, errors, 0, 0, 65535),
+        path=hc_path,
+        expected_status=_int(d, "expectedStatus", path, errors, 200, 100, 599),
+        interval=interval, timeout=timeout,
+        rise=_int(d, "rise", path, errors, 2, 1, 100),
+        fall=_int(d, "fall", path, errors, 3, 1, 100),
+    )
 
 
 def parse_dest(d: Any, path: str, svc: Service, errors: list[FieldError]) -> Dest | None:
@@ -356,10 +410,13 @@ def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None
         one_packet = False
     elif one_packet and protocol not in ("udp", ""):
         errors.append(FieldError(f"{path}.onePacket", "one-packet scheduling is for UDP services"))
+    health = parse_health_check(d.get("healthCheck"), f"{path}.healthCheck", errors)
+    if health.type != "none" and fwmark and not health.port:
+        errors.append(FieldError(f"{path}.healthCheck.port", "a firewall-mark service needs an explicit check port"))
     if len(errors) != n:
         return None
     svc = Service(family, protocol, address, port, fwmark, scheduler, tuple(flags), timeout,
-                  netmask, one_packet, (), str(d.get("name", "")))
+                  netmask, one_packet, (), str(d.get("name", "")), health)
     dests_raw = d.get("dests") or []
     if not isinstance(dests_raw, list):
         errors.append(FieldError(f"{path}.dests", "must be a list"))
@@ -478,6 +535,11 @@ def dump_service(s: Service) -> dict:
         out["persistence"] = p
     if s.one_packet:
         out["onePacket"] = True
+    if s.health != HealthCheck():
+        h = s.health
+        out["healthCheck"] = {"type": h.type, "port": h.port, "path": h.path,
+                              "expectedStatus": h.expected_status, "interval": h.interval,
+                              "timeout": h.timeout, "rise": h.rise, "fall": h.fall}
     out["dests"] = [dump_dest(d) for d in s.dests]
     return out
 

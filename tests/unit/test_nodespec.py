@@ -114,3 +114,12 @@ def test_nat_director_forwards_per_family():
     spec = parse_node_spec_strict({"services": [svc(), svc(address="fd00::1", dests=[{"address": "fd00:1::5"}])]})
     s = effective_sysctls(spec, "")
     assert s["net.ipv4.ip_forward"] == "1" and s["net.ipv6.conf.all.forwarding"] == "1"
+
+
+def test_health_check_parses_validates_and_round_trips():
+    spec = parse_node_spec_strict({"services": [svc(healthCheck={"type": "http", "path": "/healthz", "interval": 1, "timeout": 0.5, "rise": 1, "fall": 2})]})
+    h = spec.services[0].health
+    assert (h.type, h.path, h.interval, h.fall) == ("http", "/healthz", 1.0, 2)
+    assert parse_node_spec_strict(dump_node_spec(spec)) == spec
+    _, errors = parse_node_spec({"services": [svc(healthCheck={"type": "http", "path": "healthz", "interval": 1, "timeout": 3})]})
+    assert {e.path for e in errors} == {"services[0].healthCheck.path", "services[0].healthCheck.timeout"}
