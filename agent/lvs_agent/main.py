@@ -1,0 +1,240 @@
+"""`lvs-agent`: the node agent's shell.
+
+Watches only its own node's NodeState objects (label selector), programs them
+with the engine, runs the health checks, writes status, serves metrics. What
+it never does: flush IPVS, reset weights on start or stop, or drop the kernel
+state because the API server is away. It keeps the last objects it saw in a
+cache file beside the ownership record, so a restart during an API outage
+still knows what to hold and keeps health-checking.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .health import HealthChecker, effective_spec
+from .nodestate import GROUP, NODE_LABEL, PLURAL, VERSION, build_status, merge, status_changed
+
+log = logging.getLogger("lvs-agent")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Backoff:
+    """Exponential backoff with jitter, 1 s doubling to 60 s."""
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0):
+        self.first, self.cap, self.delay = first, cap, first
+
+    def next(self) -> float:
+        d = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return d * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Agent:
+    def __init__(self, node: str, namespace: str, engine: Any, api: Any, cache_path: Path,
+                 resync: float = 30.0, conn_status_interval: float = 30.0):
+        self.node, self.namespace, self.engine, self.api = node, namespace, engine, api
+        self.cache_path = cache_path
+        self.resync, self.conn_status_interval = resync, conn_status_interval
+        self.objects: dict[str, dict] = {}
+        self.synced = False
+        self.stopping = False
+        self.reconciles = 0
+        self.reconcile_errors = 0
+        self.last_duration = 0.0
+        self._last_status_write: dict[str, float] = {}
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.checker = HealthChecker(on_change=self.wake)
+
+    # -- events --------------------------------------------------------------
+    def wake(self) -> None:
+        if self._loop and self._wake:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _load_cache(self) -> None:
+        try:
+            self.objects = json.loads(self.cache_path.read_text())
+            self.synced = True
+            log.info("API server unreachable at start: using %d cached objects", len(self.objects))
+        except (FileNotFoundError, ValueError):
+            pass
+
+    def _save_cache(self) -> None:
+        tmp = self.cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.objects))
+        os.replace(tmp, self.cache_path)
+
+    def _watch_forever(self) -> None:
+        """List then watch, in a thread; relists after any error, with backoff."""
+        from kubernetes import watch
+        backoff = Backoff()
+        selector = f"{NODE_LABEL}={self.node}"
+        while not self.stopping:
+            try:
+                listed = self.api.list_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, label_selector=selector)
+                self.objects = {o["metadata"]["name"]: o for o in listed["items"]}
+                self.synced = True
+                self._save_cache()
+                self.wake()
+                backoff.reset()
+                rv = listed["metadata"]["resourceVersion"]
+                w = watch.Watch()
+                for ev in w.stream(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                   PLURAL, label_selector=selector, resource_version=rv,
+                                   timeout_seconds=300, allow_watch_bookmarks=True):
+                    if self.stopping:
+                        w.stop()
+                        break
+                    obj, kind = ev["object"], ev["type"]
+                    if kind == "BOOKMARK":
+                        continue
+                    if kind == "ERROR":
+                        break
+                    name = obj["metadata"]["name"]
+                    if kind == "DELETED":
+                        self.objects.pop(name, None)
+                    else:
+                        self.objects[name] = obj
+                    self._save_cache()
+                    self.wake()
+            except Exception as e:  # noqa: BLE001 - any API failure means: back off, keep the kernel
+                delay = backoff.next()
+                log.warning("API server: %s; keeping kernel state, retrying in %.1fs", e, delay)
+                time.sleep(delay)
+
+    # -- reconcile -----------------------------------------------------------
+    async def reconcile_once(self) -> None:
+        merged = merge(self.objects, self.node)
+        self.checker.update(merged.spec)
+        started = time.monotonic()
+        try:
+            report = await asyncio.to_thread(self.engine.reconcile, effective_spec(merged.spec, self.checker.verdicts))
+            self.reconciles += 1
+        except Exception:  # noqa: BLE001
+            self.reconcile_errors += 1
+            log.exception("reconcile failed")
+            return
+        finally:
+            self.last_duration = time.monotonic() - started
+        errors = dict(getattr(report, "service_errors", {}) or {})
+        for key, why in (getattr(report, "problems", {}) or {}).items():
+            errors.setdefault(key, why)
+        try:
+            conns = await asyncio.to_thread(self.engine.connections)
+        except Exception:  # noqa: BLE001
+            conns = {}
+        programmed = effective_spec(merged.spec, self.checker.verdicts)
+        checked = {s.key for s in merged.spec.services if self.checker.checked(s.key)}
+        await asyncio.to_thread(self._write_statuses, merged, programmed, errors, checked, conns)
+
+    def _write_statuses(self, merged, programmed, errors, checked, conns) -> None:
+        now = time.monotonic()
+        for name, obj in list(self.objects.items()):
+            status = build_status(name, obj, merged, programmed, errors, self.checker.verdicts, checked, conns, _now())
+            old = obj.get("status")
+            if not status_changed(old, status):
+                continue
+            only_conns = not status_changed(_without_conns(old), _without_conns(status))
+            if only_conns and now - self._last_status_write.get(name, 0) < self.conn_status_interval:
+                continue
+            try:
+                self.api.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, self.namespace, PLURAL, name, {"status": status})
+                obj["status"] = status
+                self._last_status_write[name] = now
+            except Exception as e:  # noqa: BLE001
+                log.warning("status of %s not written: %s", name, e)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        threading.Thread(target=self._watch_forever, daemon=True).start()
+        await asyncio.sleep(0)
+        if not self.synced:
+            await asyncio.sleep(2)
+            if not self.synced:
+                self._load_cache()
+        while not self.stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.resync)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if self.synced and not self.stopping:
+                await self.reconcile_once()
+        await self.checker.stop()
+
+
+def _without_conns(status: dict | None) -> dict:
+    s = dict(status or {})
+    s["dests"] = [{k: v for k, v in d.items() if k not in ("activeConns", "inactiveConns")}
+                  for d in s.get("dests", [])]
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lvs-agent", description="kube-lvs node agent")
+    p.add_argument("--node", default=os.environ.get("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
+    p.add_argument("--namespace", default=os.environ.get("KUBE_LVS_NAMESPACE", "kube-lvs-system"))
+    p.add_argument("--state-dir", default=os.environ.get("KUBE_LVS_STATE_DIR", "/var/lib/kube-lvs"))
+    p.add_argument("--netns", default=os.environ.get("KUBE_LVS_NETNS") or None,
+                   help="program this network namespace instead of the agent's own")
+    p.add_argument("--uplink", default=os.environ.get("KUBE_LVS_UPLINK", ""))
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    p.add_argument("--resync", type=float, default=30.0, help="seconds between drift checks")
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("KUBE_LVS_METRICS_PORT", "9477")),
+                   help="Prometheus port; 0 disables")
+    p.add_argument("--metrics-address", default="0.0.0.0")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.node:
+        p.error("--node (or env NODE_NAME from the downward API) is required")
+
+    from kubernetes import client, config
+    if args.kubeconfig:
+        config.load_kube_config(args.kubeconfig)
+    else:
+        config.load_incluster_config()
+    from .engine import Engine
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    engine = Engine(state_dir / "ownership.json", netns=args.netns, uplink=args.uplink)
+    agent = Agent(args.node, args.namespace, engine, client.CustomObjectsApi(), state_dir / "nodestates.json",
+                  resync=args.resync)
+    if args.metrics_port:
+        from .metrics import serve
+        serve(agent, args.metrics_port, args.metrics_address)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Leave the kernel exactly as it is: no flush, no weight changes.
+            loop.add_signal_handler(sig, lambda: (setattr(agent, "stopping", True), agent.wake()))
+        await agent.run()
+
+    asyncio.run(run())
+    log.info("stopped; kernel state left as it is")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The agent's side of the push channel (pure).
+
+The operator writes one NodeState object per (node, VirtualService); the
+agent merges those of its node into one NodeSpec and writes back, per object,
+what it programmed and how its real servers are doing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lvs_model.errors import FieldError
+from lvs_model.nodespec import NodeSpec, ServiceKey, parse_node_spec
+
+from .health import Verdicts, dest_health
+
+GROUP = "lvs.kube-lvs.io"
+VERSION = "v1alpha1"
+PLURAL = "nodestates"
+NODE_LABEL = f"{GROUP}/node"
+
+
+@dataclass
+class Merged:
+    spec: NodeSpec
+    errors: dict[str, list[FieldError]] = field(default_factory=dict)  # object name -> errors
+    owner: dict[ServiceKey, str] = field(default_factory=dict)  # service -> object name
+
+
+def merge(objects: Mapping[str, Mapping[str, Any]], node: str) -> Merged:
+    """Merge NodeState objects (name -> object) into one spec for `node`.
+
+    A bad object, or a service declared by two objects, is reported against
+    that object and never stops the rest (first name in sort order wins).
+    """
+    services, director, backend, sysctls = [], [], [], {}
+    m = Merged(NodeSpec(node=node))
+    for name in sorted(objects):
+        spec, errors = parse_node_spec(objects[name].get("spec") or {})
+        errors = list(errors)
+        for s in spec.services:
+            if s.key in m.owner:
+                errors.append(FieldError("spec.services", f"{s.key} is already programmed by {m.owner[s.key]}"))
+                continue
+            m.owner[s.key] = name
+            services.append(s)
+        director.extend(spec.director_addresses)
+        backend.extend(spec.backend_vips)
+        sysctls.update(dict(spec.sysctls))
+        if errors:
+            m.errors[name] = errors
+    m.spec = NodeSpec(node=node, services=tuple(services), director_addresses=tuple(dict.fromkeys(director)),
+                      backend_vips=tuple(dict.fromkeys(backend)), sysctls=tuple(sorted(sysctls.items())))
+    return m
+
+
+def condition(type_: str, ok: bool, reason: str, message: str, generation: int, now: str,
+              previous: list[dict] | None = None) -> dict:
+    """A metav1.Condition; keeps lastTransitionTime while the status holds."""
+    status = "True" if ok else "False"
+    for c in previous or []:
+        if c.get("type") == type_ and c.get("status") == status:
+            now = c.get("lastTransitionTime", now)
+    return {"type": type_, "status": status, "reason": reason, "message": message[:32768],
+            "observedGeneration": generation, "lastTransitionTime": now}
+
+
+def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: NodeSpec,
+                 service_errors: Mapping[ServiceKey, str], verdicts: Verdicts,
+                 checked: set[ServiceKey], conns: Mapping[tuple[ServiceKey, str, int], tuple[int, int]],
+                 now: str) -> dict:
+    """The status the agent writes on one NodeState object."""
+    gen = int(obj.get("metadata", {}).get("generation", 0))
+    prev = (obj.get("status") or {}).get("conditions") or []
+    services, dests = [], []
+    for s in merged.spec.services:
+        if merged.owner.get(s.key) != name:
+            continue
+        err = service_errors.get(s.key, "")
+        services.append({"key": str(s.key), "programmed": not err, "error": err})
+        live = programmed.service(s.key)
+        live_weight = {d.key: d.weight for d in live.dests} if live else {}
+        for d in s.dests:
+            active, inactive = conns.get((s.key, d.address, d.port), (0, 0))
+            health = dest_health(d, verdicts.get((s.key, d.key)), s.key in checked)
+            dests.append({"service": str(s.key), "address": d.address, "port": d.port,
+                          "health": health, "weight": live_weight.get(d.key, d.weight),
+                          "activeConns": active, "inactiveConns": inactive})
+    errs = [str(e) for e in merged.errors.get(name, [])] + [
+        f"{x['key']}: {x['error']}" for x in services if x["error"]]
+    return {
+        "observedGeneration": gen,
+        "appliedAt": now,
+        "services": services,
+        "dests": dests,
+        "conditions": [condition("Programmed", not errs, "Applied" if not errs else "Failed",
+                                 "; ".join(errs) or "all services programmed", gen, now, prev)],
+    }
+
+
+def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether a write is worth it: ignore the timestamp alone."""
+    def strip(s):
+        return {k: v for k, v in (s or {}).items() if k != "appliedAt"}
+    return strip(old) != strip(new)
+

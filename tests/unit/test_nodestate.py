@@ -1,0 +1,61 @@
+"""The agent's merge of NodeState objects and the status it writes back."""
+from lvs_agent.health import UNHEALTHY, DestHealth, effective_spec
+from lvs_agent.nodestate import build_status, merge, status_changed
+
+
+def obj(name, services, gen=1, **extra):
+    return {"metadata": {"name": name, "generation": gen}, "spec": {"node": "d1", "services": services, **extra}}
+
+
+WEB = {"name": "team-a/web", "address": "192.168.0.30", "port": 80, "scheduler": "rr",
+       "healthCheck": {"type": "tcp", "interval": 1, "timeout": 0.5},
+       "dests": [{"address": "10.0.0.51"}, {"address": "10.0.0.52", "weight": 0}]}
+DNS = {"name": "team-b/dns", "address": "192.168.0.31", "port": 53, "protocol": "udp",
+       "dests": [{"address": "10.0.0.53"}]}
+
+
+def test_merge_unions_objects_and_reports_bad_ones_without_stopping_others():
+    objs = {
+        "d1-a-web": obj("d1-a-web", [WEB], directorAddresses=["192.168.0.30"]),
+        "d1-b-dns": obj("d1-b-dns", [DNS], sysctls={"net.ipv4.vs.conntrack": "1"}),
+        "d1-c-bad": obj("d1-c-bad", [{**DNS, "address": "0.0.0.0"}]),
+        "d1-z-dup": obj("d1-z-dup", [{**WEB, "scheduler": "wlc"}]),
+    }
+    m = merge(objs, "d1")
+    assert [s.port for s in m.spec.services] == [80, 53]
+    assert m.spec.services[0].scheduler == "rr"  # d1-a-web sorts first and wins
+    assert set(m.errors) == {"d1-c-bad", "d1-z-dup"}
+    assert "already programmed by d1-a-web" in str(m.errors["d1-z-dup"][0])
+    assert m.spec.director_addresses[0].address == "192.168.0.30"
+    assert dict(m.spec.sysctls) == {"net.ipv4.vs.conntrack": "1"}
+
+
+def test_status_carries_health_weights_conns_and_conditions():
+    objs = {"d1-a-web": obj("d1-a-web", [WEB], gen=4), "d1-c-bad": obj("d1-c-bad", [{**DNS, "port": -1}])}
+    m = merge(objs, "d1")
+    web = m.spec.services[0]
+    verdicts = {(web.key, web.dests[0].key): DestHealth(UNHEALTHY)}
+    programmed = effective_spec(m.spec, verdicts)
+    conns = {(web.key, "10.0.0.51", 80): (3, 7)}
+    st = build_status("d1-a-web", objs["d1-a-web"], m, programmed, {}, verdicts, {web.key}, conns, "T")
+    assert st["observedGeneration"] == 4
+    assert st["services"] == [{"key": "tcp:192.168.0.30:80", "programmed": True, "error": ""}]
+    assert st["dests"][0] == {"service": "tcp:192.168.0.30:80", "address": "10.0.0.51", "port": 80,
+                              "health": "Unhealthy", "weight": 0, "activeConns": 3, "inactiveConns": 7}
+    assert st["dests"][1]["health"] == "Draining"
+    assert st["conditions"][0]["status"] == "True"
+    bad = build_status("d1-c-bad", objs["d1-c-bad"], m, programmed, {}, {}, set(), {}, "T")
+    assert bad["conditions"][0]["status"] == "False" and "services[0].port" in bad["conditions"][0]["message"]
+    failed = build_status("d1-a-web", objs["d1-a-web"], m, programmed, {web.key: "ENOENT: no scheduler"}, {}, set(), {}, "T")
+    assert failed["services"][0]["programmed"] is False
+    assert "ENOENT" in failed["conditions"][0]["message"]
+
+
+def test_condition_keeps_transition_time_and_status_change_ignores_timestamp():
+    objs = {"d1-a-web": obj("d1-a-web", [WEB])}
+    m = merge(objs, "d1")
+    first = build_status("d1-a-web", objs["d1-a-web"], m, m.spec, {}, {}, set(), {}, "T1")
+    objs["d1-a-web"]["status"] = first
+    second = build_status("d1-a-web", objs["d1-a-web"], m, m.spec, {}, {}, set(), {}, "T2")
+    assert second["conditions"][0]["lastTransitionTime"] == "T1"
+    assert not status_changed(first, second)
