@@ -10,10 +10,12 @@ yet is Unknown and keeps its weight, so an agent restart changes nothing.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable
+from typing import Callable
 
 from lvs_model.nodespec import Dest, DestKey, HealthCheck, NodeSpec, Service, ServiceKey
 
@@ -71,31 +73,33 @@ def effective_spec(spec: NodeSpec, verdicts: Verdicts) -> NodeSpec:
 # Probes (I/O)
 # ---------------------------------------------------------------------------
 
-async def probe(hc: HealthCheck, address: str, port: int) -> tuple[bool, str]:
-    """One check; (passed, why not)."""
+def probe(hc: HealthCheck, address: str, port: int) -> tuple[bool, str]:
+    """One blocking check; (passed, why not).
+
+    Blocking on purpose: probes run in worker threads, and a worker thread can
+    sit in another network namespace (setns is per thread), which is how an
+    agent that programs a director namespace checks from inside it.
+    """
     port = hc.port or port
+    deadline = time.monotonic() + hc.timeout
     try:
-        return await asyncio.wait_for(_probe(hc, address, port), hc.timeout)
-    except asyncio.TimeoutError:
+        sock = socket.create_connection((address, port), timeout=hc.timeout)
+    except socket.timeout:
         return False, f"timed out after {hc.timeout:g}s"
     except OSError as e:
         return False, e.strerror or str(e)
-
-
-async def _probe(hc: HealthCheck, address: str, port: int) -> tuple[bool, str]:
-    ctx = None
-    if hc.type == "https":
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # real servers rarely carry certs for their own IPs
-    reader, writer = await asyncio.open_connection(address, port, ssl=ctx)
     try:
         if hc.type == "tcp":
             return True, ""
+        if hc.type == "https":
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # real servers rarely carry certs for their own IPs
+            sock = ctx.wrap_socket(sock)
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
         host = f"[{address}]" if ":" in address else address
-        writer.write(f"GET {hc.path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: kube-lvs\r\n\r\n".encode())
-        await writer.drain()
-        line = await reader.readline()
+        sock.sendall(f"GET {hc.path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: kube-lvs\r\n\r\n".encode())
+        line = sock.makefile("rb").readline(256)
         parts = line.decode("latin-1").split()
         if len(parts) < 2 or not parts[1].isdigit():
             return False, f"not an HTTP response: {line[:40]!r}"
@@ -103,23 +107,31 @@ async def _probe(hc: HealthCheck, address: str, port: int) -> tuple[bool, str]:
         if status != hc.expected_status:
             return False, f"HTTP {status}, expected {hc.expected_status}"
         return True, ""
+    except socket.timeout:
+        return False, f"timed out after {hc.timeout:g}s"
+    except (OSError, ssl.SSLError) as e:
+        return False, getattr(e, "strerror", None) or str(e)
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+        sock.close()
+
+
+def netns_executor(netns: str | None, workers: int = 16) -> ThreadPoolExecutor:
+    """Worker threads for probes, each moved into `netns` when one is given."""
+    def enter() -> None:
+        if netns:
+            from pyroute2 import netns as nsmod
+            nsmod.setns(netns)
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe", initializer=enter)
 
 
 class HealthChecker:
     """Runs one task per checked dest; calls `on_change` when a verdict flips."""
 
-    def __init__(self, on_change: Callable[[], None] | None = None,
-                 probe_fn: Callable[[HealthCheck, str, int], Awaitable[tuple[bool, str]]] = probe):
+    def __init__(self, on_change: Callable[[], None] | None = None, netns: str | None = None):
         self.verdicts: Verdicts = {}
         self._tasks: dict[tuple[ServiceKey, DestKey], tuple[HealthCheck, asyncio.Task]] = {}
         self._on_change = on_change or (lambda: None)
-        self._probe = probe_fn
+        self._pool = netns_executor(netns)
 
     def checked(self, skey: ServiceKey) -> bool:
         return any(k[0] == skey for k in self._tasks)
@@ -145,7 +157,8 @@ class HealthChecker:
     async def _run(self, k, hc: HealthCheck, d: Dest) -> None:
         while True:
             started = time.monotonic()
-            ok, why = await self._probe(hc, d.address, d.port)
+            ok, why = await asyncio.get_running_loop().run_in_executor(
+                self._pool, probe, hc, d.address, d.port)
             old = self.verdicts.get(k, DestHealth())
             new = step(old, ok, hc.rise, hc.fall, time.time(), why)
             self.verdicts[k] = new
@@ -158,3 +171,4 @@ class HealthChecker:
             task.cancel()
         await asyncio.gather(*(t for _, t in self._tasks.values()), return_exceptions=True)
         self._tasks.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)

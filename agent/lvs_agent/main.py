@@ -62,7 +62,7 @@ class Agent:
         self._last_status_write: dict[str, float] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.checker = HealthChecker(on_change=self.wake)
+        self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
 
     # -- events --------------------------------------------------------------
     def wake(self) -> None:

@@ -88,19 +88,20 @@ def test_probes_tcp_http_https(tmp_path):
         bad_srv, bad_port = await http_server(503)
         tls_srv, tls_port = await http_server(200, self_signed(tmp_path))
         try:
-            assert await probe(HealthCheck(type="tcp", timeout=1), "127.0.0.1", ok_port) == (True, "")
-            assert await probe(HealthCheck(type="http", timeout=1), "127.0.0.1", ok_port) == (True, "")
-            ok, why = await probe(HealthCheck(type="http", timeout=1), "127.0.0.1", bad_port)
+            check = lambda hc, port: asyncio.to_thread(probe, hc, "127.0.0.1", port)  # noqa: E731
+            assert await check(HealthCheck(type="tcp", timeout=1), ok_port) == (True, "")
+            assert await check(HealthCheck(type="http", timeout=1), ok_port) == (True, "")
+            ok, why = await check(HealthCheck(type="http", timeout=1), bad_port)
             assert not ok and "503" in why
-            assert await probe(HealthCheck(type="https", timeout=1), "127.0.0.1", tls_port) == (True, "")
-            ok, why = await probe(HealthCheck(type="http", timeout=1, expected_status=204), "127.0.0.1", ok_port)
+            assert await check(HealthCheck(type="https", timeout=1), tls_port) == (True, "")
+            ok, why = await check(HealthCheck(type="http", timeout=1, expected_status=204), ok_port)
             assert not ok and "expected 204" in why
         finally:
             for s in (ok_srv, bad_srv, tls_srv):
                 s.close()
         ok_srv.close()
         await ok_srv.wait_closed()
-        ok, why = await probe(HealthCheck(type="tcp", timeout=1), "127.0.0.1", ok_port)
+        ok, why = await asyncio.to_thread(probe, HealthCheck(type="tcp", timeout=1), "127.0.0.1", ok_port)
         assert not ok and why
     asyncio.run(main())
 
