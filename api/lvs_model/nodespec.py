@@ -91,6 +91,11 @@ class Service:
     dests: tuple[Dest, ...] = ()
     name: str = ""  # who asked for it (namespace/name); for status only
     health: HealthCheck = HealthCheck()
+    # NAT reply path by SNAT on the director: the director masquerades what it
+    # forwards to this service's NAT dests, so replies come back to it whatever
+    # the real server's routes are (needs net.ipv4.vs.conntrack=1). Agent-side
+    # only: no IPVS attribute, not part of attrs().
+    snat: bool = False
 
     @property
     def key(self) -> ServiceKey:
@@ -150,6 +155,22 @@ class BackendVip:
 
 
 @dataclass(frozen=True)
+class ReplyRoute:
+    """Backend side of a NAT service's reply path by policy routing.
+
+    Replies this node sends from ``address`` (source port ``port``, protocol
+    ``protocol``; port 0 / protocol "" = any) must leave through one of the
+    directors in ``via`` instead of the default route, because IPVS NAT only
+    un-translates replies that pass back through the director.
+    """
+
+    address: str
+    port: int = 0
+    protocol: str = "tcp"  # tcp | udp | sctp | "" (any: fwmark services)
+    via: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     node: str = ""
     services: tuple[Service, ...] = ()
@@ -159,6 +180,8 @@ class NodeSpec:
     # "" lets the agent pick the device of the default route.
     uplink: str = ""
     sysctls: tuple[tuple[str, str], ...] = ()
+    # NAT reply path by policy routing on this (backend) node.
+    reply_routes: tuple["ReplyRoute", ...] = ()
 
     def service(self, key: ServiceKey) -> Service | None:
         return next((s for s in self.services if s.key == key), None)
@@ -253,7 +276,7 @@ def _known_keys(d: Mapping, allowed: set[str], path: str, errors: list[FieldErro
 
 _DEST_KEYS = {"address", "port", "weight", "method", "tunnel", "upperThreshold", "lowerThreshold"}
 _SVC_KEYS = {"name", "family", "protocol", "address", "port", "fwmark", "scheduler",
-             "schedulerFlags", "persistence", "onePacket", "dests", "healthCheck"}
+             "schedulerFlags", "persistence", "onePacket", "dests", "healthCheck", "snat"}
 _HC_KEYS = {"type", "port", "path", "expectedStatus", "interval", "timeout", "rise", "fall"}
 
 
@@ -410,13 +433,17 @@ def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None
         one_packet = False
     elif one_packet and protocol not in ("udp", ""):
         errors.append(FieldError(f"{path}.onePacket", "one-packet scheduling is for UDP services"))
+    snat = d.get("snat", False)
+    if not isinstance(snat, bool):
+        errors.append(FieldError(f"{path}.snat", "must be true or false"))
+        snat = False
     health = parse_health_check(d.get("healthCheck"), f"{path}.healthCheck", errors)
     if health.type != "none" and fwmark and not health.port:
         errors.append(FieldError(f"{path}.healthCheck.port", "a firewall-mark service needs an explicit check port"))
     if len(errors) != n:
         return None
     svc = Service(family, protocol, address, port, fwmark, scheduler, tuple(flags), timeout,
-                  netmask, one_packet, (), str(d.get("name", "")), health)
+                  netmask, one_packet, (), str(d.get("name", "")), health, snat)
     dests_raw = d.get("dests") or []
     if not isinstance(dests_raw, list):
         errors.append(FieldError(f"{path}.dests", "must be a list"))
@@ -460,7 +487,8 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
     errors: list[FieldError] = []
     if not isinstance(data, Mapping):
         return NodeSpec(), [FieldError("spec", "must be a mapping")]
-    _known_keys(data, {"node", "services", "directorAddresses", "backendVips", "uplink", "sysctls"},
+    _known_keys(data, {"node", "services", "directorAddresses", "backendVips", "uplink", "sysctls",
+                       "replyRoutes"},
                 "spec", errors)
     services: list[Service] = []
     seen: dict[ServiceKey, int] = {}
@@ -493,6 +521,26 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         ttype = _choice(raw, "tunnelType", path, errors, "ipip", K.TUNNEL_TYPES)
         if len(errors) == n:
             backend.append(BackendVip(addr, method, ttype))
+    routes: list[ReplyRoute] = []
+    for i, raw in enumerate(data.get("replyRoutes") or []):
+        path = f"replyRoutes[{i}]"
+        if not isinstance(raw, Mapping):
+            errors.append(FieldError(path, "must be a mapping"))
+            continue
+        n = len(errors)
+        _known_keys(raw, {"address", "port", "protocol", "via"}, path, errors)
+        addr = _canon_ip(raw.get("address"), f"{path}.address", errors)
+        fam = "ipv6" if ":" in addr else "ipv4"
+        rport = _int(raw, "port", path, errors, 0, 0, 65535)
+        rproto = _choice(raw, "protocol", path, errors, "tcp", ("", *K.PROTOCOLS))
+        via_raw = raw.get("via") or []
+        if not isinstance(via_raw, list) or not via_raw:
+            errors.append(FieldError(f"{path}.via", "must list at least one director address"))
+            via_raw = []
+        via = tuple(_canon_ip(v, f"{path}.via[{j}]", errors, fam if addr else None)
+                    for j, v in enumerate(via_raw))
+        if len(errors) == n:
+            routes.append(ReplyRoute(addr, rport, rproto, via))
     sysctls = data.get("sysctls") or {}
     if not isinstance(sysctls, Mapping):
         errors.append(FieldError("sysctls", "must be a mapping of name to value"))
@@ -504,6 +552,7 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         backend_vips=tuple(dict.fromkeys(backend)),
         uplink=str(data.get("uplink", "")),
         sysctls=tuple(sorted((str(k), str(v)) for k, v in sysctls.items())),
+        reply_routes=tuple(dict.fromkeys(routes)),
     )
     return spec, errors
 
@@ -535,6 +584,8 @@ def dump_service(s: Service) -> dict:
         out["persistence"] = p
     if s.one_packet:
         out["onePacket"] = True
+    if s.snat:
+        out["snat"] = True
     if s.health != HealthCheck():
         h = s.health
         out["healthCheck"] = {"type": h.type, "port": h.port, "path": h.path,
@@ -578,4 +629,7 @@ def dump_node_spec(spec: NodeSpec) -> dict:
         out["uplink"] = spec.uplink
     if spec.sysctls:
         out["sysctls"] = dict(spec.sysctls)
+    if spec.reply_routes:
+        out["replyRoutes"] = [{"address": r.address, "port": r.port, "protocol": r.protocol,
+                               "via": list(r.via)} for r in spec.reply_routes]
     return out

@@ -1,0 +1,69 @@
+"""The push channel between operator and agents: names both sides must agree on.
+
+The operator writes one ``NodeState`` object per (node, VirtualService) in its
+own namespace; each node's agent lists/watches those labelled with its node
+(``lvs.kube-lvs.io/node=<label_value(node)>``), merges their ``spec`` with
+``parse_node_spec`` and reports through their ``status`` subresource.
+See operator/README.md for the full contract.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+GROUP = "lvs.kube-lvs.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "kube-lvs"
+DEFAULT_NAMESPACE = "kube-lvs-system"  # where NodeStates live (the operator's namespace)
+
+NODESTATE_KIND, NODESTATE_PLURAL = "NodeState", "nodestates"
+VIRTUALSERVICE_KIND, VIRTUALSERVICE_PLURAL = "VirtualService", "virtualservices"
+REALSERVER_KIND, REALSERVER_PLURAL = "RealServer", "realservers"
+VIPPOOL_KIND, VIPPOOL_PLURAL = "VIPPool", "vippools"
+
+LABEL_NODE = f"{GROUP}/node"
+LABEL_VS_NAMESPACE = f"{GROUP}/vs-namespace"
+LABEL_VS_NAME = f"{GROUP}/vs-name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kube-lvs-operator"
+# Full "namespace/name" of the VirtualService (labels may be shortened).
+ANNOTATION_VIRTUALSERVICE = f"{GROUP}/virtualservice"
+
+# Health values a NodeState status reports per dest.
+HEALTH_VALUES = ("Healthy", "Unhealthy", "Draining", "Unknown")
+
+_LABEL_OK = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_SUBDOMAIN_OK = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _digest(text: str, n: int = 10) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value: itself when valid (<= 63 chars), else a
+    truncated form plus a hash of the whole (deterministic, so the agent can
+    compute its node's selector value the same way)."""
+    if len(text) <= 63 and _LABEL_OK.match(text):
+        return text
+    head = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:52].strip("-_.")
+    return f"{head}-{_digest(text)}" if head else _digest(text)
+
+
+def nodestate_name(node: str, vs_namespace: str, vs_name: str) -> str:
+    """``<node>-<vs-namespace>-<vs-name>``, lower-cased; when that is not a
+    valid object name (over 253 chars, odd characters) a truncated form plus a
+    short hash of the three parts."""
+    plain = f"{node}-{vs_namespace}-{vs_name}".lower()
+    if len(plain) <= 253 and _SUBDOMAIN_OK.match(plain):
+        return plain
+    return hashed_nodestate_name(node, vs_namespace, vs_name)
+
+
+def hashed_nodestate_name(node: str, vs_namespace: str, vs_name: str) -> str:
+    """The always-hashed form (also used when two plain names collide)."""
+    plain = f"{node}-{vs_namespace}-{vs_name}".lower()
+    head = re.sub(r"[^a-z0-9.-]", "-", plain)[:230].strip("-.")
+    tail = _digest("\0".join((node, vs_namespace, vs_name)))
+    return f"{head}-{tail}" if head else f"x-{tail}"
