@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .health import HealthChecker, effective_spec
-from .nodestate import GROUP, NODE_LABEL, PLURAL, VERSION, build_status, merge, status_changed
+from .nodestate import GROUP, PLURAL, VERSION, build_status, merge, node_selector, status_changed
 
 log = logging.getLogger("lvs-agent")
 
@@ -86,7 +86,7 @@ class Agent:
         """List then watch, in a thread; relists after any error, with backoff."""
         from kubernetes import watch
         backoff = Backoff()
-        selector = f"{NODE_LABEL}={self.node}"
+        selector = node_selector(self.node)
         while not self.stopping:
             try:
                 listed = self.api.list_namespaced_custom_object(

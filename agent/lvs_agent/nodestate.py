@@ -9,15 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION, label_value
 from lvs_model.errors import FieldError
 from lvs_model.nodespec import NodeSpec, ServiceKey, parse_node_spec
 
 from .health import Verdicts, dest_health
 
-GROUP = "lvs.kube-lvs.io"
-VERSION = "v1alpha1"
-PLURAL = "nodestates"
-NODE_LABEL = f"{GROUP}/node"
+
+def node_selector(node: str) -> str:
+    """The label selector matching exactly this node's NodeState objects."""
+    return f"{LABEL_NODE}={label_value(node)}"
 
 
 @dataclass
