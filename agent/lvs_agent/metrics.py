@@ -1,0 +1,101 @@
+"""Prometheus metrics of the agent: IPVS counters per service and dest, health,
+and the agent's own reconcile counts and durations.
+
+Counters are read from the kernel at scrape time (a collector, not a cache),
+so a scrape always shows the kernel's numbers, and only for the services this
+agent programs: foreign IPVS services are not ours to report.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .health import dest_health
+
+PREFIX = "kube_lvs"
+
+
+class AgentCollector(Collector):
+    def __init__(self, agent: Any):
+        self.agent = agent
+
+    def collect(self) -> Iterable:
+        a = self.agent
+        yield CounterMetricFamily(f"{PREFIX}_reconciles", "Reconciles run by the agent", value=a.reconciles)
+        yield CounterMetricFamily(f"{PREFIX}_reconcile_errors", "Reconciles that raised", value=a.reconcile_errors)
+        yield GaugeMetricFamily(f"{PREFIX}_reconcile_last_duration_seconds", "Duration of the last reconcile",
+                                value=a.last_duration)
+        yield GaugeMetricFamily(f"{PREFIX}_nodestates", "NodeState objects this agent holds",
+                                value=len(a.objects))
+        yield from self._ipvs()
+
+    def _ipvs(self) -> Iterable:
+        from .nodestate import merge
+        spec = merge(self.agent.objects, self.agent.node).spec
+        try:
+            table = self.agent.engine.table(with_stats=True)
+        except Exception:  # noqa: BLE001 - a scrape must never kill the agent
+            return
+        s_lbl = ["service"]
+        d_lbl = ["service", "dest"]
+        fam = {
+            "svc_conns": CounterMetricFamily(f"{PREFIX}_service_connections", "Connections scheduled", labels=s_lbl),
+            "svc_pkts": CounterMetricFamily(f"{PREFIX}_service_packets", "Packets", labels=s_lbl + ["direction"]),
+            "svc_bytes": CounterMetricFamily(f"{PREFIX}_service_bytes", "Bytes", labels=s_lbl + ["direction"]),
+            "svc_cps": GaugeMetricFamily(f"{PREFIX}_service_connections_per_second", "Kernel-estimated rate", labels=s_lbl),
+            "svc_pps": GaugeMetricFamily(f"{PREFIX}_service_packets_per_second", "Kernel-estimated rate", labels=s_lbl + ["direction"]),
+            "svc_bps": GaugeMetricFamily(f"{PREFIX}_service_bytes_per_second", "Kernel-estimated rate", labels=s_lbl + ["direction"]),
+            "active": GaugeMetricFamily(f"{PREFIX}_dest_active_connections", "Active connections", labels=d_lbl),
+            "inactive": GaugeMetricFamily(f"{PREFIX}_dest_inactive_connections", "Inactive connections", labels=d_lbl),
+            "d_conns": CounterMetricFamily(f"{PREFIX}_dest_connections", "Connections scheduled", labels=d_lbl),
+            "d_pkts": CounterMetricFamily(f"{PREFIX}_dest_packets", "Packets", labels=d_lbl + ["direction"]),
+            "d_bytes": CounterMetricFamily(f"{PREFIX}_dest_bytes", "Bytes", labels=d_lbl + ["direction"]),
+            "weight": GaugeMetricFamily(f"{PREFIX}_dest_weight", "Weight in the kernel", labels=d_lbl),
+            "health": GaugeMetricFamily(f"{PREFIX}_dest_health", "1 for the dest's current health state",
+                                        labels=d_lbl + ["state"]),
+        }
+        checker = self.agent.checker
+        for svc in spec.services:
+            k, name = svc.key, str(svc.key)
+            st = table.service_stats.get(k)
+            if st is not None:
+                fam["svc_conns"].add_metric([name], st.conns)
+                for dirn, pk, by, pps, bps in (("in", st.inpkts, st.inbytes, st.inpps, st.inbps),
+                                                ("out", st.outpkts, st.outbytes, st.outpps, st.outbps)):
+                    fam["svc_pkts"].add_metric([name, dirn], pk)
+                    fam["svc_bytes"].add_metric([name, dirn], by)
+                    fam["svc_pps"].add_metric([name, dirn], pps)
+                    fam["svc_bps"].add_metric([name, dirn], bps)
+                fam["svc_cps"].add_metric([name], st.cps)
+            live = table.services.get(k)
+            weights = {d.key: d.weight for d in live.dests} if live else {}
+            for d in svc.dests:
+                lbl = [name, str(d.key)]
+                rt = table.dest_runtime.get((k, d.key))
+                if rt is not None:
+                    fam["active"].add_metric(lbl, rt.active)
+                    fam["inactive"].add_metric(lbl, rt.inactive)
+                    fam["d_conns"].add_metric(lbl, rt.stats.conns)
+                    for dirn, pk, by in (("in", rt.stats.inpkts, rt.stats.inbytes),
+                                         ("out", rt.stats.outpkts, rt.stats.outbytes)):
+                        fam["d_pkts"].add_metric(lbl + [dirn], pk)
+                        fam["d_bytes"].add_metric(lbl + [dirn], by)
+                if d.key in weights:
+                    fam["weight"].add_metric(lbl, weights[d.key])
+                state = dest_health(d, checker.verdicts.get((k, d.key)), checker.checked(k))
+                for s in ("Healthy", "Unhealthy", "Draining", "Unknown"):
+                    fam["health"].add_metric(lbl + [s], 1.0 if s == state else 0.0)
+        yield from fam.values()
+
+
+def registry_for(agent: Any) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(AgentCollector(agent))
+    return reg
+
+
+def serve(agent: Any, port: int, address: str = "0.0.0.0") -> None:
+    start_http_server(port, addr=address, registry=registry_for(agent))
