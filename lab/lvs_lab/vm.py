@@ -103,6 +103,12 @@ class LabKernel:
         return self.tree / "boot" / f"vmlinuz-{self.version}"
 
     @property
+    def boot_image(self) -> Path:
+        """The uncompressed ELF (PVH boot, ~4 s faster under TCG) if setup made one."""
+        elf = self.dir / "vmlinux"
+        return elf if elf.exists() else self.vmlinuz
+
+    @property
     def initramfs(self) -> Path:
         return self.dir / "initramfs.cpio.gz"
 
@@ -199,6 +205,13 @@ def _rebind_root(path: str) -> str | None:
             rest = p[len(top) + 1 :].split("/", 1)[0]
             return f"{top}/{rest}"
     return None
+
+
+def _isatty(out) -> bool:
+    try:
+        return bool(out is not None and hasattr(out, "isatty") and out.isatty())
+    except (OSError, ValueError):
+        return False
 
 
 def _virtfs_path(path: str) -> str:
@@ -301,6 +314,12 @@ class LabVM:
         except OSError:
             cols = int(os.environ.get("COLUMNS", "0") or 0) or 120
         env["COLUMNS"] = str(cols)
+        # The guest's stdout is a tty (hvc0) whatever the host's is: decide colour here.
+        if _isatty(self.output):
+            env["PY_COLORS"] = "1"
+        else:
+            env["PY_COLORS"] = "0"
+            env["NO_COLOR"] = "1"
         env.update(self.env)
         return env
 
@@ -309,9 +328,10 @@ class LabVM:
         vb = _venv_bin(self.cwd)
         if vb:
             cands.append(vb)
-        exe = self.cmd[0]
-        if os.path.isabs(exe):
-            cands.append(os.path.dirname(exe))
+        # Absolute paths among the command's words (the program, a script, a file).
+        for w in self.cmd:
+            if os.path.isabs(w) and os.path.exists(w):
+                cands.append(w if os.path.isdir(w) else os.path.dirname(w))
         out = []
         for c in cands:
             r = _rebind_root(c)
@@ -420,7 +440,7 @@ class LabVM:
             "-display", "none",
             "-vga", "none",
             "-monitor", "none",
-            "-kernel", str(k.vmlinuz),
+            "-kernel", str(k.boot_image),
             "-initrd", str(k.initramfs),
             "-append", append,
             "-serial", "file:" + str(self.results_dir / "console.log"),
