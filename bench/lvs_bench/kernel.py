@@ -1,0 +1,796 @@
+"""Kernel benchmarks (issue 7, parts 1-3), run inside the lab VM.
+
+    PYTHONPATH=bench python -m lvs_bench.kernel [--smoke] [--sizes 1000,10000,100000] [--out DIR]
+
+Every trial gets a fresh network namespace (IPVS tables are per namespace, so
+each starts from an empty table without flushing anything). Per size:
+
+1. programming from empty: ``ipvsadm-restore`` (the C tool), keepalived (its
+   virtual servers, no checkers) and ours (``Engine.reconcile`` of the node
+   spec), each into its own namespace; time until the table is complete;
+2. one change: one dest's weight changes: ours (ops issued, time) vs a full
+   ``ipvsadm-restore`` of the changed table (what a restore-based tool does)
+   and vs a keepalived reload (SIGHUP with the changed config);
+3. drift: a dest deleted by hand (``ipvsadm -d``) in our namespace; time of
+   ours to detect and repair it (observe + plan + apply), next to the time
+   ``ipvsadm -Sn`` needs just to read the table.
+
+Before any figure is reported, the table is read back with ``ipvsadm -Sn``
+and compared rule by rule with the workload; a mismatch becomes an error cell.
+
+Parts 4-5 (operator scale, end-to-end latency) need the operator and the
+control plane; they are reported as "not yet measured".
+
+Processes: peers are started with their network namespace entered by
+setns(2) between fork and exec (what ``ip netns exec`` does, without the
+extra ``ip`` process and sysfs remount, which would add to the peers' times).
+Ours runs in this long-lived process, as the agent does; interpreter start-up
+and imports are not in its times, the peers' process start-up is in theirs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import report as R
+from . import workload as W
+
+CLONE_NEWNET = 0x40000000
+RUN_DIR = Path("/tmp/kube-lvs-bench")  # the guest's /tmp is a tmpfs
+FULL_SIZES = (1_000, 10_000, 100_000)
+SMOKE_SIZES = (20, 40)
+DEFAULT_TIMEOUT = 900.0  # seconds, per peer trial
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class TrialError(Exception):
+    """A trial whose result cannot be reported as a number."""
+
+
+# --------------------------------------------------------------------------
+# Network namespaces and processes in them
+# --------------------------------------------------------------------------
+
+def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+
+
+class NetNS:
+    """A throwaway network namespace with a run directory under /tmp."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.rundir = RUN_DIR / name
+        shutil.rmtree(self.rundir, ignore_errors=True)
+        self.rundir.mkdir(parents=True)
+        _run(["ip", "netns", "add", name])
+        # Adding a dest fails with EINVAL while lo is down (DESIGN.md §5).
+        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+        self.fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        self.procs: list[subprocess.Popen] = []
+
+    def _enter(self) -> None:  # runs in the child between fork and exec
+        if _libc.setns(self.fd, CLONE_NEWNET) != 0:
+            os.write(2, b"setns failed\n")
+            os._exit(126)
+
+    def popen(self, argv: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(argv, preexec_fn=self._enter, pass_fds=(self.fd,), **kw)
+        self.procs.append(p)
+        return p
+
+    def run(self, argv: list[str], input: str | None = None, timeout: float | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run(argv, preexec_fn=self._enter, pass_fds=(self.fd,), input=input,
+                           capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise TrialError(f"{' '.join(argv[:3])}... exited {p.returncode}: "
+                             f"{(p.stderr or p.stdout).strip()[:300]}")
+        return p
+
+    def save(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[str, float]:
+        """``ipvsadm -Sn`` output and how long it took."""
+        t0 = time.perf_counter()
+        out = self.run(["ipvsadm", "-Sn"], timeout=timeout).stdout
+        return out, time.perf_counter() - t0
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    p.wait(timeout=30)
+        self.procs.clear()
+
+    def delete(self) -> None:
+        self.kill_all()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return idle, sum(parts[:8])
+
+
+def quiesce(max_wait: float = 30.0, threshold: float = 0.9, window: float = 0.5) -> float:
+    """Wait until the VM's CPUs are mostly idle (e.g. a deleted namespace's
+    IPVS table has been torn down by the kernel); returns the time waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_wait:
+        i0, a0 = _cpu_times()
+        time.sleep(window)
+        i1, a1 = _cpu_times()
+        if a1 > a0 and (i1 - i0) / (a1 - a0) >= threshold:
+            break
+    return time.perf_counter() - t0
+
+
+def _check(ns: NetNS, w: W.Workload, changed=None) -> float:
+    """Raise TrialError unless ns holds exactly the workload; returns the
+    ``ipvsadm -Sn`` read time."""
+    text, took = ns.save()
+    err = W.check_table(w, text, changed)
+    if err:
+        raise TrialError(err)
+    return took
+
+
+# --------------------------------------------------------------------------
+# Peers
+# --------------------------------------------------------------------------
+
+def restore_trial(ns: NetNS, w: W.Workload, changed=None, timeout: float = DEFAULT_TIMEOUT) -> float:
+    """``ipvsadm-restore < rules`` in ns; seconds from spawn to exit.
+
+    ipvsadm-restore clears the table first (``ipvsadm -C``), then ``ipvsadm -R``:
+    from empty that clear is free; on a full table it is what a restore-based
+    tool must pay for every change.
+    """
+    rules = W.restore_text(w, changed)
+    t0 = time.perf_counter()
+    p = ns.run(["ipvsadm-restore"], input=rules, timeout=timeout, check=False)
+    took = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise TrialError(f"ipvsadm-restore exited {p.returncode}: {p.stderr.strip()[:300]}")
+    _check(ns, w, changed)
+    return took
+
+
+def _service_dests(ns: NetNS, i: int) -> dict[str, int] | None:
+    """{rip: weight} of service i as ``ipvsadm -Ln -t`` shows it; None if absent."""
+    p = ns.run(["ipvsadm", "-Ln", "-t", f"{W.vip(i)}:{W.VIP_PORT}"], check=False)
+    if p.returncode != 0:
+        return None
+    out: dict[str, int] = {}
+    for line in p.stdout.splitlines():
+        f = line.split()
+        # "  -> 10.64.0.1:8080   Masq   1   0   0"
+        if len(f) >= 3 and f[0] == "->" and f[1][0].isdigit():
+            out[f[1].rsplit(":", 1)[0]] = int(f[3]) if len(f) > 3 else 0
+    return out
+
+
+class Keepalived:
+    """keepalived (checker process only) in ns; config, pid files and log in ns.rundir."""
+
+    def __init__(self, ns: NetNS, w: W.Workload):
+        self.ns, self.w = ns, w
+        self.conf = ns.rundir / "keepalived.conf"
+        self.logf = ns.rundir / "keepalived.log"
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        d = self.ns.rundir
+        return ["keepalived", "--dont-fork", "--log-console", "--no-syslog", "--check",
+                "--dont-respawn", "-f", str(self.conf), "-p", str(d / "keepalived.pid"),
+                "-c", str(d / "checkers.pid"), "-r", str(d / "vrrp.pid"), "-b", str(d / "bfd.pid")]
+
+    def _poll(self, t0: float, timeout: float, done: Callable[[], bool], what: str) -> float:
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise TrialError(f"keepalived exited {self.proc.returncode} before {what}: "
+                                 f"{self.log_tail()}")
+            if done():
+                return time.perf_counter() - t0
+            if time.perf_counter() - t0 > timeout:
+                raise TrialError(f"keepalived: no {what} after {timeout:.0f} s")
+            time.sleep(0.01)
+
+    def log_tail(self) -> str:
+        try:
+            return " | ".join(self.logf.read_text(errors="replace").splitlines()[-3:])
+        except OSError:
+            return ""
+
+    def start(self, timeout: float = DEFAULT_TIMEOUT) -> float:
+        """Start from an empty table; seconds until the whole table is in the kernel.
+
+        Completion is probed on the last virtual server (keepalived adds virtual
+        servers in config order, each with its real servers): when it has all
+        its dests, the full table is read back and compared; if it is not
+        complete yet, polling goes on with full reads.
+        """
+        w = self.w
+        self.conf.write_text(W.keepalived_conf(w))
+        last = w.services - 1
+        t0 = time.perf_counter()
+        self.proc = self.ns.popen(self.argv(), stdout=open(self.logf, "wb"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+        def last_complete() -> bool:
+            d = _service_dests(self.ns, last)
+            return d is not None and len(d) == w.dests_per_service
+
+        took = self._poll(t0, timeout, last_complete, "complete last virtual server")
+        while True:
+            text, _ = self.ns.save()
+            if W.check_table(w, text) is None:
+                return took
+            took = time.perf_counter() - t0  # not complete at the probe: the full read decides
+            if took > timeout:
+                raise TrialError(f"keepalived: {W.check_table(w, text)} after {took:.0f} s")
+
+    def reload(self, changed: tuple[int, int, int], timeout: float = DEFAULT_TIMEOUT) -> float:
+        """Rewrite the config with one weight changed, SIGHUP; seconds until the
+        kernel shows the new weight (then the whole table is checked)."""
+        assert self.proc is not None
+        i, j, weight = changed
+        self.conf.write_text(W.keepalived_conf(self.w, changed))
+        rip = W.rip(i, j)
+
+        def changed_seen() -> bool:
+            d = _service_dests(self.ns, i)
+            return d is not None and d.get(rip) == weight
+
+        t0 = time.perf_counter()
+        os.kill(self.proc.pid, signal.SIGHUP)
+        took = self._poll(t0, timeout, changed_seen, "new weight")
+        _check(self.ns, self.w, changed)
+        return took
+
+    def stop(self) -> None:
+        # SIGKILL: a clean stop removes 100k dests one by one; the namespace
+        # is thrown away anyway.
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=60)
+
+
+# --------------------------------------------------------------------------
+# Ours
+# --------------------------------------------------------------------------
+
+@dataclass
+class OursResult:
+    seconds: float
+    ops: int  # every op the planner issued (links, sysctls, IPVS)
+    ipvs_ops: int
+    path: str  # "batch" | "pyroute2"
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class Ours:
+    """lvs_agent's Engine programming ns, with its phases timed from outside.
+
+    The engine's module-level ``observe`` and ``plan`` and its applier's
+    ``apply`` and store's ``save`` are wrapped (not changed) to split the
+    reconcile time; the headline figure is the whole ``reconcile`` call.
+    """
+
+    def __init__(self, ns: NetNS, use_batch: bool = True):
+        from lvs_agent import engine as E
+        self.E = E
+        self.ns = ns
+        t0 = time.perf_counter()
+        self.engine = E.Engine(ns.rundir / "ownership.json", netns=ns.name, use_batch=use_batch)
+        self.setup_seconds = time.perf_counter() - t0
+        self.phases: dict[str, float] = {}
+        self._wrap_instance()
+
+    def _timed(self, name: str, fn):
+        phases = self.phases
+
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    def _wrap_instance(self) -> None:
+        eng = self.engine
+        eng.applier.apply = self._timed("apply", eng.applier.apply)
+        eng.store.save = self._timed("save", eng.store.save)
+
+    @contextlib.contextmanager
+    def _wrap_module(self):
+        E = self.E
+        saved = (E.observe, E.plan)
+        E.observe = self._timed("observe", E.observe)
+        E.plan = self._timed("plan", E.plan)
+        try:
+            yield
+        finally:
+            E.observe, E.plan = saved
+
+    def reconcile(self, spec) -> OursResult:
+        from lvs_agent import ops as O
+        self.phases.clear()
+        gc.collect()
+        with self._wrap_module():
+            t0 = time.perf_counter()
+            rep = self.engine.reconcile(spec)
+            took = time.perf_counter() - t0
+        if rep.failed or rep.problems or not rep.ok:
+            first = (rep.failed[:1] or list(rep.problems.items())[:1] or rep.errors[:1]
+                     or list(rep.service_errors.items())[:1])
+            raise TrialError(f"reconcile reported {len(rep.failed)} failed ops, "
+                             f"{len(rep.problems)} problems; first: {first}")
+        ipvs_ops = sum(isinstance(op, O.IPVS_OPS) for op in rep.ops)
+        phases = dict(self.phases)
+        phases["other"] = max(0.0, took - sum(phases.values()))
+        return OursResult(took, len(rep.ops), ipvs_ops, self.engine.applier.last_path or "-", phases)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def batch_available() -> tuple[bool, str]:
+    try:
+        from lvs_agent import netlink_batch  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return False, f"{type(e).__name__}: {e}"
+    return True, ""
+
+
+# --------------------------------------------------------------------------
+# The benchmarks
+# --------------------------------------------------------------------------
+
+def _cell(fn: Callable[[], Any], what: str) -> Any:
+    """fn()'s value, or an error cell (logged) if the trial failed."""
+    try:
+        return fn()
+    except TrialError as e:
+        log(f"{what}: ERROR {e}")
+        return R.error(str(e))
+    except subprocess.TimeoutExpired as e:
+        log(f"{what}: ERROR timed out")
+        return R.error(f"timed out after {e.timeout:.0f} s")
+    except Exception as e:  # noqa: BLE001 - one broken trial must not stop the run
+        log(f"{what}: ERROR {type(e).__name__}: {e}")
+        return R.error(f"{type(e).__name__}: {e}")
+
+
+@dataclass
+class Caps:
+    """Largest size (total dests) each contender runs at, with the reason."""
+
+    limits: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def skip(self, who: str, dests: int) -> str | None:
+        lim = self.limits.get(who)
+        if lim and dests > lim[0]:
+            return f"not run above {lim[0]:,} dests: {lim[1]}"
+        return None
+
+
+def program_columns() -> list[R.Column]:
+    return [
+        R.Column("dests", "dests", "int"),
+        R.Column("services", "services", "int"),
+        R.Column("ours", "ours", "sec"),
+        R.Column("ipvsadm_restore", "ipvsadm-restore", "sec"),
+        R.Column("keepalived", "keepalived", "sec"),
+        R.Column("ours_apply", "ours: apply", "sec"),
+        R.Column("ours_path", "ours: path", "text"),
+    ]
+
+
+def change_columns() -> list[R.Column]:
+    return [
+        R.Column("dests", "dests", "int"),
+        R.Column("ours_ops", "ours: ops", "count"),
+        R.Column("ours", "ours", "sec"),
+        R.Column("ipvsadm_restore", "full ipvsadm-restore", "sec"),
+        R.Column("keepalived", "keepalived reload", "sec"),
+        R.Column("ours_observe", "ours: observe", "sec"),
+    ]
+
+
+def drift_columns() -> list[R.Column]:
+    return [
+        R.Column("dests", "dests", "int"),
+        R.Column("ours_ops", "ours: ops", "count"),
+        R.Column("ours", "ours: detect+repair", "sec"),
+        R.Column("ipvsadm_save", "ipvsadm -Sn (read only)", "sec"),
+        R.Column("ours_observe", "ours: observe", "sec"),
+    ]
+
+
+def _median(cells: list[Any]) -> Any:
+    nums = [R.number(c) for c in cells]
+    if any(x is None for x in nums) or not nums:
+        return next((c for c in cells if R.is_error(c)), cells[0] if cells else None)
+    return statistics.median(nums)
+
+
+def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float, details: list[dict]) -> tuple[dict, dict, dict]:
+    n = w.total_dests
+    tag = f"{n}"
+    changed = (w.services // 2, min(3, w.dests_per_service - 1), 7)
+    drifted = (w.services // 3, min(5, w.dests_per_service - 1))
+    prog: dict[str, Any] = {"dests": n, "services": w.services}
+    chg: dict[str, Any] = {"dests": n}
+    dft: dict[str, Any] = {"dests": n}
+    detail: dict[str, Any] = {"dests": n, "services": w.services, "trials": []}
+    details.append(detail)
+    keep: list[NetNS] = []
+
+    def new_ns(kind: str, rep: int) -> NetNS:
+        ns = NetNS(f"kb-{kind}-{tag}-{rep}")
+        keep.append(ns)
+        return ns
+
+    log(f"size {n:,} dests ({w.services:,} services x {w.dests_per_service}): building spec")
+    t0 = time.perf_counter()
+    spec = W.node_spec(w)
+    spec_changed = W.node_spec(w, changed)
+    detail["spec_build_seconds"] = time.perf_counter() - t0
+
+    try:
+        # ---- 1. programming from empty (+ 2. for the peers, on the first repetition's tables)
+        restore_t, keep_t, ours_t = [], [], []
+        restore_ns = ours_ns = None
+        ours: Ours | None = None
+        ours_res: OursResult | None = None
+        for rep in range(repeat):
+            if (why := caps.skip("ipvsadm_restore", n)) is None:
+                quiesce()
+                ns = new_ns("restore", rep)
+                restore_ns = restore_ns or ns
+                c = _cell(lambda: restore_trial(ns, w, timeout=timeout), f"{n} ipvsadm-restore")
+                restore_t.append(c)
+                log(f"{n:,}: ipvsadm-restore {R.fmt_cell(c, 'sec')}")
+            else:
+                restore_t.append(why)
+            if (why := caps.skip("keepalived", n)) is None:
+                quiesce()
+                ns = new_ns("keepalived", rep)
+                k = Keepalived(ns, w)
+                c = _cell(lambda: k.start(timeout), f"{n} keepalived")
+                keep_t.append(c)
+                log(f"{n:,}: keepalived {R.fmt_cell(c, 'sec')}")
+                if rep == 0 and R.is_error(c):
+                    chg["keepalived"] = R.error("no complete table to change (part 1 failed)")
+                elif rep == 0:
+                    # 2. (keepalived) reload with one weight changed, while it runs
+                    quiesce()
+                    chg["keepalived"] = _cell(lambda: k.reload(changed, timeout), f"{n} keepalived reload")
+                    log(f"{n:,}: keepalived reload {R.fmt_cell(chg['keepalived'], 'sec')}")
+                k.stop()
+            else:
+                keep_t.append(why)
+                chg["keepalived"] = why
+            if (why := caps.skip("ours", n)) is None:
+                quiesce()
+                ns = new_ns("ours", rep)
+                try:
+                    o = Ours(ns)
+                except Exception as e:  # noqa: BLE001
+                    ours_t.append(R.error(f"cannot create the engine: {type(e).__name__}: {e}"))
+                    continue
+
+                def trial(o=o, ns=ns):
+                    r = o.reconcile(spec)
+                    _check(ns, w)
+                    return r
+                r = _cell(trial, f"{n} ours")
+                if isinstance(r, OursResult):
+                    ours_t.append(r.seconds)
+                    detail["trials"].append({"bench": "program", "rep": rep, "ops": r.ops,
+                                             "ipvs_ops": r.ipvs_ops, "path": r.path,
+                                             "seconds": r.seconds, "phases": r.phases,
+                                             "engine_setup_seconds": o.setup_seconds})
+                    log(f"{n:,}: ours {R.fmt_seconds(r.seconds)} ({r.ipvs_ops:,} IPVS ops via {r.path}; "
+                        + ", ".join(f"{k} {R.fmt_seconds(v)}" for k, v in r.phases.items()) + ")")
+                    if rep == 0:
+                        ours, ours_ns, ours_res = o, ns, r
+                    else:
+                        o.close()
+                else:
+                    ours_t.append(r)
+                    o.close()
+            else:
+                ours_t.append(why)
+
+        prog["ours"] = _median(ours_t)
+        prog["ipvsadm_restore"] = _median(restore_t)
+        prog["keepalived"] = _median(keep_t)
+        prog["ours_apply"] = ours_res.phases.get("apply") if ours_res else None
+        prog["ours_path"] = ours_res.path if ours_res else None
+        if repeat > 1:
+            detail["program_trials"] = {"ours": ours_t, "ipvsadm_restore": restore_t, "keepalived": keep_t}
+
+        # ---- 2. one change in a big table
+        chg.setdefault("keepalived", None)
+        if ours is not None:
+            quiesce()
+
+            def change():
+                r = ours.reconcile(spec_changed)
+                _check(ours_ns, w, changed)
+                return r
+            r = _cell(change, f"{n} ours change")
+            if isinstance(r, OursResult):
+                chg.update(ours=r.seconds, ours_ops=r.ops, ours_observe=r.phases.get("observe"))
+                detail["trials"].append({"bench": "change", "ops": r.ops, "ipvs_ops": r.ipvs_ops,
+                                         "seconds": r.seconds, "phases": r.phases})
+                log(f"{n:,}: ours change: {r.ops} ops, {R.fmt_seconds(r.seconds)}")
+            else:
+                chg.update(ours=r, ours_ops=None, ours_observe=None)
+        else:
+            chg.update(ours=ours_t[0] if ours_t else None, ours_ops=None, ours_observe=None)
+        if restore_ns is not None and not R.is_error(restore_t[0]):
+            quiesce()
+            chg["ipvsadm_restore"] = _cell(lambda: restore_trial(restore_ns, w, changed, timeout),
+                                           f"{n} full restore")
+            log(f"{n:,}: full ipvsadm-restore {R.fmt_cell(chg['ipvsadm_restore'], 'sec')}")
+        else:
+            chg["ipvsadm_restore"] = restore_t[0] if restore_t else None
+
+        # ---- 3. drift
+        if ours is not None:
+            quiesce()
+            i, j = drifted
+            # The spec the table holds now: the changed one if part 2 applied it.
+            current, cur_changed = ((spec_changed, changed) if R.number(chg.get("ours")) is not None
+                                    else (spec, None))
+
+            def drift():
+                ours_ns.run(["ipvsadm", "-d", "-t", f"{W.vip(i)}:{W.VIP_PORT}", "-r",
+                             f"{W.rip(i, j)}:{W.RIP_PORT}"])
+                left = _service_dests(ours_ns, i)
+                if left is None or len(left) != w.dests_per_service - 1:
+                    raise TrialError(f"hand deletion did not take: {left}")
+                r = ours.reconcile(current)
+                save_t = _check(ours_ns, w, cur_changed)
+                return r, save_t
+            res = _cell(drift, f"{n} ours drift")
+            if isinstance(res, tuple):
+                r, save_t = res
+                dft.update(ours=r.seconds, ours_ops=r.ops, ipvsadm_save=save_t,
+                           ours_observe=r.phases.get("observe"))
+                detail["trials"].append({"bench": "drift", "ops": r.ops, "ipvs_ops": r.ipvs_ops,
+                                         "seconds": r.seconds, "phases": r.phases})
+                log(f"{n:,}: ours drift repair: {r.ops} ops, {R.fmt_seconds(r.seconds)}; "
+                    f"ipvsadm -Sn {R.fmt_seconds(save_t)}")
+            else:
+                dft.update(ours=res, ours_ops=None, ipvsadm_save=None, ours_observe=None)
+            ours.close()
+        else:
+            first = ours_t[0] if ours_t else None
+            dft.update(ours=first if isinstance(first, str) or R.is_error(first)
+                       else R.error("needs a programmed table of ours (part 1 failed)"),
+                       ours_ops=None, ipvsadm_save=None, ours_observe=None)
+    finally:
+        for ns in keep:
+            ns.delete()
+        waited = quiesce(max_wait=60)
+        detail["teardown_quiesce_seconds"] = waited
+    return prog, chg, dft
+
+
+def machine_info(mode: str) -> dict:
+    def first_line(argv: list[str]) -> str:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return (p.stdout or p.stderr).strip().splitlines()[0]
+        except Exception:  # noqa: BLE001
+            return ""
+
+    guest_cpu = ""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                guest_cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        from importlib.metadata import version
+        pyroute2 = version("pyroute2")
+    except Exception:  # noqa: BLE001
+        pyroute2 = ""
+    in_lab = bool(os.environ.get("KUBE_LVS_LAB"))
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "guest_kernel": platform.release(),
+        "host_cpu": os.environ.get("BENCH_HOST_CPU", ""),
+        "host_kernel": os.environ.get("BENCH_HOST_KERNEL", ""),
+        "vcpus": os.cpu_count(),
+        "guest_cpu": guest_cpu,
+        "accel": "qemu TCG (lab VM)" if in_lab else "native",
+        "python": platform.python_version(),
+        "pyroute2": pyroute2,
+        "ipvsadm": first_line(["ipvsadm", "--version"]),
+        "keepalived": first_line(["keepalived", "--version"]),
+        "commit": os.environ.get("BENCH_COMMIT", ""),
+        "mode": mode,
+    }
+
+
+def not_yet_tables() -> list[R.Table]:
+    return [
+        R.Table("operator_scale", "4. Operator scale (10k VirtualServices x 10 RealServers, real API server)",
+                [], status="not yet measured: needs the operator (lvs_operator) running against the "
+                           "control-plane tier (lvs_cluster)",
+                notes=["planned: time to compile and write all per-node objects; API writes issued for one "
+                       "RealServer change (target: the affected per-node objects only) and its latency; "
+                       "peak memory of operator and agent"]),
+        R.Table("end_to_end", "5. End to end (kubectl apply of a RealServer change until the dest is in the kernel)",
+                [], status="not yet measured: needs the operator and the agent shell wired to the API "
+                           "server, with the agent in the lab VM (e2e tier)",
+                notes=["planned: p50/p99 over 100 changes with 1k and 10k services present; "
+                       "target p99 < 1 s at 10k services (kubernetes#73382: ~20 s at ~4,000 endpoints)"]),
+    ]
+
+
+def build_tables(progs: list[dict], chgs: list[dict], dfts: list[dict], notes: dict[str, list[str]]) -> list[R.Table]:
+    t1 = R.Table("program", "1. Programming from empty (N services x 10 NAT dests, time to a complete table)",
+                 program_columns(), progs, notes.get("program", []))
+    t1.add_ratio("ours", "ipvsadm_restore", "ours/ipvsadm-restore")
+    t1.add_ratio("ours", "keepalived", "ours/keepalived")
+    t1.add_per_unit("dests", "ours", "ours µs/dest")
+    t1.add_growth("dests", "ours", "growth ours")
+    t1.add_growth("dests", "ipvsadm_restore", "growth restore")
+    t1.add_growth("dests", "keepalived", "growth keepalived")
+    t2 = R.Table("change", "2. One dest's weight changes in a full table",
+                 change_columns(), chgs, notes.get("change", []))
+    t2.add_ratio("ours", "ipvsadm_restore", "ours/restore")
+    t2.add_ratio("ours", "keepalived", "ours/keepalived")
+    t2.add_growth("dests", "ours", "growth ours")
+    t3 = R.Table("drift", "3. Drift: a dest deleted by hand, time to detect and repair",
+                 drift_columns(), dfts, notes.get("drift", []))
+    t3.add_ratio("ours", "ipvsadm_save", "ours/ipvsadm -Sn")
+    t3.add_per_unit("dests", "ours", "ours µs/dest")
+    t3.add_growth("dests", "ours", "growth ours")
+    return [t1, t2, t3] + not_yet_tables()
+
+
+STANDING_NOTES = {
+    "program": [
+        "ours: Engine.reconcile of the node spec in a long-lived process (observe, plan, ownership "
+        "record saved, apply); peers: process spawn to table complete",
+        "keepalived: checker process only, real servers without checkers; completion polled every "
+        "~10 ms with ipvsadm on the last virtual server, then the whole table verified",
+        "every figure verified by reading the table back with ipvsadm -Sn and comparing rule by rule",
+    ],
+    "change": [
+        "ours: reconcile of the spec with one weight changed (observe the whole table, plan, apply); "
+        "ops = operations the planner issued (target 1)",
+        "full ipvsadm-restore: clear + restore of the changed table (a restore-based tool's cost per "
+        "change); keepalived reload: SIGHUP with the changed config until the kernel shows the weight",
+    ],
+    "drift": [
+        "ipvsadm -d of one dest in our namespace, then one reconcile; ipvsadm -Sn is the C tool merely "
+        "reading the same table (a floor for detection). keepalived does not repair drift without "
+        "checkers (keepalived#1877), ipvsadm-restore has no notion of it",
+    ],
+}
+
+
+def parse_caps(items: list[str]) -> Caps:
+    caps = Caps()
+    for it in items:
+        who, _, rest = it.partition("=")
+        lim, _, why = rest.partition(":")
+        caps.limits[who] = (int(lim), why or "capped by --cap")
+    return caps
+
+
+def run(sizes: list[int], *, mode: str, repeat: int = 1, timeout: float = DEFAULT_TIMEOUT,
+        caps: Caps | None = None, per_service: int = 10) -> tuple[list[R.Table], dict]:
+    caps = caps or Caps()
+    t_start = time.perf_counter()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    notes = {k: list(v) for k, v in STANDING_NOTES.items()}
+    ok, why = batch_available()
+    if not ok:
+        notes["program"].append(f"netlink_batch not importable ({why}): ours ran on the pyroute2 "
+                                "per-op path")
+        if "ours" not in caps.limits:
+            caps.limits["ours"] = (10_000, "netlink_batch fast path absent; the pyroute2 per-op path "
+                                   "(~9 ms/op under TCG, DESIGN.md §5) would take ~20 min at 100k")
+    for who, (lim, reason) in sorted(caps.limits.items()):
+        if any(n > lim for n in sizes):
+            notes["program"].append(f"{who} capped at {lim:,} dests: {reason}")
+    progs, chgs, dfts, details = [], [], [], []
+    for n in sizes:
+        w = W.Workload.for_total(n, per_service)
+        p, c, d = run_size(w, caps, repeat, timeout, details)
+        progs.append(p)
+        chgs.append(c)
+        dfts.append(d)
+    machine = machine_info(mode)
+    machine["repeat"] = repeat
+    machine["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    machine["details"] = details
+    return build_tables(progs, chgs, dfts, notes), machine
+
+
+def write_outputs(tables: list[R.Table], machine: dict, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md_machine = {k: v for k, v in machine.items() if k != "details"}
+    files = {
+        out / f"{name}.json": R.report_json(tables, machine),
+        out / f"{name}.md": R.render_report_markdown(tables, md_machine),
+        out / f"{name}.txt": R.render_report_text(tables, md_machine),
+    }
+    for path, text in files.items():
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return list(files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lvs_bench.kernel", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help=f"tiny sizes {SMOKE_SIZES} (harness check)")
+    ap.add_argument("--sizes", help="comma-separated total dests (default 1000,10000,100000)")
+    ap.add_argument("--per-service", type=int, default=10, help="dests per service (default 10)")
+    ap.add_argument("--repeat", type=int, default=1, help="trials per size for part 1 (median)")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per peer trial")
+    ap.add_argument("--cap", action="append", default=[], metavar="WHO=DESTS[:REASON]",
+                    help="skip WHO (ours, ipvsadm_restore, keepalived) above DESTS")
+    ap.add_argument("--out", help="directory for NAME.json/.md/.txt "
+                                  "(default $KUBE_LVS_LAB_RESULTS/bench, else ./bench-results)")
+    ap.add_argument("--name", help="file name stem (default: latest, or smoke with --smoke)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("lvs_bench.kernel: needs root and an IPVS kernel: run it through bench/run.sh "
+              "(the lab VM)", file=sys.stderr)
+        return 2
+    if args.sizes:
+        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    else:
+        sizes = list(SMOKE_SIZES if args.smoke else FULL_SIZES)
+    mode = "smoke" if args.smoke else "full" if not args.sizes else "custom"
+    tables, machine = run(sizes, mode=mode, repeat=max(1, args.repeat), timeout=args.timeout,
+                          caps=parse_caps(args.cap), per_service=args.per_service)
+    print(R.render_report_text(tables, {k: v for k, v in machine.items() if k != "details"}))
+    base = os.environ.get("KUBE_LVS_LAB_RESULTS")
+    out = Path(args.out) if args.out else (Path(base) / "bench" if base else Path("bench-results"))
+    name = args.name or ("smoke" if args.smoke else "latest")
+    for f in write_outputs(tables, machine, out, name):
+        log(f"wrote {f}")
+    errors = [e for t in tables for e in t.errors()]
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

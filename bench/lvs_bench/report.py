@@ -1,0 +1,261 @@
+"""Result tables: ratios, growth, and their text / markdown / JSON forms (pure).
+
+A benchmark result is a ``Table``: columns (key, label, kind) and rows of
+cells. A cell is a number, a string, None (not applicable / not measured) or
+an error ``{"error": "why"}``: a figure whose sanity check failed is never
+printed as a number. Ratio and growth columns are derived here from the
+measured ones, so every output form agrees.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+KINDS = ("int", "sec", "ratio", "growth", "count", "text", "usec")
+
+
+def error(msg: str) -> dict:
+    return {"error": str(msg)}
+
+
+def is_error(cell: Any) -> bool:
+    return isinstance(cell, dict) and "error" in cell
+
+
+def number(cell: Any) -> float | None:
+    """The cell's value if it is a usable number, else None."""
+    if isinstance(cell, bool) or not isinstance(cell, (int, float)):
+        return None
+    if math.isnan(cell) or math.isinf(cell):
+        return None
+    return float(cell)
+
+
+def ratio(a: Any, b: Any) -> float | None:
+    """a / b, or None when either is missing, an error, or b is not positive."""
+    x, y = number(a), number(b)
+    if x is None or y is None or y <= 0:
+        return None
+    return x / y
+
+
+def growth(sizes: list[Any], values: list[Any]) -> list[float | None]:
+    """Per step, how much faster than linear the cost grew.
+
+    ``(v[i] / v[i-1]) / (size[i] / size[i-1])``: 1.0 is linear, 2.0 means each
+    unit of work got twice as expensive as at the previous size. The first row
+    (and any row next to a missing value) is None.
+    """
+    out: list[float | None] = [None] * len(values)
+    for i in range(1, len(values)):
+        t = ratio(values[i], values[i - 1])
+        s = ratio(sizes[i], sizes[i - 1])
+        if t is not None and s:
+            out[i] = t / s
+    return out
+
+
+def fmt_seconds(x: float) -> str:
+    if x < 0.001:
+        return f"{x * 1e6:.0f} µs"
+    if x < 1:
+        return f"{x * 1000:.1f} ms"
+    if x < 100:
+        return f"{x:.2f} s"
+    return f"{x:.0f} s"
+
+
+def fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
+
+
+def fmt_cell(cell: Any, kind: str) -> str:
+    if cell is None:
+        return "-"
+    if is_error(cell):
+        return "ERROR"
+    if isinstance(cell, str):
+        return cell
+    x = number(cell)
+    if x is None:
+        return str(cell)
+    if kind == "sec":
+        return fmt_seconds(x)
+    if kind == "ratio":
+        return fmt_ratio(x)
+    if kind == "growth":
+        return f"{x:.2f}"
+    if kind == "usec":
+        return f"{x:.1f}"
+    if kind in ("int", "count"):
+        return f"{int(x):,}"
+    return f"{x:g}"
+
+
+@dataclass
+class Column:
+    key: str
+    label: str
+    kind: str = "sec"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"column {self.key}: kind {self.kind!r} is not one of {KINDS}")
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # "ok", or "not measured: needs X" for a benchmark that cannot run yet.
+    status: str = "ok"
+
+    def keys(self) -> list[str]:
+        return [c.key for c in self.columns]
+
+    def add_ratio(self, num: str, den: str, label: str | None = None) -> str:
+        """Add column ``num/den`` computed row by row; returns its key."""
+        key = f"{num}/{den}"
+        self.columns.append(Column(key, label or key, "ratio"))
+        for r in self.rows:
+            r[key] = ratio(r.get(num), r.get(den))
+        return key
+
+    def add_growth(self, size_key: str, value_key: str, label: str | None = None) -> str:
+        key = f"{value_key}.growth"
+        self.columns.append(Column(key, label or f"{value_key} growth", "growth"))
+        g = growth([r.get(size_key) for r in self.rows], [r.get(value_key) for r in self.rows])
+        for r, x in zip(self.rows, g):
+            r[key] = x
+        return key
+
+    def add_per_unit(self, size_key: str, value_key: str, label: str | None = None) -> str:
+        """Microseconds of ``value_key`` per unit of ``size_key``."""
+        key = f"{value_key}.per_unit"
+        self.columns.append(Column(key, label or f"{value_key} µs/unit", "usec"))
+        for r in self.rows:
+            q = ratio(r.get(value_key), r.get(size_key))
+            r[key] = None if q is None else q * 1e6
+        return key
+
+    def errors(self) -> list[tuple[int, str, str]]:
+        """(row index, column key, message) of every error cell."""
+        return [(i, k, r[k]["error"]) for i, r in enumerate(self.rows)
+                for k in self.keys() if is_error(r.get(k))]
+
+    def missing_columns(self) -> list[str]:
+        """Column keys absent from some row (every row must have every column)."""
+        return [k for k in self.keys() if any(k not in r for r in self.rows)]
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "title": self.title, "status": self.status,
+                "columns": [{"key": c.key, "label": c.label, "kind": c.kind} for c in self.columns],
+                "rows": self.rows, "notes": self.notes}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Table":
+        return cls(d["id"], d["title"], [Column(**c) for c in d["columns"]], list(d["rows"]),
+                   list(d.get("notes", [])), d.get("status", "ok"))
+
+
+def _grid(t: Table) -> list[list[str]]:
+    out = [[c.label for c in t.columns]]
+    for r in t.rows:
+        out.append([fmt_cell(r.get(c.key), c.kind) for c in t.columns])
+    return out
+
+
+def _error_notes(t: Table) -> list[str]:
+    return [f"error in row {i + 1}, {k}: {msg}" for i, k, msg in t.errors()]
+
+
+def render_text(t: Table) -> str:
+    lines = [f"== {t.title}"]
+    if t.status != "ok":
+        lines.append(f"   {t.status}")
+        lines += [f"   note: {n}" for n in t.notes]
+        return "\n".join(lines) + "\n"
+    grid = _grid(t)
+    widths = [max(len(row[i]) for row in grid) for i in range(len(grid[0]))]
+    for n, row in enumerate(grid):
+        lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines += [f"   {n}" for n in _error_notes(t)]
+    lines += [f"   note: {n}" for n in t.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def render_markdown(t: Table) -> str:
+    lines = [f"### {t.title}", ""]
+    if t.status != "ok":
+        lines.append(f"*{_md_escape(t.status)}*")
+        lines += ["", *[f"- {_md_escape(n)}" for n in t.notes]] if t.notes else []
+        return "\n".join(lines) + "\n"
+    grid = _grid(t)
+    lines.append("| " + " | ".join(_md_escape(c) for c in grid[0]) + " |")
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(grid[0]))) + "|")
+    for row in grid[1:]:
+        lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
+    extra = _error_notes(t) + t.notes
+    if extra:
+        lines.append("")
+        lines += [f"- {_md_escape(n)}" for n in extra]
+    return "\n".join(lines) + "\n"
+
+
+MACHINE_FIELDS = (
+    ("date", "date"),
+    ("guest_kernel", "kernel (VM, uname -r)"),
+    ("host_cpu", "host CPU"),
+    ("host_kernel", "host kernel"),
+    ("vcpus", "VM vCPUs"),
+    ("accel", "accelerator"),
+    ("python", "python"),
+    ("pyroute2", "pyroute2"),
+    ("ipvsadm", "ipvsadm"),
+    ("keepalived", "keepalived"),
+    ("commit", "commit"),
+    ("mode", "mode"),
+    ("wall_seconds", "harness wall time (s)"),
+)
+
+
+def machine_lines(machine: dict) -> list[tuple[str, str]]:
+    out = [(label, str(machine[k])) for k, label in MACHINE_FIELDS if machine.get(k) not in (None, "")]
+    known = {k for k, _ in MACHINE_FIELDS}
+    out += [(k, str(v)) for k, v in sorted(machine.items()) if k not in known and v not in (None, "")]
+    return out
+
+
+def render_report_text(tables: Iterable[Table], machine: dict) -> str:
+    head = "kube-lvs kernel benchmarks\n" + "".join(f"  {k}: {v}\n" for k, v in machine_lines(machine))
+    return head + "\n" + "\n".join(render_text(t) for t in tables)
+
+
+def render_report_markdown(tables: Iterable[Table], machine: dict) -> str:
+    head = ["# kube-lvs benchmark results", "",
+            "Generated by `bench/run.sh`; ratios are ours / peer, measured side by side in the same "
+            "VM run (below 1.00x ours is faster). Growth: (time step) / (size step), 1.00 = linear.",
+            "", "| machine | |", "|---|---|"]
+    head += [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in machine_lines(machine)]
+    return "\n".join(head) + "\n\n" + "\n".join(render_markdown(t) for t in tables)
+
+
+def report_json(tables: Iterable[Table], machine: dict) -> str:
+    return json.dumps({"version": 1, "machine": machine, "benchmarks": [t.to_json() for t in tables]},
+                      indent=1, sort_keys=False) + "\n"
+
+
+def load_report(text: str) -> tuple[list[Table], dict]:
+    d = json.loads(text)
+    return [Table.from_json(t) for t in d["benchmarks"]], d.get("machine", {})
