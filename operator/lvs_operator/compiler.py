@@ -1,0 +1,475 @@
+"""The compiler (pure): cluster objects in, per-node desired state and statuses out.
+
+    compile_cluster(virtualservices, realservers, pools, nodes, namespaces, nodestates, now=...)
+
+takes plain API objects (dicts as the API server returns them) and returns:
+
+- ``nodestates``: NodeState name -> body (metadata name/namespace/labels/
+  annotations + spec), one per (node, VirtualService) that has something for
+  that node: the service and its VIP on each director, backendVips (DR/TUN)
+  and replyRoutes (NAT with ``natReturn: policy-route``) on each backend node
+  named by a RealServer's ``nodeName``. The spec is exactly the node-spec
+  document ``lvs_model.nodespec.parse_node_spec`` reads.
+- ``vs_status`` / ``rs_status`` / ``pool_status``: the status each object
+  should have, aggregated from the agents' reports in the current NodeStates'
+  status (``nodestates`` argument).
+- ``events``: Warning events for conditions that just turned bad (compared
+  with the status the objects carry now), so a steady state posts nothing.
+
+Deterministic: same input, same output (sorted everywhere; ``now`` only
+stamps conditions whose status changed). No I/O.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from lvs_model import channel as C
+from lvs_model.errors import FieldError
+from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyRoute, Service,
+                                ServiceKey, dump_node_spec)
+
+from .crmodel import Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
+
+HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = C.HEALTH_VALUES
+
+VS_CONDITIONS = ("Accepted", "Conflict", "Programmed", "Ready")
+RS_CONDITIONS = ("Accepted", "Ready")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # VirtualService | RealServer | VIPPool
+    namespace: str
+    name: str
+    uid: str
+    type: str  # Warning | Normal
+    reason: str
+    message: str
+
+
+@dataclass
+class Result:
+    nodestates: dict[str, dict] = field(default_factory=dict)
+    vs_status: dict[tuple[str, str], dict] = field(default_factory=dict)
+    rs_status: dict[tuple[str, str], dict] = field(default_factory=dict)
+    pool_status: dict[str, dict] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# Conditions
+# --------------------------------------------------------------------------
+
+def condition(type_: str, ok: bool | None, reason: str, message: str, generation: int, now: str,
+              previous: Iterable[Mapping[str, Any]] = ()) -> dict:
+    """A metav1.Condition; lastTransitionTime is kept while the status holds."""
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    when = now
+    for c in previous or ():
+        if c.get("type") == type_ and c.get("status") == status and c.get("lastTransitionTime"):
+            when = c["lastTransitionTime"]
+    return {"type": type_, "status": status, "observedGeneration": generation,
+            "lastTransitionTime": when, "reason": reason, "message": message[:32768]}
+
+
+def _prev_condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for c in status.get("conditions") or ():
+        if c.get("type") == type_:
+            return c
+    return {}
+
+
+def _turned(status: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether condition ``new`` differs in status or reason from the one in ``status``."""
+    old = _prev_condition(status, new["type"])
+    return (old.get("status"), old.get("reason")) != (new["status"], new["reason"])
+
+
+# --------------------------------------------------------------------------
+# Per-VirtualService analysis
+# --------------------------------------------------------------------------
+
+@dataclass
+class _VS:
+    cr: VirtualService
+    service: Service | None = None  # without dests
+    errors: list[FieldError] = field(default_factory=list)
+    reason: str = ""  # why not accepted: Invalid | NoPool | Conflict
+    message: str = ""
+    conflict_with: str = ""
+    losers: list[str] = field(default_factory=list)
+    dests: list[tuple[RealServer, Dest]] = field(default_factory=list)
+    directors: list[Node] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.service is not None and not self.reason
+
+
+@dataclass
+class _RS:
+    cr: RealServer
+    dest: Dest | None = None
+    reason: str = ""  # VirtualServiceNotFound | VirtualServiceNotAccepted | Invalid | Duplicate
+    message: str = ""
+
+
+def _fmt_errors(errors: Iterable[FieldError]) -> str:
+    return "; ".join(str(e) for e in errors)
+
+
+def _ip_sort_key(address: str, port: int) -> tuple:
+    ip = ipaddress.ip_address(address)
+    return (ip.version, int(ip), port)
+
+
+def _pool_hint(vs: VirtualService, svc: Service) -> str:
+    ns = vs.meta.namespace
+    what = f"fwmark {svc.fwmark}" if svc.fwmark else f"spec.address {svc.address}"
+    field_ = "spec.fwmarks" if svc.fwmark else "spec.addresses"
+    return (f"{what} is in no VIPPool open to namespace {ns}: an administrator must create a "
+            f"VIPPool (vippools.{C.GROUP}, cluster-scoped) whose {field_} covers it and whose "
+            f"spec.namespaces lists {ns} (or whose spec.namespaceSelector matches it)")
+
+
+def _label_map(objs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    return {(o.get("metadata") or {}).get("name", ""): dict((o.get("metadata") or {}).get("labels") or {})
+            for o in objs}
+
+
+# --------------------------------------------------------------------------
+# The compiler
+# --------------------------------------------------------------------------
+
+def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
+                    realservers: Iterable[Mapping[str, Any]] = (),
+                    pools: Iterable[Mapping[str, Any]] = (),
+                    nodes: Iterable[Mapping[str, Any]] = (),
+                    namespaces: Iterable[Mapping[str, Any]] = (),
+                    nodestates: Iterable[Mapping[str, Any]] = (),
+                    *, namespace: str = C.DEFAULT_NAMESPACE, now: str = "1970-01-01T00:00:00Z") -> Result:
+    vss = sorted((VirtualService.of(o) for o in virtualservices), key=lambda v: v.meta.age_key)
+    rss = sorted((RealServer.of(o) for o in realservers), key=lambda r: r.meta.age_key)
+    pool_objs = sorted((VIPPool.of(o) for o in pools), key=lambda p: p.name)
+    node_objs = sorted((Node.of(o) for o in nodes), key=lambda n: n.name)
+    nodes_by_name = {n.name: n for n in node_objs}
+    ns_labels = _label_map(namespaces)
+    current = {(o.get("metadata") or {}).get("name", ""): o for o in nodestates}
+    result = Result()
+
+    # 1. Each VirtualService on its own: valid? VIP allowed?
+    infos: dict[tuple[str, str], _VS] = {}
+    for vs in vss:
+        info = _VS(vs)
+        info.service = vs.to_service(info.errors)
+        if info.service is None:
+            info.reason, info.message = "Invalid", _fmt_errors(info.errors)
+        else:
+            svc = info.service
+            labels = ns_labels.get(vs.meta.namespace, {})
+            open_pools = [p for p in pool_objs if p.open_to(vs.meta.namespace, labels)]
+            if svc.fwmark:
+                allowed = any(p.covers_fwmark(svc.fwmark) for p in open_pools)
+            else:
+                allowed = any(p.covers_address(svc.address) for p in open_pools)
+            if not allowed:
+                info.reason, info.message = "NoPool", _pool_hint(vs, svc)
+        infos[vs.meta.ref] = info
+
+    # 2. Conflicts: same service key twice -> the oldest wins.
+    by_key: dict[ServiceKey, list[_VS]] = defaultdict(list)
+    for info in infos.values():  # already oldest first
+        if info.accepted:
+            by_key[info.service.key].append(info)
+    for key, group in by_key.items():
+        winner = group[0]
+        for loser in group[1:]:
+            loser.reason = "Conflict"
+            loser.conflict_with = f"{winner.cr.meta.namespace}/{winner.cr.meta.name}"
+            loser.message = (f"{key} is already declared by VirtualService {loser.conflict_with}, "
+                             f"created earlier ({winner.cr.meta.created}); the oldest wins")
+            winner.losers.append(f"{loser.cr.meta.namespace}/{loser.cr.meta.name}")
+
+    # 3. RealServers -> dests of their VirtualService.
+    rs_infos: dict[tuple[str, str], _RS] = {}
+    seen_dest: dict[tuple[tuple[str, str], Any], str] = {}
+    for rs in rss:
+        ri = _RS(rs)
+        rs_infos[rs.meta.ref] = ri
+        vref = (rs.meta.namespace, rs.virtual_service)
+        info = infos.get(vref)
+        if info is None:
+            ri.reason = "VirtualServiceNotFound"
+            ri.message = f"no VirtualService {rs.virtual_service!r} in namespace {rs.meta.namespace}"
+            continue
+        if info.service is None:
+            ri.reason = "VirtualServiceInvalid"
+            ri.message = f"VirtualService {rs.virtual_service} is invalid: {info.message}"
+            continue
+        errors: list[FieldError] = []
+        dest = rs.to_dest(info.cr, info.service, errors)
+        if dest is None:
+            ri.reason, ri.message = "Invalid", _fmt_errors(errors)
+            continue
+        other = seen_dest.get((vref, dest.key))
+        if other:
+            ri.reason = "Duplicate"
+            ri.message = (f"{dest.key} is already a real server of {rs.virtual_service} "
+                          f"through RealServer {other} (created earlier); the oldest wins")
+            continue
+        seen_dest[(vref, dest.key)] = rs.meta.name
+        ri.dest = dest
+        info.dests.append((rs, dest))
+
+    # 4. Node state for every accepted VirtualService.
+    specs: dict[tuple[str, tuple[str, str]], NodeSpec] = {}  # (node, vs ref) -> spec
+    for ref, info in infos.items():
+        if not info.accepted:
+            continue
+        vs, svc = info.cr, info.service
+        dests = sorted(info.dests, key=lambda rd: _ip_sort_key(rd[1].address, rd[1].port))
+        snat = vs.nat_return == "snat" and any(d.method == "nat" for _, d in dests)
+        svc = replace(svc, dests=tuple(d for _, d in dests), snat=snat)
+        info.service = svc
+        info.directors = [n for n in node_objs if selector_matches(vs.director_selector, n.labels)]
+        for n in info.directors:
+            specs[(n.name, ref)] = NodeSpec(
+                node=n.name, services=(svc,),
+                director_addresses=() if svc.fwmark else (LocalAddress(svc.address),),
+                sysctls=(("net.ipv4.vs.conntrack", "1"),) if snat else ())
+        via = tuple(sorted({a for a in (n.address(svc.family) for n in info.directors) if a},
+                           key=lambda a: _ip_sort_key(a, 0)))
+        for rs, d in dests:
+            node = nodes_by_name.get(rs.node_name)
+            if node is None:
+                continue
+            spec = specs.get((node.name, ref), NodeSpec(node=node.name))
+            if d.method in ("dr", "tun") and not svc.fwmark:
+                bv = BackendVip(svc.address, d.method, d.tunnel_type if d.method == "tun" else "ipip")
+                spec = replace(spec, backend_vips=tuple(dict.fromkeys(spec.backend_vips + (bv,))))
+            elif d.method == "nat" and vs.nat_return == "policy-route" and via:
+                rr = ReplyRoute(d.address, d.port, svc.protocol, via)
+                spec = replace(spec, reply_routes=tuple(dict.fromkeys(spec.reply_routes + (rr,))))
+            else:
+                continue
+            specs[(node.name, ref)] = spec
+
+    # 5. Names (collisions: the older VirtualService keeps the plain name).
+    plain: dict[str, list[tuple[tuple, str, tuple[str, str]]]] = defaultdict(list)
+    for (node, ref) in specs:
+        plain[C.nodestate_name(node, *ref)].append((infos[ref].cr.meta.age_key, node, ref))
+    names: dict[tuple[str, tuple[str, str]], str] = {}
+    for name, owners in plain.items():
+        owners.sort()
+        for i, (_, node, ref) in enumerate(owners):
+            names[(node, ref)] = name if i == 0 else C.hashed_nodestate_name(node, *ref)
+    for (node, ref), spec in sorted(specs.items()):
+        name = names[(node, ref)]
+        result.nodestates[name] = {
+            "apiVersion": C.API_VERSION, "kind": C.NODESTATE_KIND,
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "labels": {C.LABEL_NODE: C.label_value(node),
+                           C.LABEL_VS_NAMESPACE: C.label_value(ref[0]),
+                           C.LABEL_VS_NAME: C.label_value(ref[1]),
+                           C.LABEL_MANAGED_BY: C.MANAGED_BY},
+                "annotations": {C.ANNOTATION_VIRTUALSERVICE: f"{ref[0]}/{ref[1]}"},
+            },
+            "spec": dump_node_spec(spec),
+        }
+
+    # 6. Statuses from what the agents report.
+    reports: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)  # (vs ref) -> node -> report
+    for ref, info in infos.items():
+        if not info.accepted:
+            continue
+        for n in info.directors:
+            name = names[(n.name, ref)]
+            obj = current.get(name)
+            reports[ref][n.name] = _director_report(obj, result.nodestates[name], info.service.key)
+    for ref, info in infos.items():
+        result.vs_status[ref] = _vs_status(info, reports.get(ref, {}), rs_infos, now, result.events)
+    for ref, ri in rs_infos.items():
+        info = infos.get((ri.cr.meta.namespace, ri.cr.virtual_service))
+        result.rs_status[ref] = _rs_status(ri, info, reports.get(info.cr.meta.ref, {}) if info else {},
+                                           now, result.events)
+    for p in pool_objs:
+        ok = not p.errors
+        prev = p.status
+        result.pool_status[p.name] = {"conditions": [condition(
+            "Valid", ok, "Valid" if ok else "Invalid",
+            "all ranges usable" if ok else "; ".join(p.errors) + " (ignored)", 0, now,
+            prev.get("conditions") or ())]}
+    return result
+
+
+def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], key: ServiceKey) -> dict:
+    """What one director's agent says about the service in its NodeState."""
+    rep = {"exists": obj is not None, "current": False, "programmed": False, "error": "", "dests": {}}
+    if obj is None:
+        return rep
+    status = obj.get("status") or {}
+    gen = (obj.get("metadata") or {}).get("generation")
+    rep["current"] = (obj.get("spec") == desired["spec"] and gen is not None
+                      and status.get("observedGeneration") == gen)
+    for s in status.get("services") or ():
+        if s.get("key") == str(key):
+            rep["programmed"] = bool(s.get("programmed"))
+            rep["error"] = s.get("error") or ""
+    for d in status.get("dests") or ():
+        if d.get("service") == str(key):
+            try:
+                dk = _ip_sort_key(str(d.get("address")), int(d.get("port") or 0))
+            except ValueError:
+                continue
+            rep["dests"][dk] = d
+    return rep
+
+
+def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Mapping[tuple[str, str], _RS],
+               now: str, events: list[Event]) -> dict:
+    vs = info.cr
+    gen = vs.meta.generation
+    prev = vs.status.get("conditions") or ()
+    svc = info.service
+    status: dict[str, Any] = {"observedGeneration": gen}
+    if svc is not None:
+        status["protocol"] = "fwmark" if svc.fwmark else svc.protocol
+        status["service"] = str(svc.key)
+    total = len(info.directors)
+    ready_nodes = sorted(n for n, r in reports.items() if r["current"] and r["programmed"])
+    errors = sorted(f"{n}: {r['error']}" for n, r in reports.items() if r["current"] and r["error"])
+    ready = len(ready_nodes)
+    rs_total = rs_healthy = 0
+    for ri in rs_infos.values():
+        if ri.dest is None or (ri.cr.meta.namespace, ri.cr.virtual_service) != vs.meta.ref:
+            continue
+        rs_total += 1
+        if _aggregate_health(ri, reports)[0] == HEALTHY:
+            rs_healthy += 1
+    if not info.accepted:
+        ready = total = rs_healthy = 0
+    status.update(directors=f"{ready}/{total}", directorsReady=ready, directorsTotal=total,
+                  realServers=f"{rs_healthy}/{rs_total}", realServersHealthy=rs_healthy,
+                  realServersTotal=rs_total)
+
+    conds = []
+    if info.accepted:
+        conds.append(condition("Accepted", True, "Accepted",
+                               f"{svc.key} is valid, its address is in a VIPPool open to namespace "
+                               f"{vs.meta.namespace}, and no older VirtualService declares it", gen, now, prev))
+    else:
+        conds.append(condition("Accepted", False, info.reason, info.message, gen, now, prev))
+    if info.reason == "Conflict":
+        conds.append(condition("Conflict", True, "Conflict", info.message, gen, now, prev))
+    elif info.losers:
+        conds.append(condition("Conflict", False, "Winner",
+                               f"older than {', '.join(info.losers)}, which declare the same service",
+                               gen, now, prev))
+    else:
+        conds.append(condition("Conflict", False, "NoConflict", "no other VirtualService declares this service",
+                               gen, now, prev))
+    if not info.accepted:
+        prog = condition("Programmed", False, info.reason, f"not programmed: {info.message}", gen, now, prev)
+    elif total == 0:
+        prog = condition("Programmed", False, "NoDirectors",
+                         "spec.directorSelector matches no Node: no director programs this service",
+                         gen, now, prev)
+    elif errors:
+        prog = condition("Programmed", False, "Failed", "; ".join(errors), gen, now, prev)
+    elif ready < total:
+        pending = sorted(n for n in (d.name for d in info.directors) if n not in ready_nodes)
+        prog = condition("Programmed", False, "Pending",
+                         f"waiting for the agents on {', '.join(pending)} ({ready}/{total} directors ready)",
+                         gen, now, prev)
+    else:
+        prog = condition("Programmed", True, "Programmed", f"programmed on {total} director(s)", gen, now, prev)
+    conds.append(prog)
+    if prog["status"] != "True":
+        rd = condition("Ready", False, prog["reason"], prog["message"], gen, now, prev)
+    elif rs_total == 0:
+        rd = condition("Ready", False, "NoRealServers", "no RealServer names this VirtualService", gen, now, prev)
+    elif rs_healthy == 0:
+        rd = condition("Ready", False, "NoHealthyRealServers", f"0/{rs_total} real servers healthy", gen, now, prev)
+    else:
+        rd = condition("Ready", True, "Ready",
+                       f"{ready}/{total} directors ready, {rs_healthy}/{rs_total} real servers healthy",
+                       gen, now, prev)
+    conds.append(rd)
+    status["conditions"] = conds
+
+    acc = conds[0]
+    if acc["status"] == "False" and _turned(vs.status, acc):
+        events.append(Event("VirtualService", vs.meta.namespace, vs.meta.name, vs.meta.uid, "Warning",
+                            info.reason, info.message))
+    return status
+
+
+def _aggregate_health(ri: _RS, reports: Mapping[str, dict]) -> tuple[str, list[dict]]:
+    """The RealServer's health over its directors' reports, and the per-director detail."""
+    if ri.dest is None:
+        return UNKNOWN, []
+    dk = _ip_sort_key(ri.dest.address, ri.dest.port)
+    per = []
+    for node in sorted(reports):
+        d = reports[node]["dests"].get(dk)
+        if d is None:
+            continue
+        per.append({"node": node, "health": d.get("health") or UNKNOWN, "weight": int(d.get("weight") or 0),
+                    "activeConns": int(d.get("activeConns") or 0),
+                    "inactiveConns": int(d.get("inactiveConns") or 0)})
+    states = {p["health"] for p in per}
+    if UNHEALTHY in states:
+        health = UNHEALTHY
+    elif ri.dest.weight == 0 or DRAINING in states:
+        health = DRAINING
+    elif per and states == {HEALTHY}:
+        health = HEALTHY
+    else:
+        health = UNKNOWN
+    return health, per
+
+
+def _rs_status(ri: _RS, info: _VS | None, reports: Mapping[str, dict], now: str,
+               events: list[Event]) -> dict:
+    rs = ri.cr
+    gen = rs.meta.generation
+    prev = rs.status.get("conditions") or ()
+    status: dict[str, Any] = {"observedGeneration": gen}
+    if ri.dest is not None:
+        status.update(port=ri.dest.port, method=ri.dest.method)
+    programmed = ri.dest is not None and info is not None and info.accepted
+    health, per = _aggregate_health(ri, reports) if programmed else (UNKNOWN, [])
+    if ri.dest is not None and ri.dest.weight == 0 and health == UNKNOWN:
+        health = DRAINING
+    status.update(health=health, activeConns=sum(p["activeConns"] for p in per),
+                  inactiveConns=sum(p["inactiveConns"] for p in per), directors=per)
+    if ri.dest is None:
+        acc = condition("Accepted", False, ri.reason, ri.message, gen, now, prev)
+    else:
+        acc = condition("Accepted", True, "Accepted",
+                        f"real server {ri.dest.key} ({ri.dest.method}) of VirtualService {rs.virtual_service}",
+                        gen, now, prev)
+    if ri.dest is None:
+        rd = condition("Ready", False, ri.reason, ri.message, gen, now, prev)
+    elif not programmed:
+        rd = condition("Ready", False, info.reason if info else "VirtualServiceNotFound",
+                       f"VirtualService {rs.virtual_service} is not programmed: {info.message if info else ''}",
+                       gen, now, prev)
+    elif health == HEALTHY:
+        rd = condition("Ready", True, HEALTHY, f"healthy on {len(per)} director(s)", gen, now, prev)
+    elif health == UNHEALTHY:
+        bad = [p["node"] for p in per if p["health"] == UNHEALTHY]
+        rd = condition("Ready", False, UNHEALTHY, f"failing health checks from {', '.join(bad)}", gen, now, prev)
+    elif health == DRAINING:
+        rd = condition("Ready", False, DRAINING, "weight 0: no new connections", gen, now, prev)
+    else:
+        rd = condition("Ready", False, "NotChecked", "no director has reported on it yet", gen, now, prev)
+    status["conditions"] = [acc, rd]
+    if acc["status"] == "False" and _turned(rs.status, acc):
+        events.append(Event("RealServer", rs.meta.namespace, rs.meta.name, rs.meta.uid, "Warning",
+                            ri.reason, ri.message))
+    return status

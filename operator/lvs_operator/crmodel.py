@@ -1,0 +1,265 @@
+"""Typed views of the custom resources and their conversion to the engine model.
+
+The CR field names and values are the node-spec document's own
+(``lvs_model.nodespec``): a VirtualService's spec *is* a service document
+plus the fields only the operator needs (``method``/``tunnel`` defaults for
+its RealServers, ``directorSelector``, ``natReturn``), and a RealServer's spec
+*is* a dest document plus ``virtualService`` and ``nodeName``. So the engine
+model's parse_service/parse_dest validate them with the same messages and the
+field paths come out as ``spec.port``, ``spec.tunnel.port`` and so on.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lvs_model.errors import FieldError
+from lvs_model.nodespec import Dest, Service, parse_dest, parse_service
+
+# Fields of a VirtualService spec that are not part of the service document.
+VS_OPERATOR_FIELDS = ("method", "tunnel", "directorSelector", "natReturn")
+# Fields of a RealServer spec that are not part of the dest document.
+RS_OPERATOR_FIELDS = ("virtualService", "nodeName")
+
+NAT_RETURN = ("gateway", "policy-route", "snat")
+DEFAULT_METHOD = "nat"
+
+
+@dataclass(frozen=True)
+class Meta:
+    namespace: str
+    name: str
+    uid: str = ""
+    created: str = ""  # creationTimestamp, RFC 3339 (sorts as text)
+    generation: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def age_key(self) -> tuple[str, str, str]:
+        """Oldest first: creationTimestamp, then namespace/name."""
+        return (self.created or "9999", self.namespace, self.name)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> "Meta":
+        m = obj.get("metadata") or {}
+        return cls(namespace=m.get("namespace") or "", name=m.get("name") or "", uid=m.get("uid") or "",
+                   created=m.get("creationTimestamp") or "", generation=int(m.get("generation") or 0),
+                   labels=dict(m.get("labels") or {}))
+
+
+@dataclass(frozen=True)
+class VirtualService:
+    meta: Meta
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> "VirtualService":
+        return cls(Meta.of(obj), dict(obj.get("spec") or {}), dict(obj.get("status") or {}))
+
+    @property
+    def method(self) -> str:
+        return self.spec.get("method") or DEFAULT_METHOD
+
+    @property
+    def tunnel(self) -> Mapping[str, Any]:
+        return self.spec.get("tunnel") or {}
+
+    @property
+    def director_selector(self) -> Mapping[str, Any] | None:
+        return self.spec.get("directorSelector")
+
+    @property
+    def nat_return(self) -> str:
+        return self.spec.get("natReturn") or "gateway"
+
+    def service_doc(self) -> dict[str, Any]:
+        doc = {k: v for k, v in self.spec.items() if k not in VS_OPERATOR_FIELDS}
+        doc["name"] = f"{self.meta.namespace}/{self.meta.name}"
+        return doc
+
+    def to_service(self, errors: list[FieldError]) -> Service | None:
+        """The service without dests, or None with errors at ``spec.*`` paths."""
+        n = len(errors)
+        for k in self.spec:
+            if k == "dests":
+                errors.append(FieldError("spec.dests", "real servers are RealServer objects, not a list here"))
+        if self.method not in ("nat", "dr", "tun"):
+            errors.append(FieldError("spec.method", f"{self.method!r} is not one of nat, dr, tun"))
+        if self.nat_return not in NAT_RETURN:
+            errors.append(FieldError("spec.natReturn", f"{self.nat_return!r} is not one of {', '.join(NAT_RETURN)}"))
+        if self.tunnel and self.method != "tun":
+            errors.append(FieldError("spec.tunnel", "only applies to method tun"))
+        if self.director_selector is None:
+            errors.append(FieldError("spec.directorSelector", "is required ({} selects every node)"))
+        svc = parse_service(self.service_doc(), "spec", errors)
+        if svc is not None and self.tunnel and self.method == "tun":
+            # Validate the default tunnel once, as a dest would carry it.
+            probe = {"address": svc.address or ("::1" if svc.family == "ipv6" else "127.0.0.1"),
+                     "method": "tun", "tunnel": dict(self.tunnel)}
+            sub: list[FieldError] = []
+            parse_dest(probe, "spec", svc, sub)
+            errors.extend(e for e in sub if e.path.startswith("spec.tunnel"))
+        return svc if len(errors) == n else None
+
+
+@dataclass(frozen=True)
+class RealServer:
+    meta: Meta
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> "RealServer":
+        return cls(Meta.of(obj), dict(obj.get("spec") or {}), dict(obj.get("status") or {}))
+
+    @property
+    def virtual_service(self) -> str:
+        return str(self.spec.get("virtualService") or "")
+
+    @property
+    def node_name(self) -> str:
+        return str(self.spec.get("nodeName") or "")
+
+    def dest_doc(self, vs: VirtualService) -> dict[str, Any]:
+        """The dest document: the RealServer's fields, method and tunnel
+        inherited from the VirtualService where the RealServer has none."""
+        doc = {k: v for k, v in self.spec.items() if k not in RS_OPERATOR_FIELDS}
+        method = doc.setdefault("method", vs.method)
+        if method == "tun" and "tunnel" not in doc and vs.tunnel:
+            doc["tunnel"] = dict(vs.tunnel)
+        return doc
+
+    def to_dest(self, vs: VirtualService, svc: Service, errors: list[FieldError]) -> Dest | None:
+        return parse_dest(self.dest_doc(vs), "spec", svc, errors)
+
+
+# --------------------------------------------------------------------------
+# VIP pools
+# --------------------------------------------------------------------------
+
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address_range(text: str) -> tuple[IPAddr, IPAddr]:
+    """``10.0.0.0/24``, ``10.0.0.7`` or ``10.0.0.10-10.0.0.20`` -> (first, last)."""
+    text = str(text).strip()
+    if "-" in text:
+        a, b = (ipaddress.ip_address(x.strip()) for x in text.split("-", 1))
+        if a.version != b.version:
+            raise ValueError(f"{text}: both ends must be the same family")
+        if int(a) > int(b):
+            raise ValueError(f"{text}: the first address is above the last")
+        return a, b
+    net = ipaddress.ip_network(text, strict=False)
+    return net[0], net[-1]
+
+
+@dataclass(frozen=True)
+class VIPPool:
+    name: str
+    ranges: tuple[tuple[IPAddr, IPAddr], ...]
+    fwmarks: tuple[tuple[int, int], ...]
+    namespaces: frozenset[str]
+    namespace_selector: Mapping[str, Any] | None
+    created: str = ""
+    errors: tuple[str, ...] = ()
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> "VIPPool":
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        ranges, errors = [], []
+        for i, text in enumerate(spec.get("addresses") or []):
+            try:
+                ranges.append(parse_address_range(text))
+            except ValueError as e:
+                errors.append(f"spec.addresses[{i}]: {e}")
+        marks = []
+        for i, r in enumerate(spec.get("fwmarks") or []):
+            first, last = int(r.get("first", 0)), int(r.get("last", r.get("first", 0)))
+            if first > last:
+                errors.append(f"spec.fwmarks[{i}]: first {first} is above last {last}")
+            else:
+                marks.append((first, last))
+        return cls(name=meta.get("name") or "", ranges=tuple(ranges), fwmarks=tuple(marks),
+                   namespaces=frozenset(spec.get("namespaces") or ()),
+                   namespace_selector=spec.get("namespaceSelector"),
+                   created=meta.get("creationTimestamp") or "", errors=tuple(errors),
+                   status=dict(obj.get("status") or {}))
+
+    def open_to(self, namespace: str, ns_labels: Mapping[str, str]) -> bool:
+        if namespace in self.namespaces:
+            return True
+        if self.namespace_selector is not None:
+            labels = {"kubernetes.io/metadata.name": namespace, **dict(ns_labels)}
+            return selector_matches(self.namespace_selector, labels)
+        return False
+
+    def covers_address(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(a.version == ip.version and int(a) <= int(ip) <= int(b) for a, b in self.ranges)
+
+    def covers_fwmark(self, mark: int) -> bool:
+        return any(a <= mark <= b for a, b in self.fwmarks)
+
+
+# --------------------------------------------------------------------------
+# Nodes and label selectors
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    labels: Mapping[str, str]
+    addresses: tuple[tuple[str, str], ...]  # (type, address) from status.addresses
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> "Node":
+        meta = obj.get("metadata") or {}
+        addrs = tuple((a.get("type", ""), a.get("address", ""))
+                      for a in (obj.get("status") or {}).get("addresses") or [])
+        return cls(meta.get("name") or "", dict(meta.get("labels") or {}), addrs)
+
+    def address(self, family: str) -> str:
+        """The node's InternalIP (else ExternalIP) of ``family``, or ""."""
+        for kind in ("InternalIP", "ExternalIP"):
+            for t, a in self.addresses:
+                if t != kind:
+                    continue
+                try:
+                    ip = ipaddress.ip_address(a)
+                except ValueError:
+                    continue
+                if (ip.version == 6) == (family == "ipv6"):
+                    return str(ip)
+        return ""
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector semantics: None selects nothing, {} everything."""
+    if selector is None:
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False
+    return True

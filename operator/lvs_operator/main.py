@@ -1,0 +1,60 @@
+"""`lvs-operator`: the kube-lvs operator (kopf underneath).
+
+    lvs-operator [--namespace kube-lvs-system] [--liveness http://0.0.0.0:8080/healthz]
+
+Credentials: in a pod its ServiceAccount; elsewhere $KUBECONFIG (or
+~/.kube/config). Watches VirtualServices, RealServers, VIPPools, Nodes,
+Namespaces and its own NodeStates cluster-wide; only the holder of the Lease
+``<namespace>/kube-lvs-operator`` writes (see leader.py).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from lvs_model import channel as C
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lvs-operator", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE") or C.DEFAULT_NAMESPACE,
+                    help="where NodeStates and the leader Lease live ($POD_NAMESPACE)")
+    ap.add_argument("--liveness", default=os.environ.get("LVS_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"),
+                    help="liveness endpoint URL ('' to disable)")
+    ap.add_argument("--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+                    help="this replica's name in the Lease ($POD_NAME)")
+    ap.add_argument("--lease-name", default="kube-lvs-operator")
+    ap.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
+    ap.add_argument("--lease-renew", type=float, default=5.0, help="seconds between renewals")
+    ap.add_argument("--no-leader-election", action="store_true",
+                    help="write without holding the Lease (a single replica only)")
+    ap.add_argument("--debounce", type=float, default=0.3, help="seconds to batch changes before compiling")
+    ap.add_argument("--resync", type=float, default=300.0, help="seconds between full reconciles")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--debug", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import kopf  # after --help
+
+    from . import handlers
+
+    handlers.CONFIG.update(
+        namespace=args.namespace, identity=args.identity, lease_name=args.lease_name,
+        lease_duration=args.lease_duration, lease_renew=args.lease_renew,
+        leader_election=not args.no_leader_election, debounce=args.debounce, resync=args.resync)
+    kopf.configure(verbose=args.verbose, debug=args.debug)
+    logging.getLogger("lvs_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    kopf.run(clusterwide=True, standalone=True, liveness_endpoint=args.liveness or None,
+             identity=args.identity)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
