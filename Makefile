@@ -23,7 +23,7 @@ venv: $(VENV)/.installed
 lab: venv
 	bash lab/setup.sh
 
-k8s:
+k8s: venv
 	bash cluster/build.sh
 
 test-unit: venv
@@ -41,12 +41,18 @@ test-cluster: venv k8s
 	@mkdir -p $(RESULTS)
 	$(PYTEST) tests/cluster -q --junitxml=$(RESULTS)/cluster.xml
 
+# End to end: API server + operator on the host, agents and traffic in the VM.
+e2e: lab k8s
+	@mkdir -p $(RESULTS)
+	$(PYTEST) tests/e2e -q --junitxml=$(RESULTS)/e2e.xml
+
 test: venv
 	@rm -rf $(RESULTS); mkdir -p $(RESULTS)
 	@rc=0; \
 	$(MAKE) --no-print-directory test-unit || rc=1; \
 	$(MAKE) --no-print-directory test-kernel || rc=1; \
 	$(MAKE) --no-print-directory test-cluster || rc=1; \
+	$(MAKE) --no-print-directory e2e || rc=1; \
 	$(PYTHON) tests/summarize.py $(RESULTS); \
 	exit $$rc
 

@@ -135,6 +135,13 @@ class Agent:
             return
         finally:
             self.last_duration = time.monotonic() - started
+        n_ops = len(getattr(report, "ops", []) or [])
+        if self.reconciles == 1:
+            log.info("first reconcile done: %d services, %d ops", len(merged.spec.services), n_ops)
+        if n_ops:
+            log.info("reconciled: %d ops, %d failed", n_ops, len(getattr(report, "failed", []) or []))
+        else:
+            log.debug("reconciled: nothing to do")
         errors = dict(getattr(report, "service_errors", {}) or {})
         for key, why in (getattr(report, "problems", {}) or {}).items():
             errors.setdefault(key, why)

@@ -1,0 +1,208 @@
+"""The whole system in the lab: control plane and operator on the host, agents
+and all traffic inside the VM, one network namespace per node.
+
+Used by the end-to-end tests and by `make demo`. The VM reaches the host only
+through restricted guestfwds: the API server's port and the command channel's
+port (lvs_e2e.remote). Nothing else crosses.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from lvs_cluster.control_plane import ControlPlane
+from lvs_lab.vm import LabVM
+from lvs_model.channel import DEFAULT_NAMESPACE
+
+from .remote import Controller
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_RUN = "/tmp/e2e"  # guest tmpfs: agent state, logs, markers
+OPERATOR_SA = "kube-lvs-operator"
+AGENT_SA = "kube-lvs-agent"
+DIRECTOR_LABEL = "lvs.kube-lvs.io/director"
+
+
+_CLIENT = r"""
+import socket, sys
+vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+names = []
+for _ in range(n):
+    try:
+        with socket.create_connection((vip, port), timeout=2) as s:
+            s.settimeout(2)
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        body = data.split(b"\r\n\r\n", 1)[-1].split()
+        names.append(body[0].decode() if body else "-")
+    except OSError:
+        names.append("-")
+print(" ".join(names))
+"""
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float, every: float = 0.5):
+    """Poll `check` until it returns something truthy; its value is returned."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last failure
+            last = e
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+class System:
+    def __init__(self, workdir: Path | None = None, log: Callable[[str], None] = print):
+        self.workdir = Path(workdir or REPO / "build" / "e2e").resolve()
+        self.log = log
+        self.cp: ControlPlane | None = None
+        self.operator: subprocess.Popen | None = None
+        self.vm: LabVM | None = None
+        self.ctl: Controller | None = None
+        self.python = str(Path(sys.executable))
+        self.bin = str(Path(sys.executable).parent)
+        self.agent_kubeconfig: Path | None = None
+        self.operator_kubeconfig: Path | None = None
+        self.topologies: set[str] = set()
+
+    # -- host side ---------------------------------------------------------------
+    def start_control_plane(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log("starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1")
+        self.cp = ControlPlane(self.workdir / "control-plane").start()
+        self.log(f"installing kube-lvs (kubectl apply -k deploy/) into {self.cp.url}")
+        self.kubectl("apply", "--server-side", "-k", str(REPO / "deploy"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/virtualservices.lvs.kube-lvs.io", "crd/realservers.lvs.kube-lvs.io",
+                     "crd/vippools.lvs.kube-lvs.io", "crd/nodestates.lvs.kube-lvs.io")
+        self.operator_kubeconfig = self.cp.kubeconfig_for_serviceaccount(
+            DEFAULT_NAMESPACE, OPERATOR_SA, path=self.workdir / "operator.kubeconfig")
+        self.agent_kubeconfig = self.cp.kubeconfig_for_serviceaccount(
+            DEFAULT_NAMESPACE, AGENT_SA, server=self.cp.vm_url, path=self.workdir / "agent.kubeconfig")
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        assert self.cp is not None
+        return self.cp.kubectl(*args, input=input, check=check).stdout
+
+    def start_operator(self) -> None:
+        assert self.operator_kubeconfig is not None
+        log = open(self.workdir / "operator.log", "ab")
+        env = {**os.environ, "KUBECONFIG": str(self.operator_kubeconfig)}
+        self.operator = subprocess.Popen(
+            [f"{self.bin}/lvs-operator", "--namespace", DEFAULT_NAMESPACE],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.log(f"operator started (pid {self.operator.pid}, log {self.workdir / 'operator.log'})")
+
+    def stop_operator(self) -> None:
+        if self.operator and self.operator.poll() is None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(20)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait()
+        self.operator = None
+
+    def add_node(self, name: str, director: bool = False) -> None:
+        labels = {DIRECTOR_LABEL: "true"} if director else {}
+        import yaml
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}))
+
+    # -- the VM --------------------------------------------------------------------
+    def boot(self, timeout: float = 3000) -> None:
+        assert self.cp is not None
+        self.ctl = Controller()
+        self.log("booting the lab VM (real IPVS kernel under qemu); the guest connects back")
+        self.vm = LabVM([self.python, "-m", "lvs_e2e.remote", "10.0.2.100", str(self.ctl.port)],
+                        cwd=REPO, forwards=(self.cp.port, self.ctl.port), timeout=timeout,
+                        output=open(self.workdir / "vm.log", "wb"))
+        self.vm.start()
+        self.ctl.wait_connected(300)
+        self.g("mkdir", "-p", GUEST_RUN)
+
+    def g(self, *argv: str, timeout: float = 120) -> str:
+        """Run a command in the VM, raising on failure; its stdout."""
+        assert self.ctl is not None
+        return self.ctl.run(list(argv), timeout=timeout).check().out
+
+    def build_topology(self, kind: str) -> None:
+        """`kind` is nat or tun; namespaces are named `<kind>-<host>`."""
+        assert self.ctl is not None
+        ready = f"{GUEST_RUN}/topology-{kind}.ready"
+        self.ctl.spawn(f"topology-{kind}", [self.python, "-m", "lvs_e2e.guest_topology", kind, ready],
+                       log=f"{GUEST_RUN}/topology-{kind}.log")
+        wait_until(f"topology {kind}", lambda: self.ctl.run(["test", "-e", ready]).rc == 0, 180, 1)
+        self.topologies.add(kind)
+
+    def start_server(self, kind: str, host: str) -> None:
+        """A name server in `<kind>-<host>` as its own process (so a test can stop it)."""
+        assert self.ctl is not None
+        self.ctl.spawn(f"server-{kind}-{host}",
+                       ["ip", "netns", "exec", f"{kind}-{host}", self.python, "-m", "lvs_lab.servers",
+                        "--name", host, "--port", "80"], log=f"{GUEST_RUN}/server-{kind}-{host}.log")
+
+    def stop_server(self, kind: str, host: str) -> None:
+        assert self.ctl is not None
+        self.ctl.signal(f"server-{kind}-{host}")
+
+    def start_agent(self, node: str, netns: str) -> None:
+        assert self.ctl is not None and self.agent_kubeconfig is not None
+        self.ctl.spawn(f"agent-{node}", [
+            f"{self.bin}/lvs-agent", "--node", node, "--netns", netns,
+            "--kubeconfig", str(self.agent_kubeconfig), "--state-dir", f"{GUEST_RUN}/agent-{node}",
+            "--resync", "5", "--metrics-port", "0"], log=f"{GUEST_RUN}/agent-{node}.log")
+
+    def stop_agent(self, node: str, sig: int = 15) -> int | None:
+        assert self.ctl is not None
+        return self.ctl.signal(f"agent-{node}", sig)
+
+    def agent_log(self, node: str) -> str:
+        assert self.ctl is not None
+        return self.ctl.run(["tail", "-n", "40", f"{GUEST_RUN}/agent-{node}.log"]).out
+
+    # -- traffic -------------------------------------------------------------------
+    def requests(self, kind: str, vip: str, count: int, port: int = 80) -> list[str]:
+        """`count` HTTP requests, one connection each, from `<kind>-client` to the VIP;
+        the answering names ("-" for a failed request). One process for all."""
+        assert self.ctl is not None
+        out = self.ctl.run(["ip", "netns", "exec", f"{kind}-client", self.python, "-c", _CLIENT,
+                            vip, str(port), str(count)], timeout=30 + 3 * count).check().out
+        return out.split()
+
+    def distribution(self, kind: str, vip: str, count: int) -> Counter:
+        return Counter(self.requests(kind, vip, count))
+
+    def ipvsadm(self, netns: str, *args: str) -> str:
+        return self.g("ip", "netns", "exec", netns, "ipvsadm", *args)
+
+    # -- teardown --------------------------------------------------------------------
+    def close(self) -> None:
+        self.stop_operator()
+        if self.ctl is not None:
+            for kind in sorted(self.topologies):
+                try:
+                    self.ctl.signal(f"topology-{kind}", 15, wait=60)
+                except Exception:  # noqa: BLE001
+                    pass
+            self.ctl.close()
+        if self.vm is not None:
+            try:
+                self.vm.wait(120)
+            except Exception:  # noqa: BLE001
+                self.vm.kill()
+            self.vm.cleanup()
+        if self.cp is not None:
+            self.cp.stop()

@@ -1,0 +1,174 @@
+"""The whole system, as a user drives it: kubectl and the examples/ YAML on the
+host, real traffic between namespaces in the VM. The tests run in order and
+share one system (booting it costs minutes under TCG)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lvs_e2e.system import GUEST_RUN, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+NAT_VIP, TUN_VIP = "192.168.0.30", "192.168.1.3"
+
+
+def realservers(system, ns: str) -> dict[str, dict]:
+    out = json.loads(system.kubectl("get", "realservers.lvs.kube-lvs.io", "-n", ns, "-o", "json"))
+    return {o["metadata"]["name"]: o.get("status") or {} for o in out["items"]}
+
+
+def healths(system, ns: str) -> dict[str, str]:
+    return {n: s.get("health", "") for n, s in realservers(system, ns).items()}
+
+
+@pytest.fixture(scope="module")
+def nat(system):
+    system.build_topology("nat")
+    for rs in ("rs1", "rs2"):
+        system.start_server("nat", rs)
+    # A foreign IPVS service (kube-proxy's, keepalived's or hand-made) on the director.
+    system.ipvsadm("nat-director", "-A", "-t", "192.168.0.30:8080", "-s", "wlc")
+    system.ipvsadm("nat-director", "-a", "-t", "192.168.0.30:8080", "-r", "10.0.0.51:8080", "-m", "-w", "7")
+    system.start_agent("nat-director", "nat-director")
+    system.kubectl("apply", "-k", str(REPO / "examples" / "seed-nat"))
+    return system
+
+
+def test_seed_nat_balances_and_reports_healthy(nat):
+    names = wait_until("NAT service answering from both real servers",
+                       lambda: (lambda n: n if set(n) == {"rs1", "rs2"} else None)(nat.requests("nat", NAT_VIP, 4)),
+                       timeout=240, every=2)
+    assert names[0] != names[1] and names[1] != names[2], f"rr must alternate: {names}"
+    wait_until("both RealServers Healthy", lambda: healths(nat, "web") == {"rs1": "Healthy", "rs2": "Healthy"},
+               timeout=120, every=2)
+    out = nat.kubectl("get", "realservers.lvs.kube-lvs.io", "-n", "web")
+    assert "Healthy" in out and "10.0.0.51" in out
+    vs = json.loads(nat.kubectl("get", "virtualservices.lvs.kube-lvs.io", "-n", "web", "http", "-o", "json"))
+    conds = {c["type"]: c["status"] for c in vs["status"]["conditions"]}
+    assert conds.get("Ready") == "True", vs["status"]
+
+
+def test_stopped_server_turns_unhealthy_and_comes_back(nat):
+    nat.stop_server("nat", "rs2")
+    wait_until("rs2 Unhealthy", lambda: healths(nat, "web").get("rs2") == "Unhealthy", timeout=120, every=2)
+    # Weight 0 in the kernel right away (locally, not via the API server).
+    table = nat.ipvsadm("nat-director", "-Ln")
+    rs2_line = next(line for line in table.splitlines() if "10.0.0.52:80" in line)
+    assert rs2_line.split()[3] == "0", table
+    assert set(nat.requests("nat", NAT_VIP, 6)) == {"rs1"}
+    nat.start_server("nat", "rs2")
+    wait_until("rs2 back", lambda: healths(nat, "web").get("rs2") == "Healthy", timeout=120, every=2)
+    wait_until("rs2 answering again", lambda: "rs2" in nat.requests("nat", NAT_VIP, 4), timeout=60, every=2)
+
+
+def test_weight_patch_changes_distribution(nat):
+    nat.kubectl("patch", "realservers.lvs.kube-lvs.io", "-n", "web", "rs1", "--type=merge",
+                "-p", '{"spec":{"weight":3}}')
+    nat.kubectl("patch", "virtualservices.lvs.kube-lvs.io", "-n", "web", "http", "--type=merge",
+                "-p", '{"spec":{"scheduler":"wrr"}}')
+    wait_until("kernel weight 3 and wrr",
+               lambda: "wrr" in (t := nat.ipvsadm("nat-director", "-Ln"))
+               and any("10.0.0.51:80" in line and line.split()[3] == "3" for line in t.splitlines()),
+               timeout=90, every=2)
+    counts = Counter(nat.requests("nat", NAT_VIP, 16))
+    assert counts["rs1"] == 12 and counts["rs2"] == 4, counts
+
+
+def test_operator_down_traffic_continues(nat):
+    nat.stop_operator()
+    assert set(nat.requests("nat", NAT_VIP, 4)) == {"rs1", "rs2"}
+    nat.start_operator()
+
+
+def test_agent_restart_keeps_established_connection(nat):
+    before = nat.ipvsadm("nat-director", "-Sn")
+    # Open a connection through the VIP and keep it open across the restart.
+    holder = f"{GUEST_RUN}/held"
+    nat.ctl.spawn("held-conn", ["ip", "netns", "exec", "nat-client", nat.python, "-c", _HOLD, NAT_VIP, holder],
+                  log=f"{GUEST_RUN}/held.log")
+    wait_until("connection held", lambda: nat.ctl.run(["test", "-e", holder + ".open"]).rc == 0, 60, 1)
+    assert nat.stop_agent("nat-director", signal.SIGKILL) is not None
+    nat.start_agent("nat-director", "nat-director")
+    log = f"{GUEST_RUN}/agent-nat-director.log"
+    wait_until("the restarted agent reconciled",
+               lambda: nat.ctl.run(["grep", "-c", "first reconcile done", log]).out.strip() == "2",
+               timeout=120, every=2)
+    firsts = [ln for ln in nat.ctl.run(["cat", log]).out.splitlines() if "first reconcile done" in ln]
+    assert firsts[-1].endswith(", 0 ops"), firsts  # the restarted agent found nothing to change
+    assert nat.ipvsadm("nat-director", "-Sn") == before, "restart changed the kernel"
+    nat.g("touch", holder + ".go")
+    wait_until("held connection answered",
+               lambda: nat.ctl.run(["cat", f"{GUEST_RUN}/held.log"]).out.strip().startswith("rs"), 60, 1)
+
+
+_HOLD = r"""
+import socket, sys, time, os
+vip, marker = sys.argv[1], sys.argv[2]
+s = socket.create_connection((vip, 80), timeout=5)
+open(marker + ".open", "w").close()
+while not os.path.exists(marker + ".go"):
+    time.sleep(0.2)
+s.settimeout(10)
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while chunk := s.recv(4096):
+    data += chunk
+print(data.split(b"\r\n\r\n", 1)[-1].decode().strip(), flush=True)
+"""
+
+
+def test_apiserver_down_traffic_continues_and_agent_catches_up(nat):
+    pid = nat.cp.pids["kube-apiserver"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert set(nat.requests("nat", NAT_VIP, 4)) == {"rs1", "rs2"}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    nat.kubectl("patch", "realservers.lvs.kube-lvs.io", "-n", "web", "rs2", "--type=merge",
+                "-p", '{"spec":{"weight":2}}')
+    wait_until("agent caught up after the API server returned",
+               lambda: any("10.0.0.52:80" in line and line.split()[3] == "2"
+                           for line in nat.ipvsadm("nat-director", "-Ln").splitlines()),
+               timeout=120, every=2)
+
+
+def test_delete_virtualservice_removes_ours_and_keeps_foreign(nat):
+    nat.kubectl("delete", "virtualservices.lvs.kube-lvs.io", "-n", "web", "http")
+    wait_until("our service gone", lambda: "-A -t 192.168.0.30:80 " not in nat.ipvsadm("nat-director", "-Sn"),
+               timeout=120, every=2)
+    table = nat.ipvsadm("nat-director", "-Sn")
+    assert "-A -t 192.168.0.30:8080 -s wlc" in table and "-r 10.0.0.51:8080 -m -w 7" in table, table
+    assert nat.kubectl("get", "nodestates.lvs.kube-lvs.io", "-n", "kube-lvs-system",
+                       "-l", "lvs.kube-lvs.io/vs-name=http", "-o", "name").strip() == ""
+
+
+def test_seed_tun_with_agents_on_the_real_servers(system):
+    s = system
+    s.build_topology("tun")
+    for rs in ("rs1", "rs2"):
+        s.start_server("tun", rs)
+        s.start_agent(rs, f"tun-{rs}")
+    s.kubectl("label", "node", "nat-director", "lvs.kube-lvs.io/director-")
+    s.kubectl("label", "node", "tun-director", "lvs.kube-lvs.io/director=true")
+    s.start_agent("tun-director", "tun-director")
+    s.kubectl("apply", "-k", str(REPO / "examples" / "seed-tun"))
+    wait_until("TUN service answering from both real servers",
+               lambda: set(s.requests("tun", TUN_VIP, 4)) == {"rs1", "rs2"}, timeout=300, every=3)
+    # The agents configured the backends: VIP on tunl0, ARP and rp_filter scoped.
+    addr = s.g("ip", "-n", "tun-rs1", "-o", "addr", "show", "dev", "tunl0")
+    assert TUN_VIP in addr
+    arp = s.g("ip", "netns", "exec", "tun-rs1", "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore")
+    assert arp.strip() == "1"
+    wait_until("TUN RealServers Healthy", lambda: healths(s, "web-tun") == {"rs1": "Healthy", "rs2": "Healthy"},
+               timeout=120, every=2)
+    # Remove it: the backends are put back as they were.
+    s.kubectl("delete", "-k", str(REPO / "examples" / "seed-tun"))
+    wait_until("backend VIP removed",
+               lambda: TUN_VIP not in s.g("ip", "-n", "tun-rs1", "-o", "addr", "show", "dev", "tunl0"),
+               timeout=120, every=2)
+    assert s.g("ip", "netns", "exec", "tun-rs1", "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore").strip() == "0"
