@@ -37,7 +37,11 @@ test-kernel: lab
 	  $(PYTHON) -m pytest -p no:cacheprovider -rs tests/kernel -q --junitxml=$(RESULTS)/kernel.xml
 
 # The control-plane tier: real etcd + kube-apiserver + kube-controller-manager.
-test-cluster: venv k8s
+test-# The main job: the whole system in the lab, for a newcomer (KEEP=1 leaves it up).
+demo: lab k8s
+	$(PYTHON) -m lvs_e2e.demo $(if $(KEEP),--keep,)
+
+cluster: venv k8s
 	@mkdir -p $(RESULTS)
 	$(PYTEST) tests/cluster -q --junitxml=$(RESULTS)/cluster.xml
 
@@ -55,6 +59,10 @@ test: venv
 	$(MAKE) --no-print-directory e2e || rc=1; \
 	$(PYTHON) tests/summarize.py $(RESULTS); \
 	exit $$rc
+
+# The main job: the whole system in the lab, for a newcomer (KEEP=1 leaves it up).
+demo: lab k8s
+	$(PYTHON) -m lvs_e2e.demo $(if $(KEEP),--keep,)
 
 cluster: venv k8s
 	$(PYTHON) -m lvs_cluster up
