@@ -1,0 +1,215 @@
+"""Unit tests of the benchmark harness's pure parts: report/ratio formatting
+and the workload (bench/lvs_bench; no kernel, no timing)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from lvs_bench import report as R  # noqa: E402
+from lvs_bench import workload as W  # noqa: E402
+
+
+# ---------------------------------------------------------------- numbers
+
+def test_ratio_and_missing_values():
+    assert R.ratio(2.0, 4.0) == 0.5
+    assert R.ratio(1, 0) is None
+    assert R.ratio(None, 1.0) is None
+    assert R.ratio(R.error("broken"), 1.0) is None
+    assert R.ratio(1.0, "not run above 10,000 dests") is None
+    assert R.ratio(True, 1.0) is None
+    assert R.ratio(float("nan"), 1.0) is None
+
+
+def test_growth_is_relative_to_size_step():
+    # 10x the work at 10x the time is linear (1.0); 20x the time is 2.0
+    assert R.growth([1000, 10000, 100000], [1.0, 10.0, 200.0]) == [None, 1.0, 2.0]
+    assert R.growth([1, 2, 4], [1.0, R.error("x"), 4.0]) == [None, None, None]
+    assert R.growth([], []) == []
+
+
+@pytest.mark.parametrize("x,text", [
+    (0.0000042, "4 µs"), (0.0123, "12.3 ms"), (1.5, "1.50 s"), (250.0, "250 s"),
+])
+def test_fmt_seconds(x, text):
+    assert R.fmt_seconds(x) == text
+
+
+def test_fmt_cell_kinds():
+    assert R.fmt_cell(None, "sec") == "-"
+    assert R.fmt_cell(R.error("boom"), "sec") == "ERROR"
+    assert R.fmt_cell(0.5, "ratio") == "0.50x"
+    assert R.fmt_cell(1234.0, "ratio") == "1234x"
+    assert R.fmt_cell(100000, "int") == "100,000"
+    assert R.fmt_cell(1.0, "growth") == "1.00"
+    assert R.fmt_cell("pyroute2", "text") == "pyroute2"
+    assert R.fmt_cell("not run above 10 dests: slow", "sec") == "not run above 10 dests: slow"
+
+
+def test_column_kind_is_checked():
+    with pytest.raises(ValueError):
+        R.Column("x", "x", "seconds")
+
+
+# ---------------------------------------------------------------- tables
+
+def _table():
+    t = R.Table("program", "1. Programming", [
+        R.Column("dests", "dests", "int"),
+        R.Column("ours", "ours", "sec"),
+        R.Column("peer", "peer", "sec"),
+    ], [
+        {"dests": 1000, "ours": 0.3, "peer": 0.4},
+        {"dests": 10000, "ours": 3.3, "peer": R.error("table incomplete: 9 services")},
+        {"dests": 100000, "ours": 33.0, "peer": "not run above 10,000 dests: too slow"},
+    ], notes=["a note"])
+    t.add_ratio("ours", "peer", "ours/peer")
+    t.add_per_unit("dests", "ours", "ours µs/dest")
+    t.add_growth("dests", "ours", "growth ours")
+    return t
+
+
+def test_derived_columns():
+    t = _table()
+    assert [r["ours/peer"] for r in t.rows] == [pytest.approx(0.75), None, None]
+    assert t.rows[0]["ours.per_unit"] == pytest.approx(300.0)
+    assert t.rows[2]["ours.growth"] == pytest.approx(1.0)
+    assert t.missing_columns() == []
+    assert t.errors() == [(1, "peer", "table incomplete: 9 services")]
+
+
+def test_render_text_has_every_column_and_the_error():
+    t = _table()
+    text = R.render_text(t)
+    header = text.splitlines()[1]
+    for c in t.columns:
+        assert c.label in header
+    assert "0.75x" in text
+    assert "ERROR" in text and "error in row 2, peer: table incomplete" in text
+    assert "note: a note" in text
+    # rows line up under the header
+    lines = text.splitlines()
+    assert len(lines[1]) >= len(lines[3].rstrip()) - 1
+
+
+def test_render_markdown_table_shape():
+    t = _table()
+    md = R.render_markdown(t)
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + len(t.rows)
+    ncols = len(t.columns)
+    for line in rows:
+        assert line.count("|") - line.count("\\|") == ncols + 1
+    assert "- error in row 2" in md
+
+
+def test_not_measured_table_renders_status_only():
+    t = R.Table("e2e", "5. End to end", [], status="not yet measured: needs the operator",
+                notes=["planned: p99"])
+    assert "not yet measured: needs the operator" in R.render_text(t)
+    assert "*not yet measured: needs the operator*" in R.render_markdown(t)
+    assert t.errors() == []
+
+
+def test_json_roundtrip_and_machine():
+    t = _table()
+    machine = {"date": "2026-11-24", "guest_kernel": "6.1.0-56-amd64", "host_cpu": "Xeon",
+               "extra": "x", "empty": ""}
+    text = R.report_json([t], machine)
+    data = json.loads(text)
+    assert data["machine"]["guest_kernel"] == "6.1.0-56-amd64"
+    tables, m = R.load_report(text)
+    assert tables[0].rows == json.loads(json.dumps(t.rows))
+    assert [c.key for c in tables[0].columns] == t.keys()
+    full = R.render_report_text(tables, m)
+    assert "kernel (VM, uname -r): 6.1.0-56-amd64" in full and "extra: x" in full
+    assert "empty" not in full
+    md = R.render_report_markdown(tables, m)
+    assert "| host CPU | Xeon |" in md
+
+
+def test_kernel_tables_have_every_column_even_with_errors():
+    from lvs_bench import kernel as K  # importable on the host: no kernel access at import
+    prog = {"dests": 20, "services": 2, "ours": 0.1, "ipvsadm_restore": R.error("x"),
+            "keepalived": 0.2, "ours_apply": 0.05, "ours_path": "batch"}
+    chg = {"dests": 20, "ours": 0.01, "ours_ops": 1, "ipvsadm_restore": 0.3, "keepalived": None,
+           "ours_observe": 0.005}
+    dft = {"dests": 20, "ours": 0.02, "ours_ops": 1, "ipvsadm_save": 0.01, "ours_observe": 0.01}
+    tables = K.build_tables([prog], [chg], [dft], K.STANDING_NOTES)
+    assert [t.id for t in tables] == ["program", "change", "drift", "operator_scale", "end_to_end"]
+    for t in tables[:3]:
+        assert t.missing_columns() == [], t.id
+    assert "ours/ipvsadm_restore" in tables[0].keys() and "ours/keepalived" in tables[0].keys()
+    assert tables[3].status.startswith("not yet measured: needs")
+    assert tables[4].status.startswith("not yet measured: needs")
+
+
+def test_caps():
+    from lvs_bench import kernel as K
+    caps = K.parse_caps(["keepalived=10000:too slow under TCG", "ours=5"])
+    assert caps.skip("keepalived", 10000) is None
+    assert "too slow under TCG" in caps.skip("keepalived", 100000)
+    assert caps.skip("ours", 6) == "not run above 5 dests: capped by --cap"
+    assert caps.skip("ipvsadm_restore", 10**6) is None
+
+
+# ---------------------------------------------------------------- workload
+
+def test_workload_sizes():
+    w = W.Workload.for_total(100_000)
+    assert (w.services, w.dests_per_service, w.total_dests, w.rules) == (10_000, 10, 100_000, 110_000)
+    with pytest.raises(ValueError):
+        W.Workload.for_total(25)
+    with pytest.raises(ValueError):
+        W.Workload(0)
+    with pytest.raises(ValueError):
+        W.Workload(10, 65)
+
+
+def test_addresses_are_unique():
+    w = W.Workload.for_total(100_000)
+    vips = {W.vip(i) for i in range(w.services)}
+    rips = {W.rip(i, j) for i in range(w.services) for j in range(w.dests_per_service)}
+    assert len(vips) == w.services and len(rips) == w.total_dests
+    assert not vips & rips
+
+
+def test_node_spec_matches_the_parsed_document():
+    from lvs_model.nodespec import parse_node_spec
+    w = W.Workload(30, 4)
+    changed = (7, 2, 9)
+    spec, errors = parse_node_spec(W.node_spec_doc(w, changed))
+    assert errors == []
+    assert spec == W.node_spec(w, changed)
+    assert spec.services[7].dests[2].weight == 9
+
+
+def test_restore_text_and_check_table():
+    w = W.Workload(3, 2)
+    text = W.restore_text(w)
+    assert text.count("\n-A ") + text.startswith("-A ") == 3
+    assert text.count("-a ") == 6
+    assert W.check_table(w, text) is None
+    # ipvsadm -Sn pads nothing, but be lenient with whitespace
+    assert W.check_table(w, text.replace(" -s ", "  -s ")) is None
+    lines = text.splitlines()
+    assert "incomplete: 3 services / 5 dests" in W.check_table(w, "\n".join(lines[:-1]))
+    changed = (1, 0, 5)
+    assert "differs" in W.check_table(w, W.restore_text(w, changed))
+    assert W.check_table(w, W.restore_text(w, changed), changed) is None
+
+
+def test_keepalived_conf_mirrors_the_rules():
+    w = W.Workload(3, 2)
+    conf = W.keepalived_conf(w, (2, 1, 4))
+    assert conf.count("virtual_server ") == 3
+    assert conf.count("real_server ") == 6
+    assert "virtual_server 10.1.0.2 80 {" in conf
+    assert "real_server 10.65.0.2 8080 {\n        weight 4" in conf
+    assert "lb_algo wlc" in conf and "lb_kind NAT" in conf and "_CHECK" not in conf
+    assert conf.count("{") == conf.count("}")
