@@ -111,7 +111,8 @@ class Service:
         if self.one_packet:
             bits |= K.SVC_F_ONEPACKET
         for f in self.scheduler_flags:
-            bits |= K.SCHED_FLAGS[f][1]
+            # "flag-N": a bit read from a foreign service whose scheduler has no name for it.
+            bits |= K.SCHED_FLAGS[f][1] if f in K.SCHED_FLAGS else K.SVC_F_SCHED1 << (int(f[5:]) - 1)
         return bits
 
     @property

@@ -1,0 +1,210 @@
+"""The node engine: make one network namespace's kernel match a NodeSpec.
+
+``Engine.reconcile(spec)`` follows the contract of plan.py:
+
+    load ownership -> observe -> plan -> claim -> save -> apply -> settle -> save
+
+Recording the claim before applying means a crash mid-apply still knows its
+strays; settling afterwards drops whatever failed to appear. Drift is judged
+against the kernel as it is now. Nothing is ever flushed and nothing the
+ownership record does not list is changed or removed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lvs_model.nodespec import NodeSpec, ServiceKey, effective_sysctls
+
+from . import ops as O
+from .apply import Applier
+from .observe import IPVSTable, in_netns, observe, open_iproute, default_uplink, read_ipvs
+from .plan import Plan, claim, plan, settle
+from .state import Observed, Ownership, OwnershipStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = "/var/lib/kube-lvs"
+
+
+def default_state_path(netns: str | None = None) -> Path:
+    name = "ownership.json" if not netns else f"ownership.{os.path.basename(netns)}.json"
+    return Path(os.environ.get("KUBE_LVS_STATE_DIR", DEFAULT_STATE_DIR)) / name
+
+
+@dataclass
+class Report:
+    """What one reconcile did."""
+
+    results: list[tuple[O.Op, str | None]] = field(default_factory=list)
+    # Desired services that could not be (fully) programmed, with why.
+    service_errors: dict[ServiceKey, str] = field(default_factory=dict)
+    # Desired services whose kernel state now matches the spec.
+    programmed: list[ServiceKey] = field(default_factory=list)
+    # Planner problems (e.g. the key is held by a foreign service).
+    problems: dict[ServiceKey, str] = field(default_factory=dict)
+    # Failed ops not tied to a desired service (links, addresses, sysctls, deletions).
+    errors: list[str] = field(default_factory=list)
+    uplink: str = ""
+    duration: float = 0.0
+
+    @property
+    def ops(self) -> list[O.Op]:
+        return [op for op, _ in self.results]
+
+    @property
+    def failed(self) -> list[tuple[O.Op, str]]:
+        return [(op, e) for op, e in self.results if e]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.service_errors or self.problems or self.errors)
+
+
+def kernel_forced(obs: Observed, spec: NodeSpec) -> Observed:
+    """Undo what the kernel changed on its own so it does not look like drift.
+
+    IPVS turns a dest whose address is local to the node into LOCALNODE
+    whatever method was asked for; a SetDest cannot change that, so without
+    this every reconcile would try again.
+    """
+    for svc in spec.services:
+        have = obs.services.get(svc.key)
+        if have is None or not any(d.method == "local" for d in have.dests):
+            continue
+        want = {d.key: d for d in svc.dests}
+        dests = tuple(replace(d, method=want[d.key].method, tunnel_type=want[d.key].tunnel_type,
+                              tunnel_port=want[d.key].tunnel_port, tunnel_csum=want[d.key].tunnel_csum)
+                      if d.method == "local" and d.key in want else d for d in have.dests)
+        obs.services[svc.key] = replace(have, dests=dests)
+    return obs
+
+
+def _op_service(op: O.Op) -> ServiceKey | None:
+    if isinstance(op, (O.AddService, O.SetService, O.AddDest, O.SetDest)):
+        return op.service.key
+    if isinstance(op, (O.DelDest, O.DelService)):
+        return op.key
+    return None
+
+
+def build_report(spec: NodeSpec, p: Plan, results: list[tuple[O.Op, str | None]], uplink: str) -> Report:
+    r = Report(results=results, problems=dict(p.problems), uplink=uplink)
+    desired = {s.key for s in spec.services}
+    per_service: dict[ServiceKey, list[str]] = {}
+    for op, err in results:
+        if not err:
+            continue
+        k = _op_service(op)
+        line = f"{O.describe(op)}: {err}"
+        if k is not None and k in desired:
+            per_service.setdefault(k, []).append(line)
+        else:
+            r.errors.append(line)
+    r.service_errors = {k: "; ".join(v) for k, v in per_service.items()}
+    r.programmed = [s.key for s in spec.services
+                    if s.key not in r.service_errors and s.key not in r.problems]
+    return r
+
+
+class Engine:
+    """Programs one network namespace (None: the engine's own)."""
+
+    def __init__(self, state_path: str | os.PathLike | None = None, netns: str | None = None,
+                 uplink: str = "", use_batch: bool = True):
+        self.netns = netns or None
+        self.uplink = uplink
+        self.store = OwnershipStore(state_path or default_state_path(self.netns))
+        self.applier = Applier(self.netns, use_batch=use_batch)
+        self._lock = threading.RLock()
+        self.last_table: IPVSTable | None = None
+
+    # -- helpers -------------------------------------------------------------
+    def resolve_uplink(self, spec: NodeSpec | None = None, ipr=None) -> str:
+        """The spec's uplink, else the engine's, else the default route's device."""
+        if spec is not None and spec.uplink:
+            return spec.uplink
+        if self.uplink:
+            return self.uplink
+        own = ipr is None
+        ipr = ipr or open_iproute(self.netns)
+        try:
+            return default_uplink(ipr)
+        finally:
+            if own:
+                ipr.close()
+
+    def _observe(self, spec: NodeSpec, owned: Ownership, with_stats: bool = False):
+        ipr = open_iproute(self.netns)
+        try:
+            uplink = self.resolve_uplink(spec, ipr)
+            names = set(effective_sysctls(spec, uplink)) | set(owned.sysctls)
+            obs, table = observe(self.netns, names, ipr=ipr, with_stats=with_stats,
+                                 fast=self.applier.use_batch)
+            kernel_forced(obs, spec)
+        finally:
+            ipr.close()
+        self.last_table = table
+        return obs, table, uplink
+
+    # -- public --------------------------------------------------------------
+    def observe(self, spec: NodeSpec | None = None, with_stats: bool = False) -> Observed:
+        """The kernel as the planner sees it (sysctls: those ``spec`` implies
+        plus those this engine changed)."""
+        with self._lock:
+            obs, _, _ = self._observe(spec or NodeSpec(), self.store.load(), with_stats)
+            return obs
+
+    def table(self, with_stats: bool = False) -> IPVSTable:
+        """The whole IPVS table with counters (for lvsctl list and metrics)."""
+        with self._lock:
+            return read_ipvs(self.netns, with_stats=with_stats, fast=self.applier.use_batch)
+
+    def connections(self) -> dict[tuple[ServiceKey, str, int], tuple[int, int]]:
+        """(service key, dest address, dest port) -> (active, inactive)."""
+        t = self.table()
+        return {(k, dk.address, dk.port): (rt.active, rt.inactive)
+                for (k, dk), rt in t.dest_runtime.items()}
+
+    def plan(self, spec: NodeSpec) -> tuple[Plan, Observed, Ownership, str]:
+        """Dry run: what reconcile would do now."""
+        with self._lock:
+            owned = self.store.load()
+            obs, _, uplink = self._observe(spec, owned)
+            return plan(spec, obs, owned, uplink), obs, owned, uplink
+
+    def reconcile(self, spec: NodeSpec) -> Report:
+        started = time.monotonic()
+        with self._lock:
+            owned = self.store.load()
+            obs, _, uplink = self._observe(spec, owned)
+            p = plan(spec, obs, owned, uplink)
+            claimed = claim(owned, p, obs, spec, uplink)
+            if claimed != owned:
+                self.store.save(claimed)
+            results = self.applier.apply(p.ops) if p.ops else []
+            settled = settle(claimed, results)
+            if settled != claimed:
+                self.store.save(settled)
+            report = build_report(spec, p, results, uplink)
+        report.duration = time.monotonic() - started
+        if report.failed or report.problems:
+            log.warning("reconcile: %d ops, %d failed, %d problems", len(results),
+                        len(report.failed), len(report.problems))
+        return report
+
+    def close(self) -> None:
+        self.applier.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["Engine", "Report", "build_report", "default_state_path", "in_netns"]

@@ -1,0 +1,462 @@
+"""Read the kernel into the model: IPVS table, links, addresses, sysctls.
+
+Everything takes ``netns``: ``None`` is the caller's own network namespace, a
+plain name is ``/run/netns/NAME`` (as made by ``ip netns add``), an absolute
+path is used as is (``/proc/PID/ns/net``). Sockets are created inside the
+namespace by switching the calling thread there with setns(2) and straight
+back (no fork: the lab VM runs Python 15-20x slower, and forking a process
+per socket, as pyroute2's ``netns=`` does, costs real time there). A socket
+keeps the namespace it was created in, so after that the thread is back home.
+Sysctls are read and written the same way: ``/proc/sys/net`` resolves against
+the namespace of the task that opens the file.
+
+The decoding is exact: an IPVS service the engine programmed from a spec
+comes back equal to the spec's (the HASHED flag masked out, the kernel's
+netmask turned back into the model's text, the tunnel port back to host
+order), so the planner's plain equality finds "nothing to do".
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+import struct
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator
+
+from lvs_model import kernel as K
+from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
+
+from .state import LinkState, Observed
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+
+_libc = None
+_ns_lock = threading.RLock()
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+def netns_path(netns: str) -> str:
+    return netns if netns.startswith("/") else os.path.join(NETNS_RUN_DIR, netns)
+
+
+@contextmanager
+def in_netns(netns: str | None) -> Iterator[None]:
+    """Run the body with the calling thread inside ``netns`` (None: stay)."""
+    if not netns:
+        yield
+        return
+    with _ns_lock:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, f"no network namespace {netns!r}",
+                                        netns_path(netns)) from None
+            try:
+                _setns(target)
+            finally:
+                os.close(target)
+            try:
+                yield
+            finally:
+                _setns(home)
+        finally:
+            os.close(home)
+
+
+def netlink_socket(netns: str | None, proto: int) -> socket.socket:
+    """A netlink socket living in ``netns`` (SOCK_DGRAM: pyroute2's asyncio
+    transport insists on a datagram socket)."""
+    with in_netns(netns):
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto)
+
+
+def open_ipvs(netns: str | None = None):
+    from pyroute2 import IPVS
+    if not netns:
+        return IPVS()
+    return IPVS(fileno=netlink_socket(netns, 16).detach())  # NETLINK_GENERIC
+
+
+def open_iproute(netns: str | None = None):
+    from pyroute2 import IPRoute
+    if not netns:
+        return IPRoute()
+    return IPRoute(fileno=netlink_socket(netns, 0).detach())  # NETLINK_ROUTE
+
+
+# --------------------------------------------------------------------------
+# IPVS decoding
+# --------------------------------------------------------------------------
+
+STAT_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes",
+               "cps", "inpps", "outpps", "inbps", "outbps")
+
+
+@dataclass(frozen=True)
+class Stats:
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+    cps: int = 0
+    inpps: int = 0
+    outpps: int = 0
+    inbps: int = 0
+    outbps: int = 0
+
+
+@dataclass(frozen=True)
+class DestRuntime:
+    """What the kernel counts for a dest; not part of the desired state."""
+
+    active: int = 0
+    inactive: int = 0
+    persistent: int = 0
+    stats: Stats = Stats()
+
+
+@dataclass
+class IPVSTable:
+    """The kernel's IPVS table: model objects plus everything ipvsadm prints
+    that the model does not carry (counters, a foreign service's persistence
+    engine). ``services`` keeps the kernel's dump order (ipvsadm sorts from it)."""
+
+    services: dict[ServiceKey, Service] = field(default_factory=dict)
+    service_stats: dict[ServiceKey, Stats] = field(default_factory=dict)
+    dest_runtime: dict[tuple[ServiceKey, DestKey], DestRuntime] = field(default_factory=dict)
+    pe_names: dict[ServiceKey, str] = field(default_factory=dict)
+    version: int = 0x010201
+    conn_tab_size: int = 4096
+
+    @property
+    def version_text(self) -> str:
+        v = self.version
+        return f"{(v >> 16) & 0xFF}.{(v >> 8) & 0xFF}.{v & 0xFF}"
+
+
+def canon_ip(text: str) -> str:
+    return str(ipaddress.ip_address(text))
+
+
+def ipv6_netmask_encode(plen: int) -> str:
+    """The kernel keeps an IPv6 persistence netmask as a prefix length in a
+    __be32 read in host order; pyroute2 types the attribute as an IPv4
+    address, so this is the dotted text whose bytes carry that integer."""
+    return socket.inet_ntoa(struct.pack("=I", plen))
+
+
+def ipv6_netmask_decode(value: str | int) -> int:
+    if isinstance(value, int):
+        return value
+    return struct.unpack("=I", socket.inet_aton(value))[0]
+
+
+def sched_flag_names(scheduler: str, flags: int) -> tuple[str, ...]:
+    """Scheduler flag bits -> model names (sh-port, ...). Bits a scheduler
+    has no name for come back as ipvsadm spells them: flag-1/2/3."""
+    out = []
+    for i, bit in enumerate((K.SVC_F_SCHED1, K.SVC_F_SCHED2, K.SVC_F_SCHED3), 1):
+        if not flags & bit:
+            continue
+        name = next((n for n, (scheds, b) in K.SCHED_FLAGS.items()
+                     if b == bit and scheduler in scheds), f"flag-{i}")
+        out.append(name)
+    return tuple(out)
+
+
+def sched_flag_bits(names: Iterable[str]) -> int:
+    bits = 0
+    for n in names:
+        if n in K.SCHED_FLAGS:
+            bits |= K.SCHED_FLAGS[n][1]
+        elif n.startswith("flag-"):
+            bits |= K.SVC_F_SCHED1 << (int(n[5:]) - 1)
+    return bits
+
+
+def decode_service(family_code: int, protocol_code: int, address: str | None, port: int,
+                   fwmark: int, sched: str, flags: int, timeout: int,
+                   netmask: str | int | None) -> Service:
+    """Kernel service attributes -> Service (no dests)."""
+    family = K.FAMILY_BY_CODE.get(family_code, str(family_code))
+    persistent = bool(flags & K.SVC_F_PERSISTENT)
+    if family == "ipv6":
+        plen = ipv6_netmask_decode(netmask) if netmask is not None else 128
+        mask = "" if plen == 128 else str(plen)
+    else:
+        text = netmask if isinstance(netmask, str) else (
+            socket.inet_ntoa(struct.pack("!I", netmask)) if netmask is not None else "255.255.255.255")
+        mask = "" if text == "255.255.255.255" else text
+    if fwmark:
+        protocol, address, port = "", "", 0
+    else:
+        protocol = K.PROTOCOL_BY_CODE.get(protocol_code, str(protocol_code))
+        address = canon_ip(address) if address else ""
+    return Service(
+        family=family, protocol=protocol, address=address, port=port, fwmark=fwmark,
+        scheduler=sched, scheduler_flags=sched_flag_names(sched, flags),
+        # The kernel keeps the timeout of a non-persistent service (0 when
+        # ipvsadm or we made it); the model only knows it with persistence.
+        persistence_timeout=timeout if persistent else 0,
+        persistence_netmask=mask, one_packet=bool(flags & K.SVC_F_ONEPACKET))
+
+
+def decode_dest(address: str, port: int, fwd: int, weight: int, u_thresh: int, l_thresh: int,
+                tun_type: int, tun_port_be: int, tun_flags: int) -> Dest:
+    # LOCALNODE: the kernel forces it when the dest address is local to this
+    # node; not a method a spec can ask for (the engine maps it back).
+    method = "local" if fwd & 0x7 == K.FWD_LOCALNODE else K.METHOD_BY_CODE.get(fwd & 0x7, "nat")
+    return Dest(
+        address=canon_ip(address), port=port, weight=weight, method=method,
+        tunnel_type=K.TUNNEL_TYPE_BY_CODE.get(tun_type, "ipip"),
+        # pyroute2 reads the big-endian attribute as host order (DESIGN.md §5).
+        tunnel_port=socket.ntohs(tun_port_be),
+        tunnel_csum=K.TUNNEL_CSUM_BY_CODE.get(tun_flags & 0x3, "none"),
+        upper_threshold=u_thresh, lower_threshold=l_thresh)
+
+
+def _stats_from(attrs: dict) -> Stats:
+    raw = attrs.get("IPVS_SVC_ATTR_STATS64") or attrs.get("IPVS_DEST_ATTR_STATS64") \
+        or attrs.get("IPVS_SVC_ATTR_STATS") or attrs.get("IPVS_DEST_ATTR_STATS")
+    if not raw:
+        return Stats()
+    vals = dict(raw.get("attrs", []))
+    return Stats(*(int(vals.get("IPVS_STATS_ATTR_" + f.upper(), 0)) for f in STAT_FIELDS))
+
+
+def _service_from_pyroute2(msg) -> tuple[Service, dict]:
+    a = dict(msg.get("IPVS_CMD_ATTR_SERVICE")["attrs"])
+    flags = a.get("IPVS_SVC_ATTR_FLAGS") or {"flags": 0}
+    svc = decode_service(a.get("IPVS_SVC_ATTR_AF", 2), a.get("IPVS_SVC_ATTR_PROTOCOL", 0),
+                         a.get("IPVS_SVC_ATTR_ADDR"), a.get("IPVS_SVC_ATTR_PORT", 0),
+                         a.get("IPVS_SVC_ATTR_FWMARK", 0), a.get("IPVS_SVC_ATTR_SCHED_NAME", ""),
+                         flags["flags"], a.get("IPVS_SVC_ATTR_TIMEOUT", 0),
+                         a.get("IPVS_SVC_ATTR_NETMASK"))
+    return svc, a
+
+
+def _dest_from_pyroute2(msg) -> tuple[Dest, dict]:
+    a = dict(msg.get("IPVS_CMD_ATTR_DEST")["attrs"])
+    d = decode_dest(a["IPVS_DEST_ATTR_ADDR"], a.get("IPVS_DEST_ATTR_PORT", 0),
+                    a.get("IPVS_DEST_ATTR_FWD_METHOD", 0), a.get("IPVS_DEST_ATTR_WEIGHT", 0),
+                    a.get("IPVS_DEST_ATTR_U_THRESH", 0), a.get("IPVS_DEST_ATTR_L_THRESH", 0),
+                    a.get("IPVS_DEST_ATTR_TUN_TYPE", 0), a.get("IPVS_DEST_ATTR_TUN_PORT", 0),
+                    a.get("IPVS_DEST_ATTR_TUN_FLAGS", 0))
+    return d, a
+
+
+def pyroute2_service(svc: Service):
+    """The pyroute2 IPVSService for a model service: every field the kernel
+    needs for add/set, netmask always explicit (fwmark and IPv6 get EINVAL
+    without one, DESIGN.md §5)."""
+    from pyroute2 import IPVSService
+    fam = K.FAMILIES[svc.family]
+    kw: dict = {"af": fam}
+    if svc.fwmark:
+        kw["fwmark"] = svc.fwmark
+    else:
+        kw.update(protocol=K.PROTOCOLS[svc.protocol], addr=svc.address, port=svc.port)
+    mask = svc.netmask
+    kw["netmask"] = ipv6_netmask_encode(int(mask)) if svc.family == "ipv6" else mask
+    kw["sched_name"] = svc.scheduler
+    kw["flags"] = {"flags": svc_flags(svc), "mask": 0xFFFFFFFF}
+    kw["timeout"] = svc.persistence_timeout
+    return IPVSService(**kw)
+
+
+def pyroute2_service_key(key: ServiceKey):
+    from pyroute2 import IPVSService
+    fam = K.FAMILIES[key.family]
+    if key.fwmark:
+        return IPVSService(af=fam, fwmark=key.fwmark)
+    return IPVSService(af=fam, protocol=K.PROTOCOLS[key.protocol], addr=key.address, port=key.port)
+
+
+def pyroute2_dest(d: Dest):
+    from pyroute2 import IPVSDest
+    return IPVSDest(addr=d.address, port=d.port, fwd_method=K.METHODS[d.method], weight=d.weight,
+                    u_thresh=d.upper_threshold, l_thresh=d.lower_threshold,
+                    tun_type=K.TUNNEL_TYPES[d.tunnel_type], tun_port=socket.htons(d.tunnel_port),
+                    tun_flags=K.TUNNEL_CSUM[d.tunnel_csum])
+
+
+def pyroute2_dest_key(dk: DestKey):
+    from pyroute2 import IPVSDest
+    return IPVSDest(addr=dk.address, port=dk.port)
+
+
+def svc_flags(svc: Service) -> int:
+    """Service.flags, tolerant of flag-N names read from a foreign service."""
+    bits = 0
+    if svc.persistence_timeout:
+        bits |= K.SVC_F_PERSISTENT
+    if svc.one_packet:
+        bits |= K.SVC_F_ONEPACKET
+    return bits | sched_flag_bits(svc.scheduler_flags)
+
+
+def read_ipvs_pyroute2(ipvs, with_stats: bool = False) -> IPVSTable:
+    """Dump the table through pyroute2 (the reference decoder)."""
+    from pyroute2 import IPVSService
+    table = IPVSTable()
+    for msg in ipvs.service("dump"):
+        svc, attrs = _service_from_pyroute2(msg)
+        key = svc.key
+        if attrs.get("IPVS_SVC_ATTR_PE_NAME"):
+            table.pe_names[key] = attrs["IPVS_SVC_ATTR_PE_NAME"]
+        if with_stats:
+            table.service_stats[key] = _stats_from(attrs)
+        sel = IPVSService.from_message(msg)
+        dests = []
+        for dmsg in ipvs.dest("dump", service=sel):
+            d, da = _dest_from_pyroute2(dmsg)
+            dests.append(d)
+            table.dest_runtime[(key, d.key)] = DestRuntime(
+                da.get("IPVS_DEST_ATTR_ACTIVE_CONNS", 0), da.get("IPVS_DEST_ATTR_INACT_CONNS", 0),
+                da.get("IPVS_DEST_ATTR_PERSIST_CONNS", 0),
+                _stats_from(da) if with_stats else Stats())
+        table.services[key] = replace(svc, dests=tuple(dests))
+    return table
+
+
+def read_ipvs(netns: str | None = None, *, with_stats: bool = False, ipvs=None,
+              fast: bool = True) -> IPVSTable:
+    """The IPVS table. Uses the raw generic-netlink reader of netlink_batch
+    when it loads (a pyroute2 decode of 100k dests takes minutes in the VM),
+    else pyroute2."""
+    if fast:
+        try:
+            from . import netlink_batch
+        except ImportError:  # pragma: no cover - fast path optional
+            netlink_batch = None
+        if netlink_batch is not None and hasattr(netlink_batch, "IPVSConnection"):
+            conn = netlink_batch.IPVSConnection(netns)
+            try:
+                return conn.dump(with_stats=with_stats)
+            finally:
+                conn.close()
+    own = ipvs is None
+    ipvs = ipvs or open_ipvs(netns)
+    try:
+        return read_ipvs_pyroute2(ipvs, with_stats)
+    finally:
+        if own:
+            ipvs.close()
+
+
+# --------------------------------------------------------------------------
+# Links, addresses, routes
+# --------------------------------------------------------------------------
+
+IFF_UP = 0x1
+
+
+def read_links_addresses(ipr) -> tuple[dict[str, LinkState], set[tuple[str, str]], dict[int, str]]:
+    links: dict[str, LinkState] = {}
+    names: dict[int, str] = {}
+    for msg in ipr.get_links():
+        name = msg.get("IFLA_IFNAME")
+        info = msg.get("IFLA_LINKINFO")
+        kind = (info.get("IFLA_INFO_KIND") if info else None) or ""
+        links[name] = LinkState(kind, bool(msg["flags"] & IFF_UP))
+        names[msg["index"]] = name
+    addrs: set[tuple[str, str]] = set()
+    for msg in ipr.get_addr():
+        a = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+        dev = names.get(msg["index"])
+        if a and dev:
+            addrs.add((dev, canon_ip(a)))
+    return links, addrs, names
+
+
+def default_uplink(ipr) -> str:
+    """The device of the default route (IPv4, then IPv6), else the first
+    non-loopback device that is up, else ""."""
+    links, _, names = read_links_addresses(ipr)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            routes = ipr.get_default_routes(family=family)
+        except Exception:  # pragma: no cover
+            routes = []
+        for r in routes:
+            oif = r.get("RTA_OIF")
+            if oif is None:
+                mp = r.get("RTA_MULTIPATH") or []
+                oif = mp[0]["oif"] if mp else None
+            if oif in names:
+                return names[oif]
+    for name, st in links.items():
+        if name != "lo" and st.up:
+            return name
+    return ""
+
+
+# --------------------------------------------------------------------------
+# Sysctls
+# --------------------------------------------------------------------------
+
+def sysctl_path(name: str) -> str:
+    """net.ipv4.conf.eth0.100.rp_filter -> /proc/sys/net/ipv4/conf/eth0.100/rp_filter:
+    the device part of conf/neigh names may itself hold dots (VLANs)."""
+    parts = name.split(".")
+    if len(parts) >= 5 and parts[0] == "net" and parts[1] in ("ipv4", "ipv6") \
+            and parts[2] in ("conf", "neigh"):
+        parts = parts[:3] + [".".join(parts[3:-1]), parts[-1]]
+    return "/proc/sys/" + "/".join(parts)
+
+
+def read_sysctls(names: Iterable[str], netns: str | None = None) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    with in_netns(netns):
+        for n in names:
+            try:
+                with open(sysctl_path(n)) as f:
+                    out[n] = " ".join(f.read().split())
+            except (FileNotFoundError, NotADirectoryError):
+                out[n] = None
+            except PermissionError:
+                out[n] = None
+    return out
+
+
+def write_sysctl(name: str, value: str, netns: str | None = None) -> None:
+    with in_netns(netns):
+        with open(sysctl_path(name), "w") as f:
+            f.write(value)
+
+
+# --------------------------------------------------------------------------
+# Everything
+# --------------------------------------------------------------------------
+
+def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None, ipr=None,
+            with_stats: bool = False, fast: bool = True) -> tuple[Observed, IPVSTable]:
+    """The kernel as it is now: (Observed for the planner, the full IPVS table)."""
+    table = read_ipvs(netns, with_stats=with_stats, ipvs=ipvs, fast=fast)
+    own_ipr = ipr is None
+    ipr = ipr or open_iproute(netns)
+    try:
+        links, addrs, _ = read_links_addresses(ipr)
+    finally:
+        if own_ipr:
+            ipr.close()
+    obs = Observed(services=dict(table.services), addresses=addrs, links=links,
+                   sysctls=read_sysctls(sorted(set(sysctls)), netns))
+    return obs, table
