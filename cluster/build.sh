@@ -109,6 +109,7 @@ build() {
   echo ">> with $("$go" version), into $dir"
   start=$(date +%s)
   tmp="$(mktemp -d "$(dirname "$dir")/.bin.XXXXXX")"
+  chmod 755 "$tmp"
   log="$(dirname "$dir")/build.log"
   export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
   echo ">> go mod download (log: $log)"

@@ -270,12 +270,16 @@ class ControlPlane:
                     + self.log_tail(name)
                 )
 
-    def log_tail(self, name: str, lines: int = 25) -> str:
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        """The last lines of a component's log, its error lines (klog E/F) first."""
         path = self.log_dir / f"{name}.log"
         try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            text = path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
+        errors = [line for line in text[-500:] if line[:1] in ("E", "F")][-5:]
+        tail = [line for line in text[-lines:] if line not in errors]
+        return "\n".join(errors + (["..."] if errors else []) + tail)
 
     def _wait(self, what: str, check, deadline: float) -> None:
         last = None
@@ -320,6 +324,9 @@ class ControlPlane:
             f"--etcd-servers={self.etcd_url}",
             f"--bind-address={self.bind_address}",
             f"--advertise-address={self.bind_address}",
+            # The endpoint reconciler refuses loopback advertise addresses; no
+            # pod needs the in-cluster `kubernetes` Service's endpoints here.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={self.port}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -347,8 +354,6 @@ class ControlPlane:
         self._spawn("kube-controller-manager", [
             str(self.bin_dir / "kube-controller-manager"),
             f"--kubeconfig={kc}",
-            f"--authentication-kubeconfig={kc}",
-            f"--authorization-kubeconfig={kc}",
             f"--bind-address={self.bind_address}",
             f"--secure-port={self.kcm_port}",
             f"--cert-dir={self.workdir / 'kcm-serving'}",
@@ -356,7 +361,10 @@ class ControlPlane:
             f"--service-account-private-key-file={self.pki / 'sa.key'}",
             f"--root-ca-file={self.pki / 'ca.crt'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--use-service-account-credentials=false",
+            # Each controller runs as its own kube-system ServiceAccount with its
+            # system:controller:* role, as in kubeadm clusters; the manager's own
+            # identity may only mint those tokens.
+            "--use-service-account-credentials=true",
             "--leader-elect=false",
             "--profiling=false",
             f"--v={self.verbosity}",

@@ -339,7 +339,8 @@ rules:
   verbs: ["get", "list", "watch"]
 - apiGroups: ["{group}"]
   resources: ["widgets/status"]
-  verbs: ["patch", "update"]
+  # `kubectl patch --subresource=status` GETs widgets/status before patching.
+  verbs: ["get", "patch", "update"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
