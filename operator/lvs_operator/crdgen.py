@@ -152,7 +152,7 @@ def _netmask_regex() -> str:
     masks = []
     for plen in range(33):
         bits = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
-        masks.append(".".join(str((bits >> s) & 255) for s in (24, 16, 8, 0)).replace(".", r"\."))
+        masks.append("[.]".join(str((bits >> s) & 255) for s in (24, 16, 8, 0)))
     return "^(" + "|".join(masks) + ")$"
 
 

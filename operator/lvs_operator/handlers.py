@@ -72,6 +72,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    # The wake-up handlers run on every watch event: their "succeeded" lines are noise.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     stop = STATE["stop"] = asyncio.Event()
     if CONFIG["leader_election"]:
         elector = STATE["elector"] = LeaseElector(
