@@ -10,7 +10,7 @@ need=()
 command -v keepalived >/dev/null 2>&1 || need+=(keepalived)
 command -v ipvsadm-restore >/dev/null 2>&1 || need+=(ipvsadm)
 if [ ${#need[@]} -eq 0 ]; then
-    log "present: $(keepalived --version 2>&1 | head -n1), $(ipvsadm --version 2>&1 | head -n1)"
+    log "present: $(dpkg-query -W -f='${Package} ${Version}  ' keepalived ipvsadm 2>/dev/null)"
     exit 0
 fi
 [ "$(id -u)" = 0 ] || { log "ERROR: need root to apt-get install ${need[*]}"; exit 1; }
@@ -24,4 +24,4 @@ fi
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now keepalived >/dev/null 2>&1 || true
 fi
-log "installed: $(keepalived --version 2>&1 | head -n1)"
+log "installed: $(dpkg-query -W -f='${Package} ${Version} ' keepalived ipvsadm 2>/dev/null)"

@@ -136,7 +136,7 @@ def test_json_roundtrip_and_machine():
 def test_kernel_tables_have_every_column_even_with_errors():
     from lvs_bench import kernel as K  # importable on the host: no kernel access at import
     prog = {"dests": 20, "services": 2, "ours": 0.1, "ipvsadm_restore": R.error("x"),
-            "keepalived": 0.2, "ours_apply": 0.05, "ours_path": "batch"}
+            "keepalived": 0.2, "ours_apply": 0.05, "ours_build": 0.01, "ours_path": "batch"}
     chg = {"dests": 20, "ours": 0.01, "ours_ops": 1, "ipvsadm_restore": 0.3, "keepalived": None,
            "ours_observe": 0.005}
     dft = {"dests": 20, "ours": 0.02, "ours_ops": 1, "ipvsadm_save": 0.01, "ours_observe": 0.01}
