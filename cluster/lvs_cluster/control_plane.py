@@ -172,19 +172,29 @@ class ControlPlane:
         for d in (self.log_dir, self.pki, self.kubeconfig_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._started = True
-        try:
-            self._prepare()
-            deadline = time.monotonic() + timeout
-            self._start_etcd(deadline)
-            self._start_apiserver(deadline)
-            self._start_controller_manager(deadline)
-            self._write_info()
-        except BaseException as e:
-            self.stop(keep=True)
-            if isinstance(e, ControlPlaneError):
+        deadline = time.monotonic() + timeout
+        for attempt in range(3):
+            try:
+                self._prepare()
+                self._start_etcd(deadline)
+                self._start_apiserver(deadline)
+                self._start_controller_manager(deadline)
+                self._write_info()
+                return self
+            except ControlPlaneError as e:
+                self.stop(keep=True)
+                # A free port picked here may be taken by someone else before
+                # the component binds it: pick new ports and try again.
+                if "address already in use" in str(e) and attempt < 2 \
+                        and not self.requested_port:
+                    shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+                    self._started = True
+                    continue
                 raise ControlPlaneError(f"{e}\n(logs kept in {self.log_dir})") from None
-            raise
-        return self
+            except BaseException:
+                self.stop(keep=True)
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self, keep: bool = False, grace: float = 10.0) -> None:
         """SIGTERM every component (newest first), SIGKILL what is left after ``grace``.
