@@ -18,7 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 CACHE_ROOT="${KUBE_LVS_CACHE:-$HOME/.cache/kube-lvs}/lab"
 # Bump when the initramfs layout below changes: forces a rebuild of initramfs only.
-INITRAMFS_FORMAT=3
+INITRAMFS_FORMAT=4
 # Modules the initramfs loads itself to reach the host filesystem (9p over virtio),
 # the network card (for --forward) and the virtio console carrying the command's output.
 EARLY_MODULES="virtio_pci 9pnet_virtio 9p virtio_net virtio_console"
@@ -146,8 +146,11 @@ while read -r m; do
     insmod "/lib/modules/$KVER/$m" 2>/dev/null || grep -q "^$(basename "$m" .ko | tr - _) " /proc/modules \
         || echo "lab-init: insmod $m failed"
 done < /etc/modules.load
-if mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results; then
-    if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host; then
+# lab_msize / lab_cache: tunables from the kernel command line (unknown "a=b"
+# parameters reach init as environment variables).
+MSIZE=${lab_msize:-512000}
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=$MSIZE results /results; then
+    if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=$MSIZE,cache=${lab_cache:-loose} hostroot /host; then
         if [ -f /results/guest.sh ]; then
             sh /results/guest.sh
         else

@@ -72,6 +72,9 @@ BASE_MODULES = (
 # ip_vs_* modules that are not schedulers and that IPVS work does not need.
 SKIP_IPVS_MODULES = {"ip_vs_ftp", "ip_vs_pe_sip"}
 
+# Host environment variables passed to the guest command (plus every KUBE_LVS_*).
+PASS_ENV = ("PYTHONPATH", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE", "TZ")
+
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -250,6 +253,7 @@ class LabVM:
         binds: Iterable[str] = (),
         kernel: LabKernel | None = None,
         verbose: bool = False,
+        cmdline: Iterable[str] = (),
     ):
         if not cmd:
             raise LabError("no command given")
@@ -268,6 +272,7 @@ class LabVM:
         self.binds = list(binds)
         self.kernel = kernel or find_kernel()
         self.verbose = verbose
+        self.cmdline = list(cmdline)
         self._keep = results_dir is not None
         if results_dir is not None:
             self.results_dir = Path(results_dir).resolve()
@@ -306,6 +311,10 @@ class LabVM:
         }
         if vb:
             env["VIRTUAL_ENV"] = os.path.dirname(vb)
+        # Pass through the few host settings that shape a test run.
+        for k, v in os.environ.items():
+            if k in PASS_ENV or (k.startswith("KUBE_LVS_") and k not in env):
+                env[k] = v
         if self.forwards:
             env["KUBE_LVS_LAB_HOST"] = FORWARD_IP
             env["KUBE_LVS_LAB_FORWARDS"] = ",".join(map(str, self.forwards))
@@ -325,6 +334,9 @@ class LabVM:
 
     def _rebinds(self) -> list[str]:
         cands = [str(self.cwd), str(self.kernel.tree), *self.binds]
+        for p in os.environ.get("PYTHONPATH", "").split(":"):
+            if p and os.path.isabs(p) and os.path.exists(p):
+                cands.append(p)
         vb = _venv_bin(self.cwd)
         if vb:
             cands.append(vb)
@@ -426,6 +438,7 @@ class LabVM:
                 "nokaslr",
                 "tsc=reliable",
                 "random.trust_cpu=on",
+                *self.cmdline,
             ]
         )
         argv = [
