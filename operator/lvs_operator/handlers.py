@@ -79,7 +79,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
         elector = STATE["elector"] = LeaseElector(
             _api(), CONFIG["namespace"], CONFIG["lease_name"], CONFIG["identity"],
             duration=CONFIG["lease_duration"], renew_every=CONFIG["lease_renew"],
-            on_change=lambda leader: reconciler().kick() if leader else None)
+            on_change=lambda leader: reconciler().leadership(leader))
         STATE["elector_task"] = asyncio.create_task(elector.run(stop))
     STATE["reconciler_task"] = asyncio.create_task(reconciler().run(stop))
     logger.info("kube-lvs operator %s: namespace %s, leader election %s", CONFIG["identity"],

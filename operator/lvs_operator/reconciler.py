@@ -158,6 +158,7 @@ class Reconciler:
         self.overlay: dict[tuple[str, str, str], tuple[dict | None, float]] = {}
         self.passes = 0
         self.writes = 0
+        self.first_pass_pending = True  # log the first full pass after (re)gaining leadership
         self.last_error = ""
         self.last_ok = 0.0
 
@@ -177,6 +178,13 @@ class Reconciler:
 
     def kick(self) -> None:
         self.dirty.set()
+
+    def leadership(self, leader: bool) -> None:
+        """The elector's callback: a new leader starts with a full pass."""
+        if leader:
+            self.first_pass_pending = True
+            self.overlay.clear()
+            self.kick()
 
     # -- snapshot -------------------------------------------------------------
     def snapshot(self) -> dict[str, list[dict]]:
@@ -237,7 +245,10 @@ class Reconciler:
                     self.last_ok = time.time()
                     self.last_error = ""
                     backoff = 1.0
-                    if n:
+                    if self.first_pass_pending:
+                        self.first_pass_pending = False
+                        log.info("first full pass as leader: %d write(s)", n)
+                    elif n:
                         log.info("reconciled: %d write(s)", n)
                 except Exception as e:  # API trouble: retry with backoff
                     self.last_error = str(e)

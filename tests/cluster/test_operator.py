@@ -413,7 +413,9 @@ def test_simulated_agent_reports_aggregate_into_kubectl_columns(env):
     b = env.get(C.REALSERVER_PLURAL, NS4, "b")["status"]
     assert [(d["node"], d["health"]) for d in b["directors"]] == [(D1, "Unhealthy"), (D2, "Healthy")]
     listed = env.cp.kubectl("get", "kube-lvs", "-n", NS4, "-o", "name").stdout.split()
-    assert sorted(listed) == sorted([f"virtualservice.{C.GROUP}/web"] + [f"realserver.{C.GROUP}/{n}" for n in "abc"])
+    # The category lists every kind of ours (the cluster-scoped VIPPools too).
+    assert {f"virtualservice.{C.GROUP}/web"} | {f"realserver.{C.GROUP}/{n}" for n in "abc"} <= set(listed)
+    assert f"vippool.{C.GROUP}/lvs-reports-{RUN}" in listed
 
 
 # --------------------------------------------------------------------------
