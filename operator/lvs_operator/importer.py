@@ -248,8 +248,10 @@ def to_objects(services: list[SvcRule], namespace: str, director_selector: dict,
                                      "weight": d.get("weight", 1)}
             if d["method"] != method:
                 rspec["method"] = d["method"]
-            if d["method"] == "tun" and d.get("tunnel") and d.get("tunnel") != default_tunnel:
-                rspec["tunnel"] = d["tunnel"]
+            if d["method"] == "tun":
+                mine = d.get("tunnel") or {"type": "ipip"}
+                if mine != (default_tunnel or {"type": "ipip"}):
+                    rspec["tunnel"] = mine  # explicit, even ipip: it must not inherit the service's
             for k in ("upperThreshold", "lowerThreshold"):
                 if d.get(k):
                     rspec[k] = d[k]
@@ -294,10 +296,10 @@ def save_lines(svc: Service) -> list[str]:
         line += f" -p {svc.persistence_timeout}"
         if svc.persistence_netmask and svc.persistence_netmask not in ("255.255.255.255", "128"):
             line += f" -M {svc.persistence_netmask}"
+    if svc.one_packet:  # ipvsadm 1.31 prints -o before -b
+        line += " -o"
     if svc.scheduler_flags:
         line += " -b " + ",".join(svc.scheduler_flags)
-    if svc.one_packet:
-        line += " -o"
     out = [line]
     for d in svc.dests:
         dl = f"-a {ref} -r {_hp(d.address, d.port)} {K.METHOD_SWITCH[d.method]} -w {d.weight}"
@@ -305,11 +307,12 @@ def save_lines(svc: Service) -> list[str]:
             dl += f" -x {d.upper_threshold}"
         if d.lower_threshold:
             dl += f" -y {d.lower_threshold}"
-        if d.method == "tun" and (d.tunnel_type != "ipip" or d.tunnel_port or d.tunnel_csum != "none"):
+        if d.method == "tun":  # as ipvsadm 1.31 saves a tunnel dest
             dl += f" --tun-type {d.tunnel_type}"
-            if d.tunnel_port:
+            if d.tunnel_type == "gue":
                 dl += f" --tun-port {d.tunnel_port}"
-            dl += {"none": " --tun-nocsum", "csum": " --tun-csum", "remcsum": " --tun-remcsum"}[d.tunnel_csum]
+            if d.tunnel_type != "ipip":
+                dl += {"none": " --tun-nocsum", "csum": " --tun-csum", "remcsum": " --tun-remcsum"}[d.tunnel_csum]
         out.append(dl)
     return out
 

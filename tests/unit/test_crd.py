@@ -100,8 +100,19 @@ def test_netmask_regex_lists_every_contiguous_mask():
     assert not rx.match("255.0.255.0") and not rx.match("255.255.255.1")
 
 
-def test_deploy_base_lists_the_crds():
-    k = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
-    assert "../crds" in k["resources"]
+def _kustomize_dirs(d: Path, seen=None):
+    seen = set() if seen is None else seen
+    d = d.resolve()
+    if d in seen or not (d / "kustomization.yaml").exists():
+        return seen
+    seen.add(d)
+    for r in yaml.safe_load((d / "kustomization.yaml").read_text()).get("resources") or []:
+        if (d / r).is_dir():
+            _kustomize_dirs(d / r, seen)
+    return seen
+
+
+def test_deploy_includes_the_generated_crds():
+    assert (ROOT / "crds").resolve() in _kustomize_dirs(ROOT / "deploy")
     ck = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
     assert sorted(ck["resources"]) == sorted(CRDS)

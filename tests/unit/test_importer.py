@@ -26,11 +26,13 @@ SEED_NAT = """\
 """
 SEED_TUN = """\
 -A -t 192.168.1.3:80 -s wlc
--a -t 192.168.1.3:80 -r 192.168.1.10:80 -i -w 1
--a -t 192.168.1.3:80 -r 192.168.1.11:80 -i -w 1
+-a -t 192.168.1.3:80 -r 192.168.1.10:80 -i -w 1 --tun-type ipip
+-a -t 192.168.1.3:80 -r 192.168.1.11:80 -i -w 1 --tun-type ipip
 """
+# ipvsadm before 1.30 saved tunnel dests without --tun-type: imported the same.
+SEED_TUN_OLD = SEED_TUN.replace(" --tun-type ipip", "")
 MORE = """\
--A -u [2001:db8::10]:53 -s mh -b mh-fallback,mh-port -o
+-A -u [2001:db8::10]:53 -s mh -o -b mh-fallback,mh-port
 -a -u [2001:db8::10]:53 -r [fd00::51]:53 -i -w 3 --tun-type gue --tun-port 6080 --tun-csum
 -a -u [2001:db8::10]:53 -r [fd00::52]:53 -i -w 1 --tun-type gue --tun-port 6080 --tun-csum
 -A -f 100 -s rr -p 600 -M 255.255.255.0
@@ -39,6 +41,10 @@ MORE = """\
 -a -t 192.168.0.31:0 -r 10.0.0.52:0 -g -w 1
 -A --sctp-service 192.168.0.32:9000 -s wrr
 -a --sctp-service 192.168.0.32:9000 -r 10.0.0.51:9001 -m -w 4
+-A -t 192.168.0.33:80 -s wlc
+-a -t 192.168.0.33:80 -r 10.0.1.1:80 -i -w 1 --tun-type gre --tun-csum
+-a -t 192.168.0.33:80 -r 10.0.1.2:80 -i -w 1 --tun-type ipip
+-a -t 192.168.0.33:80 -r 10.0.1.3:80 -i -w 1 --tun-type gre --tun-nocsum
 """
 
 
@@ -93,6 +99,8 @@ def test_seed_tun_round_trip(tmp_path, capsys):
     vs = list(yaml.safe_load_all(out))[1]
     assert vs["spec"]["method"] == "tun"
     assert round_trip(out) == SEED_TUN
+    rc, old, err = run(tmp_path, capsys, SEED_TUN_OLD)
+    assert rc == 0 and list(yaml.safe_load_all(old)) == list(yaml.safe_load_all(out))
 
 
 def test_seed_first_example_on_0000_needs_a_real_vip(tmp_path, capsys):
