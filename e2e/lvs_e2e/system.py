@@ -101,7 +101,7 @@ class System:
         log = open(self.workdir / "operator.log", "ab")
         env = {**os.environ, "KUBECONFIG": str(self.operator_kubeconfig)}
         self.operator = subprocess.Popen(
-            [f"{self.bin}/lvs-operator", "--namespace", DEFAULT_NAMESPACE],
+            [f"{self.bin}/lvs-operator", "--namespace", DEFAULT_NAMESPACE, "--liveness", ""],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.log(f"operator started (pid {self.operator.pid}, log {self.workdir / 'operator.log'})")
 
