@@ -292,6 +292,10 @@ class Topology:
         """Run ``ipvsadm ARGS`` in the director's namespace."""
         return self.lab.run(self.director, "ipvsadm", *args, check=check)
 
+    def ipvsadm_restore(self, rules: Sequence[str]) -> subprocess.CompletedProcess:
+        """Apply ipvsadm rules (``-A ...`` / ``-a ...`` lines) in one process (``ipvsadm -R``)."""
+        return self.lab.run(self.director, "ipvsadm", "-R", input="\n".join(rules) + "\n")
+
     def ipvs_table(self) -> str:
         return self.lab.ipvs_table(self.director)
 
@@ -397,11 +401,25 @@ def nat6(lab: Lab, *, real_servers: int = 2, serve: bool = False) -> Topology:
     return t
 
 
-def tun_backend_prepare(lab: Lab, host: str, vip: str, phys: str = "eth0") -> None:
+GUE_PORT = 6080
+
+
+def tun_backend_prepare(lab: Lab, host: str, vip: str, phys: str = "eth0",
+                        encap: str | Sequence[str] = "ipip", gue_port: int = GUE_PORT) -> None:
     """What the seed does by hand on a TUN real server (and the engine will automate):
     ``tunl0`` up with the VIP /32, arp_ignore=1 / arp_announce=2, rp_filter=0 on all,
-    tunl0 and the physical device. Queued: call ``lab.apply()``."""
-    lab.sysctl(host, {
+    tunl0 and the physical device. Queued: call ``lab.apply()``.
+
+    ``encap`` (one or several of ``ipip``, ``gue``, ``gre``) selects what the real
+    server can decapsulate: ``gue`` adds a FOU/GUE receive port (``ip fou add port
+    6080 gue``; the inner IPIP packet then lands on tunl0), ``gre`` brings up the
+    fallback ``gre0`` with the VIP too (IPVS's GRE tunnels carry no key).
+    """
+    encaps = {encap} if isinstance(encap, str) else set(encap)
+    unknown = encaps - {"ipip", "gue", "gre"}
+    if unknown:
+        raise ValueError(f"unknown encapsulation {sorted(unknown)}")
+    sysctls = {
         "net.ipv4.conf.all.arp_ignore": 1,
         "net.ipv4.conf.all.arp_announce": 2,
         "net.ipv4.conf.all.rp_filter": 0,
@@ -410,8 +428,15 @@ def tun_backend_prepare(lab: Lab, host: str, vip: str, phys: str = "eth0") -> No
         "net.ipv4.conf.tunl0.arp_announce": 2,
         "net.ipv4.conf.tunl0.rp_filter": 0,
         f"net.ipv4.conf.{phys}.rp_filter": 0,
-    })
-    lab.ip(host, "link set tunl0 up", f"addr add {vip}/32 dev tunl0")
+    }
+    lines = ["link set tunl0 up", f"addr add {vip}/32 dev tunl0"]
+    if "gue" in encaps:
+        lines.append(f"fou add port {gue_port} gue")
+    if "gre" in encaps:
+        sysctls["net.ipv4.conf.gre0.rp_filter"] = 0
+        lines += ["link set gre0 up", f"addr add {vip}/32 dev gre0"]
+    lab.sysctl(host, sysctls)
+    lab.ip(host, *lines)
 
 
 def dr_backend_prepare(lab: Lab, host: str, vip: str, phys: str = "eth0") -> None:
@@ -424,11 +449,13 @@ def dr_backend_prepare(lab: Lab, host: str, vip: str, phys: str = "eth0") -> Non
 
 @_build
 def tun_one_subnet(lab: Lab, *, backend_prepare: bool = False, vip_on_director: bool = True,
-                   real_servers: int = 2, serve: bool = False) -> Topology:
+                   real_servers: int = 2, serve: bool = False,
+                   encap: str | Sequence[str] = "ipip") -> Topology:
     """The seed's TUN example: everyone on 192.168.1.0/24, VIP 192.168.1.3.
 
     ``vip_on_director``: put the VIP /32 on the director's eth0 (so it answers ARP).
-    ``backend_prepare``: configure tunl0/VIP/ARP/rp_filter on the real servers by hand.
+    ``backend_prepare``: configure tunl0/VIP/ARP/rp_filter on the real servers by hand
+    (``encap``: which tunnel types they accept, see :func:`tun_backend_prepare`).
     """
     vip = "192.168.1.3"
     client = lab.host("client")
@@ -441,7 +468,7 @@ def tun_one_subnet(lab: Lab, *, backend_prepare: bool = False, vip_on_director: 
         name, rip = f"rs{i + 1}", f"192.168.1.{10 + i}"
         rss.append(lab.host(name))
         if backend_prepare:
-            tun_backend_prepare(lab, name, vip)
+            tun_backend_prepare(lab, name, vip, encap=encap)
         lab.connect(name, "lan", "eth0", [f"{rip}/24"])
         rips.append(rip)
         names.append(name)
@@ -455,7 +482,8 @@ def tun_one_subnet(lab: Lab, *, backend_prepare: bool = False, vip_on_director: 
 
 @_build
 def tun_cross_subnet(lab: Lab, *, backend_prepare: bool = False, vip_on_director: bool = True,
-                     real_servers: int = 2, serve: bool = False) -> Topology:
+                     real_servers: int = 2, serve: bool = False,
+                     encap: str | Sequence[str] = "ipip") -> Topology:
     """TUN across subnets (the part the seed left unwritten).
 
     client 192.168.1.1 and director 192.168.1.2 (VIP 192.168.1.3) on 192.168.1.0/24;
@@ -487,7 +515,7 @@ def tun_cross_subnet(lab: Lab, *, backend_prepare: bool = False, vip_on_director
         name, rip = f"rs{i + 1}", f"172.16.0.{10 + i}"
         rss.append(lab.host(name))
         if backend_prepare:
-            tun_backend_prepare(lab, name, vip)
+            tun_backend_prepare(lab, name, vip, encap=encap)
         lab.connect(name, "far", "eth0", [f"{rip}/24"])
         lab.ip(name, "route add default via 172.16.0.1")
         rips.append(rip)

@@ -415,10 +415,13 @@ class LabVM:
                 f"chroot $R ip addr add {GUEST_IP}/{GUEST_PREFIX} dev eth0",
             ]
         g += [
-            "stty -F /dev/hvc0 raw -echo 2>/dev/null",
+            # hvc resets termios on its last close: keep it open (fd 3) while the job runs,
+            # in raw mode so "\n" is not turned into "\r\n".
+            "exec 3<>/dev/hvc0",
+            "stty raw -echo <&3 || log 'stty on hvc0 failed'",
             "log 'running job'",
             "chroot $R /bin/sh " + _q(GUEST_RESULTS + "/job.sh")
-            + " </dev/null >/dev/hvc0 2>&1",
+            + " </dev/null >&3 2>&1 3>&-",
             "echo $? > /results/rc.tmp && mv /results/rc.tmp /results/rc",
             "log \"job exited $(cat /results/rc)\"",
             "sync",

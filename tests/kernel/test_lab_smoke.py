@@ -12,9 +12,10 @@ from lvs_lab.netns import read_file_in_netns
 
 
 def _add_service(t, proto_flag: str, sched: str, fwd_flag: str, port: int = 80) -> None:
-    t.ipvsadm("-A", proto_flag, t.service(port), "-s", sched)
-    for i in range(len(t.rips)):
-        t.ipvsadm("-a", proto_flag, t.service(port), "-r", t.rip_port(i, port), fwd_flag, "-w", "1")
+    rules = [f"-A {proto_flag} {t.service(port)} -s {sched}"]
+    rules += [f"-a {proto_flag} {t.service(port)} -r {t.rip_port(i, port)} {fwd_flag} -w 1"
+              for i in range(len(t.rips))]
+    t.ipvsadm_restore(rules)
 
 
 def _assert_alternates(names, expected):
@@ -78,6 +79,31 @@ def test_tun_one_subnet_unprepared_backends_do_not_answer(tun_one_subnet):
     assert t.tcp_names(2, timeout=1.0) == [None, None]
 
 
+@pytest.mark.parametrize("encap,tun_type", [("gue", 1), ("gre", 2)])
+def test_tun_gue_and_gre(lab, encap, tun_type):
+    # ipvsadm 1.31 (Debian 12) has no --tun-type: program the dests with pyroute2.
+    import socket
+
+    from pyroute2 import IPVS, IPVSDest, IPVSService
+
+    from lvs_lab import topology
+
+    t = topology.tun_one_subnet(lab=lab, backend_prepare=True, serve=True, encap=encap)
+    dev = "gre0" if encap == "gre" else "tunl0"  # GUE's inner IPIP lands on tunl0
+    before = [_rx_packets(ns, dev) for ns in t.real_servers]
+    with IPVS(netns=t.director) as ipvs:
+        svc = IPVSService(addr=t.vip, port=80, protocol=socket.IPPROTO_TCP, sched_name="rr")
+        ipvs.service("add", service=svc)
+        for rip in t.rips:
+            kw = {"tun_port": socket.htons(topology.GUE_PORT)} if encap == "gue" else {}
+            ipvs.dest("add", service=svc, dest=IPVSDest(
+                addr=rip, port=80, fwd_method=2, weight=1, tun_type=tun_type, **kw))
+    first = t.wait_tcp()
+    _assert_alternates([first.name] + t.tcp_names(3), t.names)
+    after = [_rx_packets(ns, dev) for ns in t.real_servers]
+    assert all(a > b for a, b in zip(after, before)), (dev, before, after)
+
+
 def test_tun_cross_subnet_ipip(tun_cross_subnet_prepared):
     t = tun_cross_subnet_prepared
     _add_service(t, "-t", "rr", "-i")
@@ -113,13 +139,16 @@ def test_ipv6_nat(nat6):
     assert {r.peer for r in t.tcp_replies(2)} == {t.client_ip}
 
 
-@pytest.mark.parametrize("sched", ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh",
-                                   "sed", "nq", "fo", "ovf", "mh"])
-def test_every_scheduler_module_loads(lab, sched):
+SCHEDULERS = ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"]
+
+
+def test_every_scheduler_module_loads(lab):
     # Each scheduler is its own module; the runner preloads them (request_module()
     # would otherwise run the initramfs's modprobe, which cannot find them).
     ns = lab.host("d")
     lab.apply()
-    lab.run("d", "ipvsadm", "-A", "-t", "10.9.9.9:80", "-s", sched)
-    rows = [line.split() for line in lab.ipvs_table(ns).splitlines()]
-    assert ["TCP", "0A090909:0050", sched] in [r[:3] for r in rows]
+    rules = [f"-A -t 10.9.9.{i}:80 -s {sched}" for i, sched in enumerate(SCHEDULERS, 1)]
+    lab.run("d", "ipvsadm", "-R", input="\n".join(rules) + "\n")
+    rows = [line.split()[:3] for line in lab.ipvs_table(ns).splitlines()]
+    for i, sched in enumerate(SCHEDULERS, 1):
+        assert ["TCP", f"0A0909{i:02X}:0050", sched] in rows, (sched, rows)
