@@ -42,7 +42,7 @@ set +e
     --env "BENCH_HOST_CPU=$host_cpu" \
     --env "BENCH_HOST_KERNEL=$(uname -r)" \
     --env "BENCH_COMMIT=$commit" \
-    -- "$PY" -m lvs_bench.kernel "$@"
+    -- "$PY" -m lvs_bench.kernel --name "$name" "$@"
 rc=$?
 set -e
 
