@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bind", action="append", default=[], metavar="PATH",
                    help="host path under /tmp or /run to make visible in the guest")
     r.add_argument("--results", metavar="DIR", help="keep the job directory (console.log, rc, files the guest wrote to $KUBE_LVS_LAB_RESULTS) in DIR")
+    r.add_argument("--readonly-repo", action="store_true",
+                   help="do not share the project directory read-write (default: it is writable in the guest)")
     r.add_argument("-v", "--verbose", action="store_true", help="print the qemu command and timings")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     sub.add_parser("info", help="show the lab kernel in the cache")
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             env[k] = v
         vm = LabVM(cmd, forwards=args.forward, timeout=args.timeout, mem=args.mem, smp=args.smp,
                    env=env, extra_modules=args.module, binds=args.bind,
-                   results_dir=args.results, verbose=args.verbose)
+                   results_dir=args.results, verbose=args.verbose,
+                   writable_repo=not args.readonly_repo)
     except LabError as e:
         print(f"lvs_lab: {e}", file=sys.stderr)
         return 2

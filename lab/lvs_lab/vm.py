@@ -254,6 +254,7 @@ class LabVM:
         kernel: LabKernel | None = None,
         verbose: bool = False,
         cmdline: Iterable[str] = (),
+        writable_repo: bool = True,
     ):
         if not cmd:
             raise LabError("no command given")
@@ -273,6 +274,14 @@ class LabVM:
         self.kernel = kernel or find_kernel()
         self.verbose = verbose
         self.cmdline = list(cmdline)
+        # The project directory (containing the cwd) is shared read-write, so the
+        # command can write into the repo as it would on the host (junit XML under
+        # build/, caches); the rest of the host root stays read-only.
+        root = _project_root(self.cwd)
+        self.repo: Path | None = (
+            root if writable_repo and root != Path("/") and (
+                (root / "pyproject.toml").exists() or (root / ".git").exists()) else None
+        )
         self._keep = results_dir is not None
         if results_dir is not None:
             self.results_dir = Path(results_dir).resolve()
@@ -392,6 +401,12 @@ class LabVM:
         for b in self._rebinds():
             g.append(f"mkdir -p {_q(R + b)} && mount -o bind {_q('/host' + b)} {_q(R + b)}"
                      f" || log 'rebind {b} failed'")
+        if self.repo is not None:
+            rp = _q(R + str(self.repo))
+            g.append(
+                f"mkdir -p {rp} 2>/dev/null; mount -t 9p -o trans=virtio,version=9p2000.L,"
+                f"msize=512000,cache=loose repo {rp} || log 'mounting the repo share failed'"
+            )
         g += [
             "hostname lvs-lab",
             # request_module() runs /proc/sys/kernel/modprobe in the initramfs root:
@@ -426,6 +441,8 @@ class LabVM:
             "log \"job exited $(cat /results/rc)\"",
             "sync",
         ]
+        if self.repo is not None:
+            g.append(f"umount {_q(R + str(self.repo))} 2>/dev/null || sync")
         (self.results_dir / "guest.sh").write_text("\n".join(g) + "\n")
 
     # ---- qemu ---------------------------------------------------------------------
@@ -470,6 +487,10 @@ class LabVM:
             "security_model=none,multidevs=remap",
             "-device", "virtio-rng-pci",
         ]
+        if self.repo is not None:
+            argv += ["-virtfs",
+                     f"local,path={_virtfs_path(str(self.repo))},mount_tag=repo,"
+                     "security_model=none,multidevs=remap"]
         if self.forwards:
             # restrict=on is mandatory: the guest must not reach anything beyond the
             # forwarded host-loopback ports.
