@@ -144,8 +144,18 @@ class System:
         ready = f"{GUEST_RUN}/topology-{kind}.ready"
         self.ctl.spawn(f"topology-{kind}", [self.python, "-m", "lvs_e2e.guest_topology", kind, ready],
                        log=f"{GUEST_RUN}/topology-{kind}.log")
-        wait_until(f"topology {kind}", lambda: self.ctl.run(["test", "-e", ready]).rc == 0, 180, 1)
         self.topologies.add(kind)
+
+        def built() -> bool:
+            if self.ctl.run(["test", "-e", ready]).rc == 0:
+                return True
+            if not self.ctl.alive(f"topology-{kind}"):
+                raise RuntimeError("topology builder died: " + self.guest_log(f"topology-{kind}.log"))
+            return False
+        try:
+            wait_until(f"topology {kind}", built, 600, 1)
+        except Exception as e:
+            raise RuntimeError(f"{e}\n{self.guest_log(f'topology-{kind}.log')}") from None
 
     def start_server(self, kind: str, host: str) -> None:
         """A name server in `<kind>-<host>` as its own process (so a test can stop it)."""
@@ -169,9 +179,12 @@ class System:
         assert self.ctl is not None
         return self.ctl.signal(f"agent-{node}", sig)
 
-    def agent_log(self, node: str) -> str:
+    def guest_log(self, name: str, lines: int = 40) -> str:
         assert self.ctl is not None
-        return self.ctl.run(["tail", "-n", "40", f"{GUEST_RUN}/agent-{node}.log"]).out
+        return self.ctl.run(["tail", "-n", str(lines), f"{GUEST_RUN}/{name}"]).out
+
+    def agent_log(self, node: str) -> str:
+        return self.guest_log(f"agent-{node}.log")
 
     # -- traffic -------------------------------------------------------------------
     def requests(self, kind: str, vip: str, count: int, port: int = 80) -> list[str]:
