@@ -335,11 +335,13 @@ class Ours:
         eng = self.engine
         eng.applier.apply = self._timed("apply", eng.applier.apply)
         eng.store.save = self._timed("save", eng.store.save)
+        eng.store.load = self._timed("load", eng.store.load)
 
     @contextlib.contextmanager
     def _wrap_module(self):
         E = self.E
-        names = [n for n in ("observe", "plan", "claim", "settle", "build_report") if hasattr(E, n)]
+        names = [n for n in ("observe", "open_iproute", "plan", "claim", "settle",
+                                       "build_report") if hasattr(E, n)]
         saved = {n: getattr(E, n) for n in names}
         for n in names:
             setattr(E, n, self._timed(n, saved[n]))
@@ -474,22 +476,37 @@ def _median(cells: list[Any]) -> Any:
     return statistics.median(nums)
 
 
-def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float, details: list[dict]) -> tuple[dict, dict, dict]:
+@contextlib.contextmanager
+def fresh_ns(name: str):
+    """A new namespace for one contender's trial (and its parts 2-3), deleted
+    afterwards. Only one benchmark table exists at a time: IPVS hashes the
+    services of every namespace into one global table, so a table left
+    standing would slow the next contender's service lookups."""
+    quiesce(max_wait=60)
+    ns = NetNS(name)
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+def _phases_text(r: OursResult) -> str:
+    return ", ".join(f"{k} {R.fmt_seconds(v)}" for k, v in r.phases.items())
+
+
+def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
+             details: list[dict]) -> tuple[dict, dict, dict]:
+    """Parts 1-3 at one size. Per repetition, each contender in turn gets a fresh
+    namespace: part 1 there, and on the first repetition parts 2 (and 3 for
+    ours) on the same full table; then the namespace goes."""
     n = w.total_dests
-    tag = f"{n}"
     changed = (w.services // 2, min(3, w.dests_per_service - 1), 7)
     drifted = (w.services // 3, min(5, w.dests_per_service - 1))
     prog: dict[str, Any] = {"dests": n, "services": w.services}
     chg: dict[str, Any] = {"dests": n}
     dft: dict[str, Any] = {"dests": n}
-    detail: dict[str, Any] = {"dests": n, "services": w.services, "trials": []}
+    detail: dict[str, Any] = {"dests": n, "services": w.services, "repeat": repeat, "trials": []}
     details.append(detail)
-    keep: list[NetNS] = []
-
-    def new_ns(kind: str, rep: int) -> NetNS:
-        ns = NetNS(f"kb-{kind}-{tag}-{rep}")
-        keep.append(ns)
-        return ns
 
     log(f"size {n:,} dests ({w.services:,} services x {w.dests_per_service}): building spec")
     t0 = time.perf_counter()
@@ -497,149 +514,155 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float, details: li
     spec_changed = W.node_spec(w, changed)
     detail["spec_build_seconds"] = time.perf_counter() - t0
 
-    try:
-        # ---- 1. programming from empty (+ 2. for the peers, on the first repetition's tables)
-        restore_t, keep_t, ours_t = [], [], []
-        restore_ns = ours_ns = None
-        ours: Ours | None = None
-        ours_res: OursResult | None = None
-        for rep in range(repeat):
-            if (why := caps.skip("ipvsadm_restore", n)) is None:
-                quiesce()
-                ns = new_ns("restore", rep)
-                restore_ns = restore_ns or ns
+    restore_t: list[Any] = []
+    keep_t: list[Any] = []
+    ours_t: list[Any] = []
+    ours0: OursResult | None = None
+    no_table = R.error("no complete table to change (part 1 failed)")
+
+    for rep in range(repeat):
+        # ---- ipvsadm-restore: 1, then (first repetition) 2 = full restore of the changed table
+        if (why := caps.skip("ipvsadm_restore", n)) is not None:
+            restore_t.append(why)
+            chg.setdefault("ipvsadm_restore", why)
+        else:
+            with fresh_ns(f"kb-restore-{n}-{rep}") as ns:
                 c = _cell(lambda: restore_trial(ns, w, timeout=timeout), f"{n} ipvsadm-restore")
                 restore_t.append(c)
                 log(f"{n:,}: ipvsadm-restore {R.fmt_cell(c, 'sec')}")
-            else:
-                restore_t.append(why)
-            if (why := caps.skip("keepalived", n)) is None:
-                quiesce()
-                ns = new_ns("keepalived", rep)
-                k = Keepalived(ns, w)
-                c = _cell(lambda: k.start(timeout), f"{n} keepalived")
-                keep_t.append(c)
-                log(f"{n:,}: keepalived {R.fmt_cell(c, 'sec')}")
-                if rep == 0 and R.is_error(c):
-                    chg["keepalived"] = R.error("no complete table to change (part 1 failed)")
-                elif rep == 0:
-                    # 2. (keepalived) reload with one weight changed, while it runs
-                    quiesce()
-                    chg["keepalived"] = _cell(lambda: k.reload(changed, timeout), f"{n} keepalived reload")
-                    log(f"{n:,}: keepalived reload {R.fmt_cell(chg['keepalived'], 'sec')}")
-                k.stop()
-            else:
-                keep_t.append(why)
-                chg["keepalived"] = why
-            if (why := caps.skip("ours", n)) is None:
-                quiesce()
-                ns = new_ns("ours", rep)
-                try:
-                    o = Ours(ns)
-                except Exception as e:  # noqa: BLE001
-                    ours_t.append(R.error(f"cannot create the engine: {type(e).__name__}: {e}"))
-                    continue
+                if rep == 0:
+                    if R.is_error(c):
+                        chg["ipvsadm_restore"] = no_table
+                    else:
+                        quiesce()
+                        chg["ipvsadm_restore"] = _cell(lambda: restore_trial(ns, w, changed, timeout),
+                                                       f"{n} full restore")
+                        log(f"{n:,}: full ipvsadm-restore {R.fmt_cell(chg['ipvsadm_restore'], 'sec')}")
 
-                def trial(o=o, ns=ns):
+        # ---- keepalived: 1, then (first repetition) 2 = reload with the changed config
+        if (why := caps.skip("keepalived", n)) is not None:
+            keep_t.append(why)
+            chg.setdefault("keepalived", why)
+        else:
+            with fresh_ns(f"kb-keepalived-{n}-{rep}") as ns:
+                k = Keepalived(ns, w)
+                try:
+                    c = _cell(lambda: k.start(timeout), f"{n} keepalived")
+                    keep_t.append(c)
+                    log(f"{n:,}: keepalived {R.fmt_cell(c, 'sec')}")
+                    if rep == 0:
+                        if R.is_error(c):
+                            chg["keepalived"] = no_table
+                        else:
+                            quiesce()
+                            chg["keepalived"] = _cell(lambda: k.reload(changed, timeout),
+                                                      f"{n} keepalived reload")
+                            log(f"{n:,}: keepalived reload {R.fmt_cell(chg['keepalived'], 'sec')}")
+                finally:
+                    k.stop()
+
+        # ---- ours: 1, then (first repetition) 2 and 3 on the same engine and table
+        if (why := caps.skip("ours", n)) is not None:
+            ours_t.append(why)
+            if rep == 0:
+                chg.update(ours=why, ours_ops=None, ours_observe=None)
+                dft.update(ours=why, ours_ops=None, ipvsadm_save=None, ours_observe=None)
+            continue
+        with fresh_ns(f"kb-ours-{n}-{rep}") as ns:
+            try:
+                o = Ours(ns)
+            except Exception as e:  # noqa: BLE001
+                c = R.error(f"cannot create the engine: {type(e).__name__}: {e}")
+                ours_t.append(c)
+                if rep == 0:
+                    chg.update(ours=c, ours_ops=None, ours_observe=None)
+                    dft.update(ours=c, ours_ops=None, ipvsadm_save=None, ours_observe=None)
+                continue
+            try:
+                def program(o=o, ns=ns):
                     r = o.reconcile(spec)
                     _check(ns, w)
                     return r
-                r = _cell(trial, f"{n} ours")
-                if isinstance(r, OursResult):
-                    ours_t.append(r.seconds)
-                    detail["trials"].append({"bench": "program", "rep": rep, "ops": r.ops,
-                                             "ipvs_ops": r.ipvs_ops, "path": r.path,
-                                             "seconds": r.seconds, "phases": r.phases,
-                                             "build_seconds": r.build_seconds,
-                                             "engine_setup_seconds": o.setup_seconds})
-                    log(f"{n:,}: ours {R.fmt_seconds(r.seconds)} ({r.ipvs_ops:,} IPVS ops via {r.path}; "
-                        + ", ".join(f"{k} {R.fmt_seconds(v)}" for k, v in r.phases.items()) + ")")
-                    if rep == 0:
-                        ours, ours_ns, ours_res = o, ns, r
-                    else:
-                        o.close()
-                else:
+                r = _cell(program, f"{n} ours")
+                if not isinstance(r, OursResult):
                     ours_t.append(r)
-                    o.close()
-            else:
-                ours_t.append(why)
+                    if rep == 0:
+                        chg.update(ours=no_table, ours_ops=None, ours_observe=None)
+                        dft.update(ours=no_table, ours_ops=None, ipvsadm_save=None, ours_observe=None)
+                    continue
+                ours_t.append(r.seconds)
+                detail["trials"].append({"bench": "program", "rep": rep, "ops": r.ops,
+                                         "ipvs_ops": r.ipvs_ops, "path": r.path, "seconds": r.seconds,
+                                         "phases": r.phases, "build_seconds": r.build_seconds,
+                                         "engine_setup_seconds": o.setup_seconds})
+                log(f"{n:,}: ours {R.fmt_seconds(r.seconds)} ({r.ipvs_ops:,} IPVS ops via {r.path}; "
+                    f"{_phases_text(r)})")
+                if rep != 0:
+                    continue
+                ours0 = r
+                _ours_change_and_drift(o, ns, w, spec, spec_changed, changed, drifted, chg, dft, detail)
+            finally:
+                o.close()
 
-        prog["ours"] = _median(ours_t)
-        prog["ipvsadm_restore"] = _median(restore_t)
-        prog["keepalived"] = _median(keep_t)
-        prog["ours_apply"] = ours_res.phases.get("apply") if ours_res else None
-        prog["ours_path"] = ours_res.path if ours_res else None
-        prog["ours_build"] = ours_res.build_seconds if ours_res else None
-        if repeat > 1:
-            detail["program_trials"] = {"ours": ours_t, "ipvsadm_restore": restore_t, "keepalived": keep_t}
-
-        # ---- 2. one change in a big table
-        chg.setdefault("keepalived", None)
-        if ours is not None:
-            quiesce()
-
-            def change():
-                r = ours.reconcile(spec_changed)
-                _check(ours_ns, w, changed)
-                return r
-            r = _cell(change, f"{n} ours change")
-            if isinstance(r, OursResult):
-                chg.update(ours=r.seconds, ours_ops=r.ops, ours_observe=r.phases.get("observe"))
-                detail["trials"].append({"bench": "change", "ops": r.ops, "ipvs_ops": r.ipvs_ops,
-                                         "seconds": r.seconds, "phases": r.phases})
-                log(f"{n:,}: ours change: {r.ops} ops, {R.fmt_seconds(r.seconds)}")
-            else:
-                chg.update(ours=r, ours_ops=None, ours_observe=None)
-        else:
-            chg.update(ours=ours_t[0] if ours_t else None, ours_ops=None, ours_observe=None)
-        if restore_ns is not None and not R.is_error(restore_t[0]):
-            quiesce()
-            chg["ipvsadm_restore"] = _cell(lambda: restore_trial(restore_ns, w, changed, timeout),
-                                           f"{n} full restore")
-            log(f"{n:,}: full ipvsadm-restore {R.fmt_cell(chg['ipvsadm_restore'], 'sec')}")
-        else:
-            chg["ipvsadm_restore"] = restore_t[0] if restore_t else None
-
-        # ---- 3. drift
-        if ours is not None:
-            quiesce()
-            i, j = drifted
-            # The spec the table holds now: the changed one if part 2 applied it.
-            current, cur_changed = ((spec_changed, changed) if R.number(chg.get("ours")) is not None
-                                    else (spec, None))
-
-            def drift():
-                ours_ns.run(["ipvsadm", "-d", "-t", f"{W.vip(i)}:{W.VIP_PORT}", "-r",
-                             f"{W.rip(i, j)}:{W.RIP_PORT}"])
-                left = _service_dests(ours_ns, i)
-                if left is None or len(left) != w.dests_per_service - 1:
-                    raise TrialError(f"hand deletion did not take: {left}")
-                r = ours.reconcile(current)
-                save_t = _check(ours_ns, w, cur_changed)
-                return r, save_t
-            res = _cell(drift, f"{n} ours drift")
-            if isinstance(res, tuple):
-                r, save_t = res
-                dft.update(ours=r.seconds, ours_ops=r.ops, ipvsadm_save=save_t,
-                           ours_observe=r.phases.get("observe"))
-                detail["trials"].append({"bench": "drift", "ops": r.ops, "ipvs_ops": r.ipvs_ops,
-                                         "seconds": r.seconds, "phases": r.phases})
-                log(f"{n:,}: ours drift repair: {r.ops} ops, {R.fmt_seconds(r.seconds)}; "
-                    f"ipvsadm -Sn {R.fmt_seconds(save_t)}")
-            else:
-                dft.update(ours=res, ours_ops=None, ipvsadm_save=None, ours_observe=None)
-            ours.close()
-        else:
-            first = ours_t[0] if ours_t else None
-            dft.update(ours=first if isinstance(first, str) or R.is_error(first)
-                       else R.error("needs a programmed table of ours (part 1 failed)"),
-                       ours_ops=None, ipvsadm_save=None, ours_observe=None)
-    finally:
-        for ns in keep:
-            ns.delete()
-        waited = quiesce(max_wait=60)
-        detail["teardown_quiesce_seconds"] = waited
+    prog["ours"] = _median(ours_t)
+    prog["ipvsadm_restore"] = _median(restore_t)
+    prog["keepalived"] = _median(keep_t)
+    prog["ours_apply"] = ours0.phases.get("apply") if ours0 else None
+    prog["ours_build"] = ours0.build_seconds if ours0 else None
+    prog["ours_path"] = ours0.path if ours0 else None
+    detail["program_trials"] = {"ours": ours_t, "ipvsadm_restore": restore_t, "keepalived": keep_t}
+    detail["teardown_quiesce_seconds"] = quiesce(max_wait=60)
     return prog, chg, dft
+
+
+def _ours_change_and_drift(o: Ours, ns: NetNS, w: W.Workload, spec, spec_changed, changed, drifted,
+                           chg: dict, dft: dict, detail: dict) -> None:
+    n = w.total_dests
+    # ---- 2. one dest's weight changes
+    quiesce()
+
+    def change():
+        r = o.reconcile(spec_changed)
+        _check(ns, w, changed)
+        return r
+    r = _cell(change, f"{n} ours change")
+    if isinstance(r, OursResult):
+        chg.update(ours=r.seconds, ours_ops=r.ops, ours_observe=r.phases.get("observe"))
+        detail["trials"].append({"bench": "change", "ops": r.ops, "ipvs_ops": r.ipvs_ops,
+                                 "seconds": r.seconds, "phases": r.phases})
+        log(f"{n:,}: ours change: {r.ops} ops, {R.fmt_seconds(r.seconds)} ({_phases_text(r)})")
+        current, cur_changed = spec_changed, changed
+    else:
+        chg.update(ours=r, ours_ops=None, ours_observe=None)
+        current, cur_changed = spec, None
+        # The table may be half changed: put it back to the original spec first.
+        if R.is_error(_cell(lambda: (o.reconcile(spec), _check(ns, w)), f"{n} ours restore spec")):
+            dft.update(ours=R.error("table not in a known state after part 2 failed"),
+                       ours_ops=None, ipvsadm_save=None, ours_observe=None)
+            return
+
+    # ---- 3. drift: one dest deleted by hand
+    quiesce()
+    i, j = drifted
+
+    def drift():
+        ns.run(["ipvsadm", "-d", "-t", f"{W.vip(i)}:{W.VIP_PORT}", "-r", f"{W.rip(i, j)}:{W.RIP_PORT}"])
+        left = _service_dests(ns, i)
+        if left is None or len(left) != w.dests_per_service - 1:
+            raise TrialError(f"hand deletion did not take: {left}")
+        r = o.reconcile(current)
+        save_t = _check(ns, w, cur_changed)
+        return r, save_t
+    res = _cell(drift, f"{n} ours drift")
+    if isinstance(res, tuple):
+        r, save_t = res
+        dft.update(ours=r.seconds, ours_ops=r.ops, ipvsadm_save=save_t, ours_observe=r.phases.get("observe"))
+        detail["trials"].append({"bench": "drift", "ops": r.ops, "ipvs_ops": r.ipvs_ops,
+                                 "seconds": r.seconds, "phases": r.phases})
+        log(f"{n:,}: ours drift repair: {r.ops} ops, {R.fmt_seconds(r.seconds)} ({_phases_text(r)}); "
+            f"ipvsadm -Sn {R.fmt_seconds(save_t)}")
+    else:
+        dft.update(ours=res, ours_ops=None, ipvsadm_save=None, ours_observe=None)
 
 
 def warm_up() -> dict:
