@@ -21,6 +21,7 @@ stamps conditions whose status changed). No I/O.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -121,9 +122,14 @@ def _fmt_errors(errors: Iterable[FieldError]) -> str:
     return "; ".join(str(e) for e in errors)
 
 
-def _ip_sort_key(address: str, port: int) -> tuple:
+@functools.lru_cache(maxsize=1 << 17)
+def _ip_key(address: str) -> tuple[int, int]:
     ip = ipaddress.ip_address(address)
-    return (ip.version, int(ip), port)
+    return (ip.version, int(ip))
+
+
+def _ip_sort_key(address: str, port: int) -> tuple:
+    return (*_ip_key(address), port)
 
 
 def _pool_hint(vs: VirtualService, svc: Service) -> str:
@@ -138,6 +144,37 @@ def _pool_hint(vs: VirtualService, svc: Service) -> str:
 def _label_map(objs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
     return {(o.get("metadata") or {}).get("name", ""): dict((o.get("metadata") or {}).get("labels") or {})
             for o in objs}
+
+
+# --------------------------------------------------------------------------
+# Memos: parsing is the expensive part, and between two passes almost nothing
+# changed. Keyed by (uid, resourceVersion), which change with every write, so a
+# hit is always the same input; objects without them (unit tests) are not memoised.
+# --------------------------------------------------------------------------
+
+_MEMO: dict[tuple, Any] = {}
+_MEMO_MAX = 400_000
+
+
+def _memo(key: tuple, compute):
+    if not all(key[1:]):
+        return compute()
+    hit = _MEMO.get(key)
+    if hit is None:
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        hit = _MEMO[key] = compute()
+    return hit
+
+
+def _with_errors(fn) -> tuple[Any, tuple[FieldError, ...]]:
+    errors: list[FieldError] = []
+    value = fn(errors)
+    return value, tuple(errors)
+
+
+# Same NodeSpec (frozen, hashable), same document: callers never mutate it.
+_dump_node_spec = functools.lru_cache(maxsize=1 << 16)(dump_node_spec)
 
 
 # --------------------------------------------------------------------------
@@ -164,7 +201,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     infos: dict[tuple[str, str], _VS] = {}
     for vs in vss:
         info = _VS(vs)
-        info.service = vs.to_service(info.errors)
+        info.service, errs = _memo(("vs", vs.meta.uid, vs.meta.resource_version),
+                                   lambda: _with_errors(vs.to_service))
+        info.errors.extend(errs)
         if info.service is None:
             info.reason, info.message = "Invalid", _fmt_errors(info.errors)
         else:
@@ -209,8 +248,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             ri.reason = "VirtualServiceInvalid"
             ri.message = f"VirtualService {rs.virtual_service} is invalid: {info.message}"
             continue
-        errors: list[FieldError] = []
-        dest = rs.to_dest(info.cr, info.service, errors)
+        dest, errors = _memo(("rs", rs.meta.uid, rs.meta.resource_version, info.cr.meta.uid,
+                              info.cr.meta.resource_version),
+                             lambda: _with_errors(lambda e: rs.to_dest(info.cr, info.service, e)))
         if dest is None:
             ri.reason, ri.message = "Invalid", _fmt_errors(errors)
             continue
@@ -278,7 +318,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                            C.LABEL_MANAGED_BY: C.MANAGED_BY},
                 "annotations": {C.ANNOTATION_VIRTUALSERVICE: f"{ref[0]}/{ref[1]}"},
             },
-            "spec": dump_node_spec(spec),
+            "spec": _dump_node_spec(spec),
         }
 
     # 6. Statuses from what the agents report.
@@ -290,8 +330,11 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             name = names[(n.name, ref)]
             obj = current.get(name)
             reports[ref][n.name] = _director_report(obj, result.nodestates[name], info.service.key)
+    rs_by_vs: dict[tuple[str, str], list[_RS]] = defaultdict(list)
+    for ri in rs_infos.values():
+        rs_by_vs[(ri.cr.meta.namespace, ri.cr.virtual_service)].append(ri)
     for ref, info in infos.items():
-        result.vs_status[ref] = _vs_status(info, reports.get(ref, {}), rs_infos, now, result.events)
+        result.vs_status[ref] = _vs_status(info, reports.get(ref, {}), rs_by_vs.get(ref, []), now, result.events)
     for ref, ri in rs_infos.items():
         info = infos.get((ri.cr.meta.namespace, ri.cr.virtual_service))
         result.rs_status[ref] = _rs_status(ri, info, reports.get(info.cr.meta.ref, {}) if info else {},
@@ -329,7 +372,7 @@ def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], 
     return rep
 
 
-def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Mapping[tuple[str, str], _RS],
+def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
                now: str, events: list[Event]) -> dict:
     vs = info.cr
     gen = vs.meta.generation
@@ -344,8 +387,8 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Mapping[tuple[s
     errors = sorted(f"{n}: {r['error']}" for n, r in reports.items() if r["current"] and r["error"])
     ready = len(ready_nodes)
     rs_total = rs_healthy = 0
-    for ri in rs_infos.values():
-        if ri.dest is None or (ri.cr.meta.namespace, ri.cr.virtual_service) != vs.meta.ref:
+    for ri in rs_infos:
+        if ri.dest is None:
             continue
         rs_total += 1
         if _aggregate_health(ri, reports)[0] == HEALTHY:

@@ -34,6 +34,7 @@ class Meta:
     created: str = ""  # creationTimestamp, RFC 3339 (sorts as text)
     generation: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
+    resource_version: str = ""
 
     @property
     def ref(self) -> tuple[str, str]:
@@ -49,7 +50,7 @@ class Meta:
         m = obj.get("metadata") or {}
         return cls(namespace=m.get("namespace") or "", name=m.get("name") or "", uid=m.get("uid") or "",
                    created=m.get("creationTimestamp") or "", generation=int(m.get("generation") or 0),
-                   labels=dict(m.get("labels") or {}))
+                   labels=dict(m.get("labels") or {}), resource_version=m.get("resourceVersion") or "")
 
 
 @dataclass(frozen=True)
