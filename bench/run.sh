@@ -41,10 +41,12 @@ set +e
     --env "PYTHONPATH=$ROOT/bench" \
     --env "BENCH_HOST_CPU=$host_cpu" \
     --env "BENCH_HOST_KERNEL=$(uname -r)" \
+    --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
     --env "BENCH_COMMIT=$commit" \
     -- "$PY" -m lvs_bench.kernel --name "$name" "$@"
 rc=$?
 set -e
+log "host load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 mkdir -p "$ROOT/bench/results"
 copied=0

@@ -340,8 +340,8 @@ class Ours:
     @contextlib.contextmanager
     def _wrap_module(self):
         E = self.E
-        names = [n for n in ("observe", "open_iproute", "plan", "claim", "settle",
-                                       "build_report") if hasattr(E, n)]
+        names = [n for n in ("observe", "open_iproute", "plan", "claim", "settle", "build_report")
+                 if hasattr(E, n)]
         saved = {n: getattr(E, n) for n in names}
         for n in names:
             setattr(E, n, self._timed(n, saved[n]))
@@ -720,6 +720,7 @@ def machine_info(mode: str) -> dict:
         "guest_kernel": platform.release(),
         "host_cpu": os.environ.get("BENCH_HOST_CPU", ""),
         "host_kernel": os.environ.get("BENCH_HOST_KERNEL", ""),
+        "host_load": os.environ.get("BENCH_HOST_LOAD", ""),
         "vcpus": os.cpu_count(),
         "guest_cpu": guest_cpu,
         "accel": "qemu TCG (lab VM)" if in_lab else "native",
@@ -839,7 +840,7 @@ def run(sizes: list[int], *, mode: str, repeat: int = 1, repeat_upto: int = 10_0
 
 def write_outputs(tables: list[R.Table], machine: dict, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    md_machine = {k: v for k, v in machine.items() if k != "details"}
+    md_machine = {k: v for k, v in machine.items() if k not in ("details", "warm_up")}
     files = {
         out / f"{name}.json": R.report_json(tables, machine),
         out / f"{name}.md": R.render_report_markdown(tables, md_machine),
@@ -880,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat = 1 if args.smoke else max(1, args.repeat)
     tables, machine = run(sizes, mode=mode, repeat=repeat, repeat_upto=args.repeat_upto,
                           timeout=args.timeout, caps=parse_caps(args.cap), per_service=args.per_service)
-    print(R.render_report_text(tables, {k: v for k, v in machine.items() if k != "details"}))
+    print(R.render_report_text(tables, {k: v for k, v in machine.items() if k not in ("details", "warm_up")}))
     base = os.environ.get("KUBE_LVS_LAB_RESULTS")
     out = Path(args.out) if args.out else (Path(base) / "bench" if base else Path("bench-results"))
     name = args.name or ("smoke" if args.smoke else "latest")

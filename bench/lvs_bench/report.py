@@ -218,14 +218,17 @@ MACHINE_FIELDS = (
     ("guest_kernel", "kernel (VM, uname -r)"),
     ("host_cpu", "host CPU"),
     ("host_kernel", "host kernel"),
+    ("host_load", "host load average at start (1/5/15 min)"),
     ("vcpus", "VM vCPUs"),
     ("accel", "accelerator"),
+    ("guest_cpu", "VM CPU model"),
     ("python", "python"),
     ("pyroute2", "pyroute2"),
     ("ipvsadm", "ipvsadm"),
     ("keepalived", "keepalived"),
     ("commit", "commit"),
     ("mode", "mode"),
+    ("repeat", "repetitions"),
     ("wall_seconds", "harness wall time (s)"),
 )
 
@@ -237,9 +240,44 @@ def machine_lines(machine: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _ratio_text(row: dict, key: str, peer: str) -> str:
+    x = number(row.get(key))
+    return f"{fmt_ratio(x)} {peer}" if x is not None else f"no ratio to {peer}"
+
+
+def summary_lines(tables: Iterable[Table]) -> list[str]:
+    """One line per measured benchmark, at each size: the headline ratios."""
+    by_id = {t.id: t for t in tables}
+    out: list[str] = []
+    t = by_id.get("program")
+    if t and t.status == "ok":
+        for r in t.rows:
+            out.append(f"programming {fmt_cell(r.get('dests'), 'int')} dests from empty: ours "
+                       f"{fmt_cell(r.get('ours'), 'sec')} = {_ratio_text(r, 'ours/ipvsadm_restore', 'ipvsadm-restore')}, "
+                       f"{_ratio_text(r, 'ours/keepalived', 'keepalived')}")
+    t = by_id.get("change")
+    if t and t.status == "ok":
+        for r in t.rows:
+            out.append(f"one weight change in {fmt_cell(r.get('dests'), 'int')} dests: ours "
+                       f"{fmt_cell(r.get('ours_ops'), 'count')} op(s), {fmt_cell(r.get('ours'), 'sec')} = "
+                       f"{_ratio_text(r, 'ours/ipvsadm_restore', 'a full restore')}, "
+                       f"{_ratio_text(r, 'ours/keepalived', 'a keepalived reload')}")
+    t = by_id.get("drift")
+    if t and t.status == "ok":
+        for r in t.rows:
+            out.append(f"drift repair in {fmt_cell(r.get('dests'), 'int')} dests: ours "
+                       f"{fmt_cell(r.get('ours_ops'), 'count')} op(s), {fmt_cell(r.get('ours'), 'sec')} = "
+                       f"{_ratio_text(r, 'ours/ipvsadm_save', 'ipvsadm -Sn reading the table')}")
+    out += [f"{t.title}: {t.status}" for t in by_id.values() if t.status != "ok"]
+    return out
+
+
 def render_report_text(tables: Iterable[Table], machine: dict) -> str:
+    tables = list(tables)
     head = "kube-lvs kernel benchmarks\n" + "".join(f"  {k}: {v}\n" for k, v in machine_lines(machine))
-    return head + "\n" + "\n".join(render_text(t) for t in tables)
+    summary = "summary (ratios ours/peer, below 1.00x ours is faster):\n" + "".join(
+        f"  - {line}\n" for line in summary_lines(tables))
+    return head + "\n" + summary + "\n" + "\n".join(render_text(t) for t in tables)
 
 
 def render_report_markdown(tables: Iterable[Table], machine: dict) -> str:
@@ -248,7 +286,10 @@ def render_report_markdown(tables: Iterable[Table], machine: dict) -> str:
             "VM run (below 1.00x ours is faster). Growth: (time step) / (size step), 1.00 = linear.",
             "", "| machine | |", "|---|---|"]
     head += [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in machine_lines(machine)]
-    return "\n".join(head) + "\n\n" + "\n".join(render_markdown(t) for t in tables)
+    tables = list(tables)
+    head += ["", "## Summary", ""] + [f"- {_md_escape(line)}" for line in summary_lines(tables)]
+    head += ["", "## Tables", ""]
+    return "\n".join(head) + "\n" + "\n".join(render_markdown(t) for t in tables)
 
 
 def report_json(tables: Iterable[Table], machine: dict) -> str:
@@ -259,3 +300,29 @@ def report_json(tables: Iterable[Table], machine: dict) -> str:
 def load_report(text: str) -> tuple[list[Table], dict]:
     d = json.loads(text)
     return [Table.from_json(t) for t in d["benchmarks"]], d.get("machine", {})
+
+
+def rerender(json_path: str) -> list[str]:
+    """Write NAME.md and NAME.txt next to NAME.json from it (e.g. after a
+    change of the report layout, without re-running the VM)."""
+    import os
+    with open(json_path) as f:
+        tables, machine = load_report(f.read())
+    machine = {k: v for k, v in machine.items() if k not in ("details", "warm_up")}
+    stem = json_path[:-5] if json_path.endswith(".json") else json_path
+    out = []
+    for ext, text in ((".md", render_report_markdown(tables, machine)),
+                      (".txt", render_report_text(tables, machine))):
+        with open(stem + ext + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(stem + ext + ".tmp", stem + ext)
+        out.append(stem + ext)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) < 2:
+        sys.exit("usage: PYTHONPATH=bench python -m lvs_bench.report RESULTS.json... (re-renders .md/.txt)")
+    for p in sys.argv[1:]:
+        print("\n".join(rerender(p)))

@@ -119,7 +119,7 @@ def test_not_measured_table_renders_status_only():
 def test_json_roundtrip_and_machine():
     t = _table()
     machine = {"date": "2026-11-24", "guest_kernel": "6.1.0-56-amd64", "host_cpu": "Xeon",
-               "extra": "x", "empty": ""}
+               "extra": "x", "unset_field": ""}
     text = R.report_json([t], machine)
     data = json.loads(text)
     assert data["machine"]["guest_kernel"] == "6.1.0-56-amd64"
@@ -128,7 +128,7 @@ def test_json_roundtrip_and_machine():
     assert [c.key for c in tables[0].columns] == t.keys()
     full = R.render_report_text(tables, m)
     assert "kernel (VM, uname -r): 6.1.0-56-amd64" in full and "extra: x" in full
-    assert "empty" not in full
+    assert "unset_field" not in full
     md = R.render_report_markdown(tables, m)
     assert "| host CPU | Xeon |" in md
 
@@ -213,3 +213,22 @@ def test_keepalived_conf_mirrors_the_rules():
     assert "real_server 10.65.0.2 8080 {\n        weight 4" in conf
     assert "lb_algo wlc" in conf and "lb_kind NAT" in conf and "_CHECK" not in conf
     assert conf.count("{") == conf.count("}")
+
+
+def test_summary_lines():
+    from lvs_bench import kernel as K
+    prog = {"dests": 1000, "services": 100, "ours": 0.5, "ipvsadm_restore": 1.0,
+            "keepalived": R.error("x"), "ours_apply": 0.3, "ours_build": 0.1, "ours_path": "batch"}
+    chg = {"dests": 1000, "ours": 0.2, "ours_ops": 1, "ipvsadm_restore": 1.0, "keepalived": 0.1,
+           "ours_observe": 0.15}
+    dft = {"dests": 1000, "ours": 0.3, "ours_ops": 1, "ipvsadm_save": 0.1, "ours_observe": 0.2}
+    tables = K.build_tables([prog], [chg], [dft], {})
+    lines = R.summary_lines(tables)
+    assert lines[0] == ("programming 1,000 dests from empty: ours 500.0 ms = 0.50x ipvsadm-restore, "
+                        "no ratio to keepalived")
+    assert lines[1].startswith("one weight change in 1,000 dests: ours 1 op(s), 200.0 ms = 0.20x a full restore, "
+                               "2.00x a keepalived reload")
+    assert "3.00x ipvsadm -Sn" in lines[2]
+    assert lines[3].startswith("4. Operator scale") and "not yet measured" in lines[3]
+    assert "## Summary" in R.render_report_markdown(tables, {})
+    assert "summary (ratios" in R.render_report_text(tables, {})
