@@ -95,6 +95,10 @@ def _is_v6(addr: str) -> bool:
 class Lab:
     """A set of namespaces, segments and servers, torn down by :meth:`close`.
 
+    Namespaces are named ``<prefix><host>`` (default ``lab-``); creating a Lab deletes
+    leftovers with the same prefix, so two Labs alive at once need prefixes that are
+    not prefixes of each other (``lab-``, ``lbb-``; every builder takes ``prefix=``).
+
     Build with :meth:`host`, :meth:`segment`, :meth:`connect`, :meth:`ip`, :meth:`sysctl`,
     then :meth:`apply`. After ``apply()`` the same methods queue again; call ``apply()``
     once more to execute them. Order within one ``apply()``: namespaces, links,
@@ -335,9 +339,9 @@ class Topology:
 def _build(fn):
     """Build inside a fresh Lab; tear it down if building fails."""
 
-    def wrapper(*args, lab: Lab | None = None, **kw) -> Topology:
+    def wrapper(*args, lab: Lab | None = None, prefix: str = PREFIX, **kw) -> Topology:
         own = lab is None
-        lab = lab or Lab()
+        lab = lab or Lab(prefix)
         try:
             return fn(lab, *args, **kw)
         except BaseException:
@@ -556,9 +560,10 @@ def dr(lab: Lab, *, backend_prepare: bool = False, vip_on_director: bool = True,
     return t
 
 
-def udp_nat(*, lab: Lab | None = None, real_servers: int = 2, serve: bool = False) -> Topology:
+def udp_nat(*, lab: Lab | None = None, prefix: str = PREFIX, real_servers: int = 2,
+            serve: bool = False) -> Topology:
     """seed_nat, for a UDP service: the servers answer UDP on the same port as TCP."""
-    t = seed_nat(lab=lab, real_servers=real_servers, serve=serve)
+    t = seed_nat(lab=lab, prefix=prefix, real_servers=real_servers, serve=serve)
     t.kind = "udp-nat"
     return t
 

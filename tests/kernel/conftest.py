@@ -15,6 +15,7 @@ already answering on port 80 of every real server:
     seed_nat, nat6, udp_nat, tun_one_subnet, tun_one_subnet_prepared,
     tun_cross_subnet, tun_cross_subnet_prepared, dr, dr_prepared
 
+``make_topology(kind, **options)`` builds one with custom options (see its doc).
 ``*_prepared`` variants configure the real servers by hand (tunl0 + VIP, ARP and
 rp_filter sysctls; VIP on lo for DR), the way the seed notes do, for tests that do not
 exercise the engine's own backend setup.
@@ -114,6 +115,33 @@ def lab():
 
     with Lab() as lab:
         yield lab
+
+
+@pytest.fixture
+def make_topology():
+    """Build any topology with custom options, torn down after the test::
+
+        t = make_topology("tun_cross_subnet", backend_prepare=True, encap=("ipip", "gue"))
+        t = make_topology("seed_nat", real_servers=3, serve=False)
+
+    ``serve`` defaults to True (name servers on port 80 of every real server). Two
+    topologies alive at once need distinct ``prefix=`` values (e.g. ``"lbb-"``), or the
+    second deletes the first's ``lab-`` namespaces.
+    """
+    from lvs_lab import topology
+
+    built = []
+
+    def make(kind, **kw):
+        kw.setdefault("serve", True)
+        builder = topology.TOPOLOGIES[kind] if isinstance(kind, str) else kind
+        t = builder(**kw)
+        built.append(t)
+        return t
+
+    yield make
+    for t in reversed(built):
+        t.close()
 
 
 def _topology(builder, **kw):

@@ -120,6 +120,17 @@ def test_dr_one_segment(dr_prepared):
     _assert_alternates(names, t.names)
 
 
+def test_two_topologies_side_by_side(make_topology):
+    # Distinct prefixes keep two labs apart; each has its own director and IPVS table.
+    a = make_topology("seed_nat")
+    b = make_topology("dr", prefix="lbb-", backend_prepare=True)
+    assert a.director == "lab-director" and b.director == "lbb-director"
+    _add_service(a, "-t", "rr", "-m")
+    _add_service(b, "-t", "rr", "-g")
+    assert a.wait_tcp().name in a.names and b.wait_tcp().name in b.names
+    assert "C0A80264" not in a.ipvs_table()  # b's VIP 192.168.2.100 is not in a's table
+
+
 def test_udp_echo_through_nat(udp_nat):
     t = udp_nat
     _add_service(t, "-u", "rr", "-m")
