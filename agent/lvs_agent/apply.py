@@ -222,6 +222,10 @@ class Applier:
         self.use_batch = use_batch
         self.last_path = ""  # "batch" | "pyroute2" | "" (for tests and benchmarks)
 
+    def batch_conn(self):
+        """The netlink_batch connection (opened on first use), or None."""
+        return self._batch_conn()
+
     def _batch_conn(self):
         if not self.use_batch:
             return None

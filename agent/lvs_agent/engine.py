@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lvs_model.nodespec import NodeSpec, ServiceKey, effective_sysctls
+from lvs_model.nodespec import NodeSpec, ServiceKey, effective_sysctls, local_addresses
 
 from . import ops as O
 from .apply import Applier
-from .observe import IPVSTable, in_netns, observe, open_iproute, default_uplink, read_ipvs
+from .observe import IPVSTable, in_netns, observe, read_ipvs, resolve_default_uplink
 from .plan import Plan, claim, plan, settle
 from .state import Observed, Ownership, OwnershipStore
 
@@ -124,30 +124,31 @@ class Engine:
         self.last_table: IPVSTable | None = None
 
     # -- helpers -------------------------------------------------------------
-    def resolve_uplink(self, spec: NodeSpec | None = None, ipr=None) -> str:
+    def resolve_uplink(self, spec: NodeSpec | None = None) -> str:
         """The spec's uplink, else the engine's, else the default route's device."""
         if spec is not None and spec.uplink:
             return spec.uplink
         if self.uplink:
             return self.uplink
-        own = ipr is None
-        ipr = ipr or open_iproute(self.netns)
-        try:
-            return default_uplink(ipr)
-        finally:
-            if own:
-                ipr.close()
+        return resolve_default_uplink(self.netns, fast=self.applier.use_batch)
 
     def _observe(self, spec: NodeSpec, owned: Ownership, with_stats: bool = False):
-        ipr = open_iproute(self.netns)
+        # The uplink only scopes backend ARP/rp_filter sysctls: resolve it (a
+        # route dump) only for a spec with backend VIPs.
+        uplink = self.resolve_uplink(spec) if spec.backend_vips or spec.uplink or self.uplink else ""
+        names = set(effective_sysctls(spec, uplink)) | set(owned.sysctls)
+        need_net = bool(local_addresses(spec) or owned.addresses or owned.links)
+        conn = self.applier.batch_conn()
         try:
-            uplink = self.resolve_uplink(spec, ipr)
-            names = set(effective_sysctls(spec, uplink)) | set(owned.sysctls)
-            obs, table = observe(self.netns, names, ipr=ipr, with_stats=with_stats,
-                                 fast=self.applier.use_batch)
-            kernel_forced(obs, spec)
-        finally:
-            ipr.close()
+            obs, table = observe(self.netns, names, with_stats=with_stats, fast=conn is not None,
+                                 need_net=need_net, conn=conn, runtime=with_stats)
+        except OSError:
+            # A broken fast socket: drop it, read once more through a fresh one.
+            if conn is None:
+                raise
+            self.applier.close()
+            obs, table = observe(self.netns, names, with_stats=with_stats, fast=True, need_net=need_net)
+        kernel_forced(obs, spec)
         self.last_table = table
         return obs, table, uplink
 
@@ -162,7 +163,8 @@ class Engine:
     def table(self, with_stats: bool = False) -> IPVSTable:
         """The whole IPVS table with counters (for lvsctl list and metrics)."""
         with self._lock:
-            return read_ipvs(self.netns, with_stats=with_stats, fast=self.applier.use_batch)
+            return read_ipvs(self.netns, with_stats=with_stats, fast=self.applier.use_batch,
+                             conn=self.applier.batch_conn())
 
     def connections(self) -> dict[tuple[ServiceKey, str, int], tuple[int, int]]:
         """(service key, dest address, dest port) -> (active, inactive)."""

@@ -24,6 +24,7 @@ net/netfilter/ipvs/ip_vs_ctl.c (ip_vs_genl_parse_service/_dest):
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket
 import struct
@@ -94,6 +95,23 @@ DEST_KEY = {
     4: struct.Struct("=HH HH4s HHH2x HHH2x"),
     16: struct.Struct("=HH HH16s HHH2x HHH2x"),
 }
+
+# A dest as ip_vs_genl_fill_dest (6.1) writes it: ADDR (always 16 bytes),
+# PORT, FWD_METHOD, WEIGHT, TUN_TYPE, TUN_PORT, TUN_FLAGS, U_THRESH, L_THRESH,
+# ACTIVE_CONNS, INACT_CONNS, PERSIST_CONNS, ADDR_FAMILY, then the stats nests.
+# One unpack reads it; the attribute headers are checked, and any other layout
+# (another kernel) takes the generic attribute walk.
+DEST_DUMPED = struct.Struct("=HH16s HHH2x HHI HHI HHB3x HHH2x HHH2x HHI HHI HHI HHI HHI HHH2x")
+_DUMPED_HDRS = operator.itemgetter(0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24, 25,
+                                   27, 28, 30, 31, 33, 34, 36, 37)
+_DUMPED_HDRS_WANT = (20, DEST_ADDR, 6, DEST_PORT, 8, DEST_FWD_METHOD, 8, DEST_WEIGHT, 5, DEST_TUN_TYPE,
+                     6, DEST_TUN_PORT, 6, DEST_TUN_FLAGS, 8, DEST_U_THRESH, 8, DEST_L_THRESH,
+                     8, DEST_ACTIVE_CONNS, 8, DEST_INACT_CONNS, 8, DEST_PERSIST_CONNS, 6, DEST_ADDR_FAMILY)
+# (addr16, port_be, fwd, weight, tun_type, tun_port_be, tun_flags, u, l, af)
+_DUMPED_KEY = operator.itemgetter(2, 5, 8, 11, 14, 17, 20, 23, 26, 38)
+_DUMPED_RT = operator.itemgetter(29, 32, 35)
+_dest_cache: dict[tuple, Dest] = {}
+_service_cache: dict[bytes, tuple] = {}
 
 SEND_CHUNK = 60 * 1024  # bytes per send(): DESIGN.md §5
 RCVBUF = 8 * 1024 * 1024
@@ -233,8 +251,25 @@ def _stats(buf, span) -> Stats:
 
 
 def parse_service(buf, s: int, e: int, with_stats: bool) -> tuple[Service, Stats | None, str, bytes]:
-    """One IPVS_CMD_ATTR_SERVICE payload -> (service, stats, pe name, key attrs)."""
+    """One IPVS_CMD_ATTR_SERVICE payload -> (service, stats, pe name, key attrs).
+
+    Decoded services are cached by their attribute bytes up to the counters."""
     a = parse_attrs(buf, s, e)
+    st_span = a.get(SVC_STATS) or a.get(SVC_STATS64)
+    ckey = bytes(buf[s:st_span[0] - 4 if st_span else e])
+    hit = _service_cache.get(ckey)
+    if hit is not None:
+        svc, pe, key_attrs = hit
+        stats = _stats(buf, a.get(SVC_STATS64) or a.get(SVC_STATS)) if with_stats else None
+        return svc, stats, pe, key_attrs
+    svc, stats, pe, key_attrs = _parse_service(buf, a, with_stats)
+    if len(_service_cache) > 100_000:
+        _service_cache.clear()
+    _service_cache[ckey] = (svc, pe, key_attrs)
+    return svc, stats, pe, key_attrs
+
+
+def _parse_service(buf, a: dict, with_stats: bool) -> tuple[Service, Stats | None, str, bytes]:
     af = _u(buf, a.get(SVC_AF), socket.AF_INET)
     fwmark = _u(buf, a.get(SVC_FWMARK))
     addr = _addr(buf, a[SVC_ADDR], af) if SVC_ADDR in a and not fwmark else None
@@ -258,7 +293,34 @@ def parse_service(buf, s: int, e: int, with_stats: bool) -> tuple[Service, Stats
     return svc, stats, _str(buf, a.get(SVC_PE_NAME)), b"".join(key_parts)
 
 
+def parse_dest_fast(buf, s: int, e: int, with_stats: bool, runtime: bool):
+    """The fixed 6.1 layout in one unpack, or None if the layout differs."""
+    if e - s < DEST_DUMPED.size:
+        return None
+    vals = DEST_DUMPED.unpack_from(buf, s)
+    if _DUMPED_HDRS(vals) != _DUMPED_HDRS_WANT:
+        return None
+    k = _DUMPED_KEY(vals)
+    d = _dest_cache.get(k)
+    if d is None:
+        addr16, port_be, fwd, weight, tun_type, tun_port_be, tun_flags, u, l, af = k
+        raw = addr16 if af == socket.AF_INET6 else addr16[:4]
+        d = decode_dest(socket.inet_ntop(af, raw), socket.ntohs(port_be), fwd, weight, u, l,
+                        tun_type, tun_port_be, tun_flags)
+        if len(_dest_cache) > 1_000_000:
+            _dest_cache.clear()
+        _dest_cache[k] = d
+    if not runtime and not with_stats:
+        return d, None
+    stats = Stats()
+    if with_stats:
+        a = parse_attrs(buf, s + DEST_DUMPED.size, e)
+        stats = _stats(buf, a.get(DEST_STATS64) or a.get(DEST_STATS))
+    return d, DestRuntime(*_DUMPED_RT(vals), stats)
+
+
 def parse_dest(buf, s: int, e: int, svc_af: int, with_stats: bool) -> tuple[Dest, DestRuntime]:
+    """The generic attribute walk (any attribute order or kernel version)."""
     a = parse_attrs(buf, s, e)
     af = _u(buf, a.get(DEST_ADDR_FAMILY), svc_af)
     d = decode_dest(_addr(buf, a[DEST_ADDR], af), _be16(buf, a.get(DEST_PORT)),
@@ -516,8 +578,8 @@ class IPVSConnection:
                 if span:
                     out.append(parse_service(buf, span[0], span[1], with_stats))
 
-    def dump_dests(self, keys: list[tuple[bytes, int]], with_stats: bool = False
-                   ) -> list[list[tuple[Dest, DestRuntime]]]:
+    def dump_dests(self, keys: list[tuple[bytes, int]], with_stats: bool = False,
+                   runtime: bool = True) -> list[list[tuple[Dest, DestRuntime | None]]]:
         """Dests of many services, one dump each. ``keys``: (service key
         attrs as the kernel sent them, family code).
 
@@ -543,34 +605,44 @@ class IPVSConnection:
                         if code not in (0, errno.ESRCH, errno.ENOENT):
                             raise NetlinkError(code, f"IPVS dest dump: {os.strerror(code)}")
                     else:
-                        a = parse_attrs(buf, s + 4, e)
-                        span = a.get(CMD_ATTR_DEST)
-                        if span:
-                            dests.append(parse_dest(buf, span[0], span[1], af, with_stats))
+                        ln, typ = NLA.unpack_from(buf, s + 4)
+                        if typ & NLA_TYPE_MASK == CMD_ATTR_DEST:
+                            ds, de = s + 8, s + 4 + ln
+                        else:
+                            span = parse_attrs(buf, s + 4, e).get(CMD_ATTR_DEST)
+                            if not span:
+                                continue
+                            ds, de = span
+                        got = parse_dest_fast(buf, ds, de, with_stats, runtime)
+                        dests.append(got if got is not None else parse_dest(buf, ds, de, af, with_stats))
             out.append(dests)
         return out
 
-    def dump(self, with_stats: bool = False) -> IPVSTable:
+    def dump(self, with_stats: bool = False, runtime: bool = True) -> IPVSTable:
+        """The whole table. ``runtime=False`` skips per-dest counters (the
+        reconcile loop only needs the configuration)."""
         table = IPVSTable()
-        try:
-            table.version, table.conn_tab_size = self.info()
-        except OSError:
-            pass
+        if runtime or with_stats:
+            try:
+                table.version, table.conn_tab_size = self.info()
+            except OSError:
+                pass
         svcs = self.dump_services(with_stats)
-        dests = self.dump_dests([(k, K.FAMILIES[s.family]) for s, _, _, k in svcs], with_stats)
+        dests = self.dump_dests([(k, K.FAMILIES[s.family]) for s, _, _, k in svcs], with_stats, runtime)
         for (svc, st, pe, _), ds in zip(svcs, dests):
             key = svc.key
-            table.services[key] = Service(
-                family=svc.family, protocol=svc.protocol, address=svc.address, port=svc.port,
-                fwmark=svc.fwmark, scheduler=svc.scheduler, scheduler_flags=svc.scheduler_flags,
-                persistence_timeout=svc.persistence_timeout, persistence_netmask=svc.persistence_netmask,
-                one_packet=svc.one_packet, dests=tuple(d for d, _ in ds))
+            # dataclasses.replace costs ~1 ms per call in the VM: copy the fields.
+            full = object.__new__(Service)
+            full.__dict__.update(svc.__dict__)
+            full.__dict__["dests"] = tuple(d for d, _ in ds)
+            table.services[key] = full
             if st is not None:
                 table.service_stats[key] = st
             if pe:
                 table.pe_names[key] = pe
-            for d, rt in ds:
-                table.dest_runtime[(key, d.key)] = rt
+            if runtime or with_stats:
+                for d, rt in ds:
+                    table.dest_runtime[(key, d.key)] = rt
         return table
 
 
