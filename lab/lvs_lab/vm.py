@@ -232,7 +232,8 @@ class LabVM:
     """One VM run of one command; a Popen-like handle.
 
     ``output`` receives the guest command's stdout+stderr as it runs: a binary file
-    object (default: the host's stdout), a callable taking bytes, or None to drop it.
+    object (default ``"stdout"``: the host's sys.stdout at construction time), a
+    callable taking bytes, or None to drop it.
     ``results_dir``: keep the job directory there (created if needed) instead of a
     temporary one that ``cleanup()`` removes.
     """
@@ -247,7 +248,7 @@ class LabVM:
         mem: int = 2048,
         smp: int = 2,
         env: dict[str, str] | None = None,
-        output: BinaryIO | Callable[[bytes], object] | None = sys.stdout.buffer,
+        output: BinaryIO | Callable[[bytes], object] | str | None = "stdout",
         results_dir: str | os.PathLike | None = None,
         extra_modules: Iterable[str] = (),
         binds: Iterable[str] = (),
@@ -268,6 +269,9 @@ class LabVM:
         self.mem = mem
         self.smp = smp
         self.env = dict(env or {})
+        if output == "stdout":  # resolved now: sys.stdout may have been replaced since import
+            output = getattr(sys.stdout, "buffer", None) or (
+                lambda data: (sys.stdout.write(data.decode(errors="replace")), sys.stdout.flush()))
         self.output = output
         self.extra_modules = list(extra_modules)
         self.binds = list(binds)
