@@ -390,7 +390,9 @@ def test_simulated_agent_reports_aggregate_into_kubectl_columns(env):
               rs(NS4, "a", "web", "10.30.0.1", weight=2), rs(NS4, "b", "web", "10.30.0.2"),
               rs(NS4, "c", "web", "10.30.0.3", weight=0))
     names = [f"{D1}-{NS4}-web", f"{D2}-{NS4}-web"]
-    wait_for(lambda: set(names) <= set(env.nodestates()), 20, "the reports NodeStates")
+    # Report on the final spec (the operator may have written it before all three RealServers existed).
+    wait_for(lambda: all(len(env.nodestates()[n]["spec"]["services"][0]["dests"]) == 3 for n in names), 20,
+             "the reports NodeStates with their three dests")
     _agent_report(env, names[0], [("10.30.0.1", "Healthy", 2, 3, 1), ("10.30.0.2", "Unhealthy", 0, 0, 4),
                                   ("10.30.0.3", "Draining", 0, 1, 0)])
     _agent_report(env, names[1], [("10.30.0.1", "Healthy", 2, 4, 2), ("10.30.0.2", "Healthy", 1, 1, 0),
@@ -405,7 +407,10 @@ def test_simulated_agent_reports_aggregate_into_kubectl_columns(env):
     assert table["a"][:9] == ["a", "web", "10.30.0.1", "80", "2", "nat", "Healthy", "7", "3"]
     assert table["b"][:9] == ["b", "web", "10.30.0.2", "80", "1", "nat", "Unhealthy", "1", "4"]
     assert table["c"][:9] == ["c", "web", "10.30.0.3", "80", "0", "nat", "Draining", "1", "0"]
-    out = env.cp.kubectl("get", f"virtualservices.{C.GROUP}", "-n", NS4, "--no-headers").stdout.split()
+    def vs_row():
+        out = env.cp.kubectl("get", f"virtualservices.{C.GROUP}", "-n", NS4, "--no-headers").stdout.split()
+        return out if out[6:8] == ["2/2", "1/3"] else None
+    out = wait_for(vs_row, 20, "the Directors and RealServers columns")
     # NAME VIP PORT PROTOCOL SCHEDULER METHOD DIRECTORS REALSERVERS AGE
     assert out[:8] == ["web", "192.168.30.1", "80", "tcp", "wrr", "nat", "2/2", "1/3"]
     c = env.conditions(C.VIRTUALSERVICE_PLURAL, NS4, "web")
