@@ -332,7 +332,7 @@ class Reconciler:
         ns = ev.namespace or "default"
         body = {
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": f"{ev.name}.{uuid.uuid4().hex[:16]}", "namespace": ns},
+            "metadata": {"name": f"{ev.name[:200]}.{uuid.uuid4().hex[:16]}", "namespace": ns},
             "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "reportingController": f"{C.GROUP}/operator", "reportingInstance": self.identity[:128],
             "action": "Reconcile", "reason": ev.reason, "type": ev.type, "note": ev.message[:1024],
