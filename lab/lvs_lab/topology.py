@@ -168,11 +168,16 @@ class Lab:
         br = self.segment(segment)
         self._port_no += 1
         port = f"p{self._port_no}-{ifname}"[:15]
+        # Created under a temporary name and renamed inside the namespace: the
+        # kernel checks the name in the creating (root) namespace too, where the
+        # VM's own NIC is eth0 when the runner was given --forward.
+        tmp = f"{self.prefix}h{self._port_no}"[:15]
         self._root_lines.append(
-            f"link add {ifname} netns {ns} type veth peer name {port} netns {self.switch}"
+            f"link add {tmp} netns {ns} type veth peer name {port} netns {self.switch}"
         )
         self._ns_lines[self.switch] += [f"link set {port} master {br}", f"link set {port} up"]
         lines = self._ns_lines.setdefault(ns, [])
+        lines.append(f"link set {tmp} name {ifname}")
         for a in addrs:
             lines.append(f"addr add {a} dev {ifname}" + (" nodad" if _is_v6(a) else ""))
         lines.append(f"link set {ifname} up")
