@@ -71,6 +71,9 @@ _GONE = {
 def normalize(op: O.Op, err: str | None) -> str | None:
     if err and err_code(err) in _GONE.get(type(op), ()):
         return None
+    # Restoring a per-device sysctl of a device that is gone: nothing left to restore.
+    if err and isinstance(op, O.SetSysctl) and op.restore and err_code(err) == "ENOENT":
+        return None
     return err
 
 

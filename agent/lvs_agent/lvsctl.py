@@ -486,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except OSError as e:  # no IPVS in this kernel, no such namespace, ...
+        print(f"lvsctl: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
