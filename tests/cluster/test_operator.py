@@ -288,7 +288,12 @@ def test_methods_compile_to_exact_nodestates(env):
     def specs():
         got = env.nodestates(**{C.LABEL_VS_NAMESPACE: NS1})
         return {n: o["spec"] for n, o in got.items()}
-    got = wait_for(lambda: specs() if set(specs()) == set(want) else None, 30, "the NodeStates of the 5 services")
+    got: dict = {}
+    try:  # the operator may pass through partial states while the objects arrive
+        wait_for(lambda: got.clear() or got.update(specs()) or got == want, 30, "the NodeStates of the 5 services")
+    except AssertionError:
+        pass
+    assert sorted(got) == sorted(want)
     for name in sorted(want):
         assert got[name] == want[name], name
     objs = env.nodestates(**{C.LABEL_VS_NAMESPACE: NS1})
@@ -398,15 +403,23 @@ def test_simulated_agent_reports_aggregate_into_kubectl_columns(env):
     _agent_report(env, names[1], [("10.30.0.1", "Healthy", 2, 4, 2), ("10.30.0.2", "Healthy", 1, 1, 0),
                                   ("10.30.0.3", "Draining", 0, 0, 0)])
 
+    # NAME VIRTUALSERVICE ADDRESS PORT WEIGHT METHOD HEALTH ACTIVE INACTIVE AGE
+    want = {"a": ["a", "web", "10.30.0.1", "80", "2", "nat", "Healthy", "7", "3"],
+            "b": ["b", "web", "10.30.0.2", "80", "1", "nat", "Unhealthy", "1", "4"],
+            "c": ["c", "web", "10.30.0.3", "80", "0", "nat", "Draining", "1", "0"]}
+    table: dict = {}
+
     def rows():
         out = env.cp.kubectl("get", "realservers", "-n", NS4, "--no-headers").stdout
-        table = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-        return table if table.get("a", [""] * 7)[6] == "Healthy" and len(table) == 3 else None
-    table = wait_for(rows, 20, "the Health column")
-    # NAME VIRTUALSERVICE ADDRESS PORT WEIGHT METHOD HEALTH ACTIVE INACTIVE AGE
-    assert table["a"][:9] == ["a", "web", "10.30.0.1", "80", "2", "nat", "Healthy", "7", "3"]
-    assert table["b"][:9] == ["b", "web", "10.30.0.2", "80", "1", "nat", "Unhealthy", "1", "4"]
-    assert table["c"][:9] == ["c", "web", "10.30.0.3", "80", "0", "nat", "Draining", "1", "0"]
+        table.clear()
+        table.update({line.split()[0]: line.split()[:9] for line in out.splitlines() if line.strip()})
+        return table == want
+    try:
+        wait_for(rows, 20, "both directors' reports in the columns")
+    except AssertionError:
+        pass
+    assert table == want  # the difference, if it never got there
+
     def vs_row():
         out = env.cp.kubectl("get", f"virtualservices.{C.GROUP}", "-n", NS4, "--no-headers").stdout.split()
         return out if out[6:8] == ["2/2", "1/3"] else None
