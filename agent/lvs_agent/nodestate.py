@@ -6,7 +6,7 @@ what it programmed and how its real servers are doing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION, label_value
@@ -34,7 +34,10 @@ def merge(objects: Mapping[str, Mapping[str, Any]], node: str) -> Merged:
     A bad object, or a service declared by two objects, is reported against
     that object and never stops the rest (first name in sort order wins).
     """
-    services, director, backend, sysctls = [], [], [], {}
+    services: list = []
+    sysctls: dict[str, str] = {}
+    lists: dict[str, list] = {f.name: [] for f in fields(NodeSpec)
+                              if f.name not in ("node", "services", "sysctls", "uplink")}
     m = Merged(NodeSpec(node=node))
     for name in sorted(objects):
         spec, errors = parse_node_spec(objects[name].get("spec") or {})
@@ -45,13 +48,13 @@ def merge(objects: Mapping[str, Mapping[str, Any]], node: str) -> Merged:
                 continue
             m.owner[s.key] = name
             services.append(s)
-        director.extend(spec.director_addresses)
-        backend.extend(spec.backend_vips)
+        for field_name, acc in lists.items():  # director addresses, backend VIPs, reply routes, ...
+            acc.extend(getattr(spec, field_name))
         sysctls.update(dict(spec.sysctls))
         if errors:
             m.errors[name] = errors
-    m.spec = NodeSpec(node=node, services=tuple(services), director_addresses=tuple(dict.fromkeys(director)),
-                      backend_vips=tuple(dict.fromkeys(backend)), sysctls=tuple(sorted(sysctls.items())))
+    m.spec = NodeSpec(node=node, services=tuple(services), sysctls=tuple(sorted(sysctls.items())),
+                      **{k: tuple(dict.fromkeys(v)) for k, v in lists.items()})
     return m
 
 

@@ -59,3 +59,13 @@ def test_condition_keeps_transition_time_and_status_change_ignores_timestamp():
     second = build_status("d1-a-web", objs["d1-a-web"], m, m.spec, {}, {}, set(), {}, "T2")
     assert second["conditions"][0]["lastTransitionTime"] == "T1"
     assert not status_changed(first, second)
+
+
+def test_merge_carries_every_node_level_list_and_service_flags():
+    route = {"address": "10.0.0.51", "port": 80, "protocol": "tcp", "via": ["10.0.0.30"]}
+    objs = {"d1-a": obj("d1-a", [{**WEB, "snat": True}], replyRoutes=[route]),
+            "d1-b": obj("d1-b", [DNS], backendVips=[{"address": "192.168.1.3", "method": "tun"}])}
+    m = merge(objs, "d1")
+    assert m.spec.services[0].snat is True
+    assert [v.address for v in m.spec.backend_vips] == ["192.168.1.3"]
+    assert [(r.address, r.port) for r in m.spec.reply_routes] == [("10.0.0.51", 80)]
