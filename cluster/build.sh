@@ -81,6 +81,22 @@ update_mod() {
   echo ">> wrote $moddir/go.mod and go.sum"
 }
 
+# Condense `go build -v` (one line per package) to a line every 250 packages;
+# compiler errors and go's own messages pass through.
+progress() {
+  local n=0 line
+  while IFS= read -r line; do
+    case "$line" in
+      "#"*|*.go:*|"go: "*) printf '%s\n' "$line" ;;
+      *) n=$((n + 1))
+         if (( n % 250 == 0 )); then
+           echo "   ... $n packages compiled ($(( $(date +%s) - $1 ))s)"
+         fi ;;
+    esac
+  done
+  echo "   ... $n packages, compiled and linked ($(( $(date +%s) - $1 ))s)"
+}
+
 build() {
   local dir go k8s etcd minor major start tmp log
   dir="$(bin_dir)"
@@ -128,8 +144,7 @@ build() {
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kubectl) 2>&1 | tee -a "$log" |
-    awk -v t0="$start" '/^(#|[a-z].*\.go:|go: )/ { print; fflush(); next }
-         { n++; if (n % 200 == 0) { printf "   ... %d packages compiled (%ds)\n", n, systime() - t0; fflush() } }'
+    progress "$start"
   local rc=${PIPESTATUS[0]}
   set -e
   if [[ $rc != 0 ]]; then
