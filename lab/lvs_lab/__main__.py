@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--smp", type=int, default=2, help="guest CPUs (default 2)")
     r.add_argument("--forward", type=int, action="append", default=[], metavar="PORT",
                    help="let the guest reach host 127.0.0.1:PORT at 10.0.2.100:PORT (repeatable)")
+    r.add_argument("--forward-mode", choices=("cmd", "tcp"), default="cmd",
+                   help="cmd (default): a host relay per guest connection; tcp: qemu's single "
+                        "connection made at startup")
     r.add_argument("--env", action="append", default=[], metavar="K=V", help="extra guest environment")
     r.add_argument("--module", action="append", default=[], metavar="NAME", help="extra module to load")
     r.add_argument("--bind", action="append", default=[], metavar="PATH",
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         vm = LabVM(cmd, forwards=args.forward, timeout=args.timeout, mem=args.mem, smp=args.smp,
                    env=env, extra_modules=args.module, binds=args.bind,
                    results_dir=args.results, verbose=args.verbose,
-                   writable_repo=not args.readonly_repo)
+                   writable_repo=not args.readonly_repo, forward_mode=args.forward_mode)
     except LabError as e:
         print(f"lvs_lab: {e}", file=sys.stderr)
         return 2

@@ -88,6 +88,16 @@ def delete_lab_namespaces(prefix: str = PREFIX) -> list[str]:
     return stale
 
 
+def _device_key(key: str, renames: dict[str, str]) -> str:
+    """``net.ipv4.conf.eth0.rp_filter`` -> ``net.ipv4.conf.<tmp>.rp_filter`` while
+    eth0 still carries its temporary creation name (see :meth:`Lab.connect`)."""
+    parts = key.split(".")
+    if len(parts) > 4 and parts[0] == "net" and parts[2] in ("conf", "neigh") \
+            and parts[3] in renames:
+        parts[3] = renames[parts[3]]
+    return ".".join(parts)
+
+
 def _is_v6(addr: str) -> bool:
     return ipaddress.ip_interface(addr).version == 6
 
@@ -114,6 +124,7 @@ class Lab:
         self._root_lines: list[str] = []
         self._ns_lines: dict[str, list[str]] = {}
         self._sysctls: dict[str, dict[str, object]] = {}
+        self._renames: dict[str, dict[str, str]] = {}  # ns -> {final ifname: temporary}
         self._port_no = 0
         self._closed = False
         self.hub = _servers.ServerHub()
@@ -178,6 +189,8 @@ class Lab:
         self._ns_lines[self.switch] += [f"link set {port} master {br}", f"link set {port} up"]
         lines = self._ns_lines.setdefault(ns, [])
         lines.append(f"link set {tmp} name {ifname}")
+        # Per-device sysctls of this apply() run before the rename: write them to tmp.
+        self._renames.setdefault(ns, {})[ifname] = tmp
         for a in addrs:
             lines.append(f"addr add {a} dev {ifname}" + (" nodad" if _is_v6(a) else ""))
         lines.append(f"link set {ifname} up")
@@ -196,6 +209,7 @@ class Lab:
         root, self._root_lines = self._root_lines, []
         sysctls, self._sysctls = self._sysctls, {}
         ns_lines, self._ns_lines = self._ns_lines, {}
+        renames, self._renames = self._renames, {}
         ip_batch([f"netns add {n}" for n in new] + root)
         # sysctls for all/default first, then per-device ones (devices exist by now)
         for ns, values in sysctls.items():
@@ -203,7 +217,8 @@ class Lab:
             if early:
                 write_sysctls(ns, early)
         for ns, values in sysctls.items():
-            late = {k: v for k, v in values.items() if not (".all." in k or ".default." in k)}
+            late = {_device_key(k, renames.get(ns, {})): v for k, v in values.items()
+                    if not (".all." in k or ".default." in k)}
             if late:
                 write_sysctls(ns, late)
         for ns, lines in ns_lines.items():

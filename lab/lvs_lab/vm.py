@@ -21,7 +21,10 @@ Function API::
 Network safety: without forwards the VM has no network card at all (``-nic none``);
 with forwards it gets a user-mode NIC with ``restrict=on`` (no route out of the VM)
 whose only reachable peers are the ``guestfwd`` ports: guest ``10.0.2.100:PORT`` ->
-host ``127.0.0.1:PORT``.
+host ``127.0.0.1:PORT``. By default each forward is ``guestfwd=...-cmd:`` running
+:mod:`lvs_lab.relay` per guest connection: qemu's ``-tcp:127.0.0.1:PORT`` form
+(``forward_mode="tcp"``) connects once when qemu starts (failing if nothing listens
+yet) and carries only the guest's first connection.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 GUEST_IP = "10.0.2.15"
 GUEST_PREFIX = 24
 FORWARD_IP = "10.0.2.100"
+RELAY = str(Path(__file__).resolve().with_name("relay.py"))
 # Where the writable job share is mounted inside the guest (also $KUBE_LVS_LAB_RESULTS).
 GUEST_RESULTS = "/run/lab"
 
@@ -256,6 +260,7 @@ class LabVM:
         verbose: bool = False,
         cmdline: Iterable[str] = (),
         writable_repo: bool = True,
+        forward_mode: str = "cmd",
     ):
         if not cmd:
             raise LabError("no command given")
@@ -278,6 +283,9 @@ class LabVM:
         self.kernel = kernel or find_kernel()
         self.verbose = verbose
         self.cmdline = list(cmdline)
+        if forward_mode not in ("cmd", "tcp"):
+            raise LabError(f"forward_mode must be 'cmd' or 'tcp', not {forward_mode!r}")
+        self.forward_mode = forward_mode
         # The project directory (containing the cwd) is shared read-write, so the
         # command can write into the repo as it would on the host (junit XML under
         # build/, caches); the rest of the host root stays read-only.
@@ -346,6 +354,7 @@ class LabVM:
         return env
 
     def _rebinds(self) -> list[str]:
+        """Host paths the guest's tmpfs mounts would hide, to bind back (dirs or files)."""
         cands = [str(self.cwd), str(self.kernel.tree), *self.binds]
         for p in os.environ.get("PYTHONPATH", "").split(":"):
             if p and os.path.isabs(p) and os.path.exists(p):
@@ -353,13 +362,24 @@ class LabVM:
         vb = _venv_bin(self.cwd)
         if vb:
             cands.append(vb)
-        # Absolute paths among the command's words (the program, a script, a file).
-        for w in self.cmd:
-            if os.path.isabs(w) and os.path.exists(w):
-                cands.append(w if os.path.isdir(w) else os.path.dirname(w))
-        out = []
+        out: list[str] = []
         for c in cands:
             r = _rebind_root(c)
+            if r and r not in out:
+                out.append(r)
+        # Absolute paths among the command's words (the program, a script, a file):
+        # a file right under /tmp is bound on its own, otherwise its top directory.
+        for w in self.cmd:
+            if not (os.path.isabs(w) and os.path.exists(w)):
+                continue
+            real = os.path.realpath(w)
+            if os.path.isfile(real) and os.path.dirname(real) in _SHADOWED:
+                r = real
+            else:
+                try:
+                    r = _rebind_root(real if os.path.isdir(real) else os.path.dirname(real))
+                except LabError:
+                    continue
             if r and r not in out:
                 out.append(r)
         return out
@@ -403,7 +423,11 @@ class LabVM:
             "mount -o bind /results " + _q(R + GUEST_RESULTS),
         ]
         for b in self._rebinds():
-            g.append(f"mkdir -p {_q(R + b)} && mount -o bind {_q('/host' + b)} {_q(R + b)}"
+            if os.path.isdir(b):
+                mk = f"mkdir -p {_q(R + b)}"
+            else:  # a single file: bind it onto an empty file in the tmpfs
+                mk = f"mkdir -p {_q(R + os.path.dirname(b))} && : > {_q(R + b)}"
+            g.append(f"{mk} && mount -o bind {_q('/host' + b)} {_q(R + b)}"
                      f" || log 'rebind {b} failed'")
         if self.repo is not None:
             rp = _q(R + str(self.repo))
@@ -500,7 +524,13 @@ class LabVM:
             # forwarded host-loopback ports.
             nic = "user,model=virtio-net-pci,restrict=on"
             for p in self.forwards:
-                nic += f",guestfwd=tcp:{FORWARD_IP}:{p}-tcp:127.0.0.1:{p}"
+                if self.forward_mode == "tcp":
+                    # qemu's own chardev: ONE connection, made when qemu starts.
+                    nic += f",guestfwd=tcp:{FORWARD_IP}:{p}-tcp:127.0.0.1:{p}"
+                else:
+                    # one relay process per guest connection (see relay.py)
+                    cmd = " ".join(shlex.quote(a) for a in (sys.executable, RELAY, "127.0.0.1", str(p)))
+                    nic += f",guestfwd=tcp:{FORWARD_IP}:{p}-cmd:{cmd.replace(',', ',,')}"
             argv += ["-nic", nic]
         else:
             argv += ["-nic", "none"]
