@@ -17,14 +17,15 @@ Fixtures:
 
 Tests that use ``control_plane`` get the ``cluster`` marker automatically. When
 any test failed, the control plane's work directory (component logs, certs,
-etcd data) is kept and its path printed at the end of the run;
-``KUBE_LVS_KEEP_CLUSTER=1`` keeps it always.
+kubeconfigs; not the etcd data) is kept and its path printed at the end of the
+run; ``KUBE_LVS_KEEP_CLUSTER=1`` keeps all of it, always.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 
 import pytest
@@ -61,8 +62,12 @@ def _stop(session) -> None:
     cp = _state["cp"]
     if cp is None:
         return
-    keep = bool(session.testsfailed) or bool(os.environ.get("KUBE_LVS_KEEP_CLUSTER"))
+    keep_all = bool(os.environ.get("KUBE_LVS_KEEP_CLUSTER"))
+    keep = bool(session.testsfailed) or keep_all
     cp.stop(keep=keep)
+    if keep and not keep_all:
+        # Logs, certificates and kubeconfigs stay; etcd's 64 MB of data do not.
+        shutil.rmtree(cp.workdir / "etcd", ignore_errors=True)
     _state["kept"] = keep
 
 
