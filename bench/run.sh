@@ -11,61 +11,71 @@
 # Needs root (apt-get for the peers, qemu). Exit code: the harness's (1 if any
 # figure failed its sanity check).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-PY=${PYTHON:-$ROOT/.venv/bin/python}
-log() { printf '[bench/run] %s\n' "$*" >&2; }
 
-name=latest timeout=${BENCH_TIMEOUT:-3000}
-for a in "$@"; do
-    case "$a" in
-        --smoke) name=smoke; timeout=${BENCH_TIMEOUT:-900} ;;
-        --sizes|--sizes=*) [ "$name" = smoke ] || name=custom ;;
-        -h|--help) exec "$PY" -c 'import sys; sys.path.insert(0, "bench"); from lvs_bench.kernel import main; main(["--help"])' ;;
-    esac
-done
+# Everything runs inside main(): bash parses a function whole before running it, so
+# editing this file while a run is under way cannot derail that run.
+main() {
+    ROOT=$(cd "$(dirname "$0")/.." && pwd)
+    cd "$ROOT"
+    PY=${PYTHON:-$ROOT/.venv/bin/python}
+    log() { printf '[bench/run] %s\n' "$*" >&2; }
 
-bash "$ROOT/bench/setup.sh"
-"$PY" -m lvs_lab info >/dev/null 2>&1 || bash "$ROOT/lab/setup.sh"
+    name=latest timeout=${BENCH_TIMEOUT:-3000}
+    for a in "$@"; do
+        case "$a" in
+            --smoke) name=smoke; timeout=${BENCH_TIMEOUT:-900} ;;
+            --sizes|--sizes=*) [ "$name" = smoke ] || name=custom ;;
+            -h|--help) exec "$PY" -c 'import sys; sys.path.insert(0, "bench"); from lvs_bench.kernel import main; main(["--help"])' ;;
+        esac
+    done
 
-job=$(mktemp -d /tmp/kube-lvs-bench-job.XXXXXX)
-trap 'rm -rf "$job"' EXIT
-host_cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
-host_cpu="$host_cpu ($(nproc) CPUs, shared)"
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- agent api bench 2>/dev/null || commit="$commit+dirty"
+    bash "$ROOT/bench/setup.sh"
+    "$PY" -m lvs_lab info >/dev/null 2>&1 || bash "$ROOT/lab/setup.sh"
 
-log "booting the lab VM (timeout ${timeout}s): lvs_bench.kernel $*"
-set +e
-"$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$job" \
-    --env "PYTHONPATH=$ROOT/bench" \
-    --env "BENCH_HOST_CPU=$host_cpu" \
-    --env "BENCH_HOST_KERNEL=$(uname -r)" \
-    --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
-    --env "BENCH_COMMIT=$commit" \
-    -- "$PY" -m lvs_bench.kernel --name "$name" "$@"
-rc=$?
-set -e
-log "host load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    job=$(mktemp -d /tmp/kube-lvs-bench-job.XXXXXX)
+    trap 'rm -rf "$job"' EXIT
+    host_cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+    host_cpu="$host_cpu ($(nproc) CPUs, shared)"
+    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    # Uncommitted or untracked changes to the code under test make the commit alone ambiguous.
+    [ -z "$(git -C "$ROOT" status --porcelain -- agent api bench 2>/dev/null | grep -v ' bench/results/')" ] \
+        || commit="$commit+uncommitted"
 
-mkdir -p "$ROOT/bench/results"
-copied=0
-for ext in json md txt; do
-    f="$job/bench/$name.$ext"
-    if [ -f "$f" ]; then
-        cp "$f" "$ROOT/bench/results/$name.$ext"
-        copied=1
+    log "booting the lab VM (timeout ${timeout}s): lvs_bench.kernel $*"
+    set +e
+    "$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$job" \
+        --env "PYTHONPATH=$ROOT/bench" \
+        --env "BENCH_HOST_CPU=$host_cpu" \
+        --env "BENCH_HOST_KERNEL=$(uname -r)" \
+        --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
+        --env "BENCH_COMMIT=$commit" \
+        -- "$PY" -m lvs_bench.kernel --name "$name" "$@"
+    rc=$?
+    set -e
+    log "host load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+    mkdir -p "$ROOT/bench/results"
+    copied=0
+    for ext in json md txt; do
+        f="$job/bench/$name.$ext"
+        if [ -f "$f" ]; then
+            cp "$f" "$ROOT/bench/results/$name.$ext"
+            copied=1
+        fi
+    done
+    if [ "$copied" = 1 ] && [ "$name" = latest ]; then
+        mkdir -p "$ROOT/bench/results/runs"
+        cp "$job/bench/latest.json" "$ROOT/bench/results/runs/$(date -u +%Y%m%d-%H%M%S).json"
     fi
-done
-if [ "$copied" = 1 ] && [ "$name" = latest ]; then
-    mkdir -p "$ROOT/bench/results/runs"
-    cp "$job/bench/latest.json" "$ROOT/bench/results/runs/$(date -u +%Y%m%d-%H%M%S).json"
-fi
-if [ "$copied" = 1 ]; then
-    log "results: bench/results/$name.{json,md,txt} (exit $rc)"
-else
-    log "no results came back (exit $rc); VM console tail:"
-    tail -n 40 "$job/console.log" 2>/dev/null >&2 || true
-    [ "$rc" = 0 ] && rc=1
-fi
-exit "$rc"
+    if [ "$copied" = 1 ]; then
+        log "results: bench/results/$name.{json,md,txt} (exit $rc)"
+    else
+        log "no results came back (exit $rc); VM console tail:"
+        tail -n 40 "$job/console.log" 2>/dev/null >&2 || true
+        [ "$rc" = 0 ] && rc=1
+    fi
+    exit "$rc"
+}
+
+main "$@"
+exit $?
