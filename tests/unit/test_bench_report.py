@@ -232,3 +232,14 @@ def test_summary_lines():
     assert lines[3].startswith("4. Operator scale") and "not yet measured" in lines[3]
     assert "## Summary" in R.render_report_markdown(tables, {})
     assert "summary (ratios" in R.render_report_text(tables, {})
+
+
+def test_rerender_from_json(tmp_path):
+    t = _table()
+    p = tmp_path / "latest.json"
+    p.write_text(R.report_json([t], {"date": "d", "details": [{"big": 1}], "warm_up": {"seconds": 1}}))
+    out = R.rerender(str(p))
+    assert out == [str(tmp_path / "latest.md"), str(tmp_path / "latest.txt")]
+    md = (tmp_path / "latest.md").read_text()
+    assert "| date | d |" in md and "details" not in md and "warm_up" not in md
+    assert "## Summary" in md and "programming 1,000 dests" in md
