@@ -122,6 +122,29 @@ class Engine:
         self.applier = Applier(self.netns, use_batch=use_batch)
         self._lock = threading.RLock()
         self.last_table: IPVSTable | None = None
+        self._owned: tuple[tuple | None, Ownership] | None = None
+
+    # -- ownership record ----------------------------------------------------
+    def _file_sig(self) -> tuple | None:
+        try:
+            st = os.stat(self.store.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def load_owned(self) -> Ownership:
+        """The ownership record; parsed again only when the file changed (at
+        100k dests the JSON costs a second per reconcile in the VM)."""
+        sig = self._file_sig()
+        if self._owned is not None and self._owned[0] == sig and sig is not None:
+            return self._owned[1]
+        own = self.store.load()
+        self._owned = (sig, own)
+        return own
+
+    def save_owned(self, own: Ownership) -> None:
+        self.store.save(own)
+        self._owned = (self._file_sig(), own)
 
     # -- helpers -------------------------------------------------------------
     def resolve_uplink(self, spec: NodeSpec | None = None) -> str:
@@ -157,7 +180,7 @@ class Engine:
         """The kernel as the planner sees it (sysctls: those ``spec`` implies
         plus those this engine changed)."""
         with self._lock:
-            obs, _, _ = self._observe(spec or NodeSpec(), self.store.load(), with_stats)
+            obs, _, _ = self._observe(spec or NodeSpec(), self.load_owned(), with_stats)
             return obs
 
     def table(self, with_stats: bool = False) -> IPVSTable:
@@ -175,23 +198,23 @@ class Engine:
     def plan(self, spec: NodeSpec) -> tuple[Plan, Observed, Ownership, str]:
         """Dry run: what reconcile would do now."""
         with self._lock:
-            owned = self.store.load()
+            owned = self.load_owned()
             obs, _, uplink = self._observe(spec, owned)
             return plan(spec, obs, owned, uplink), obs, owned, uplink
 
     def reconcile(self, spec: NodeSpec) -> Report:
         started = time.monotonic()
         with self._lock:
-            owned = self.store.load()
+            owned = self.load_owned()
             obs, _, uplink = self._observe(spec, owned)
             p = plan(spec, obs, owned, uplink)
             claimed = claim(owned, p, obs, spec, uplink)
             if claimed != owned:
-                self.store.save(claimed)
+                self.save_owned(claimed)
             results = self.applier.apply(p.ops) if p.ops else []
             settled = settle(claimed, results)
             if settled != claimed:
-                self.store.save(settled)
+                self.save_owned(settled)
             report = build_report(spec, p, results, uplink)
         report.duration = time.monotonic() - started
         if report.failed or report.problems:

@@ -150,6 +150,9 @@ def test_weight_zero_drains(echo_nat, tmp_path):
             h.close()
         # ...while the established one keeps working, on the drained server.
         assert conn.echo("still here") == "still here"
+        conns = e.connections()
+        key = spec(hold_doc(t)).services[0].key
+        assert conns[(key, t.rips[t.names.index(victim)], HOLD_PORT)][0] == 1, conns
         line = next(x for x in t.ipvsadm("-Ln").stdout.splitlines()
                     if f"{t.rips[t.names.index(victim)]}:{HOLD_PORT}" in x)
         assert line.split()[2:4] == ["Masq", "0"] and line.split()[4] == "1", line
@@ -344,7 +347,7 @@ def test_one_invalid_service_does_not_block_the_others(bare, tmp_path, capsys):
 # Batched netlink vs pyroute2 per-op: the same kernel state, the same results
 # --------------------------------------------------------------------------
 
-RICH = {"services": [
+RICH = {"directorAddresses": ["10.1.1.1", "2001:db8::1"], "services": [
     {"address": "10.1.1.1", "port": 80, "scheduler": "rr",
      "dests": [{"address": "10.2.2.2", "port": 8080, "weight": 3, "upperThreshold": 10, "lowerThreshold": 5},
                {"address": "10.2.2.3", "port": 8080}]},
@@ -390,6 +393,10 @@ def test_batch_and_pyroute2_paths_give_the_same_kernel_state(tmp_path):
                 assert codes(ra) == codes(rb)
                 for args in (("-Sn",), ("-Ln", "--thresholds"), ("-Ln", "--tun-info")):
                     assert ipvsadm(lab, a, *args) == ipvsadm(lab, b, *args), args
+                vips = [sorted(x.split()[3] for x in lab.run(n, "ip", "-o", "addr", "show", "dev", "kube-lvs0",
+                                                             check=False).stdout.splitlines()
+                               if "scope global" in x) for n in (a, b)]
+                assert vips[0] == vips[1] == (["10.1.1.1/32", "2001:db8::1/128"] if doc.get("services") else [])
                 # Only twos (absent from 6.1) fails, and both paths converge.
                 assert {k.port for k in ra.service_errors} <= {9999}
                 assert [op for op in ea.reconcile(spec(doc)).ops if not isinstance(op, (O.AddService, O.AddDest))] == []
