@@ -402,10 +402,16 @@ def _pick_uplink(links: dict[str, LinkState], names: dict[int, str], default_oif
     for oif in default_oifs:
         if oif in names:
             return names[oif]
+    # No default route (a flat L2 lab, a backend on one subnet): the first
+    # device that is up and is not loopback, a tunnel or a dummy -- tunl0 is up
+    # on a TUN backend and must not get the uplink's ARP settings.
     for name, st in links.items():
-        if name != "lo" and st.up:
+        if name != "lo" and st.up and st.kind not in _NOT_UPLINK:
             return name
     return ""
+
+
+_NOT_UPLINK = {"ipip", "ip6tnl", "gre", "ip6gre", "sit", "dummy", "gretap", "ip6gretap", "vti", "vti6"}
 
 
 def default_uplink(ipr) -> str:

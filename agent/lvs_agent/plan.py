@@ -144,16 +144,21 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
 def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Ownership:
     """Ownership after applying: drop what failed to appear or was removed.
 
-    `results` pairs each op with None (done) or an error text; an error text
-    starting with "EEXIST" on a create means somebody else's object: not ours.
+    `results` pairs each op with None (done) or an error text starting with
+    the errno name. A create the kernel refused (EEXIST: somebody else's
+    object; EINVAL, ENOENT, ...) is not ours. One whose outcome is unknown
+    (EIO: a lost ack) stays claimed: the next observe shows whether it exists,
+    and if it does it is ours. Deleting one of our services also removes any
+    dest someone added to it by hand: the service, and what is in it, is ours.
     """
     own = claimed.copy()
     for op, err in results:
+        refused = bool(err) and not err.startswith("EIO")
         match op:
-            case O.AddService(s) if err:
+            case O.AddService(s) if refused:
                 own.services.discard(s.key)
                 own.dests.pop(s.key, None)
-            case O.AddDest(s, d) if err:
+            case O.AddDest(s, d) if refused:
                 own.dests.get(s.key, set()).discard(d.key)
             case O.DelService(k) if not err or err.startswith("ENOENT") or err.startswith("ESRCH"):
                 own.services.discard(k)

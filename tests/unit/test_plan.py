@@ -271,3 +271,21 @@ def test_any_sequence_converges_and_never_touches_foreign(specs):
     _, owned = reconcile(NodeSpec(), kernel, owned)
     assert kernel.services == foreign
     assert owned.services == set()
+
+
+def test_create_with_unknown_outcome_stays_claimed():
+    kernel, owned = Observed(), Ownership()
+    spec = NodeSpec(services=(nat_service(),))
+    p = plan(spec, kernel, owned)
+    claimed = claim(owned, p, kernel, spec)
+    settled = settle(claimed, [(op, "EIO: no ack") for op in p.ops])
+    assert spec.services[0].key in settled.services
+    assert settled.dests[spec.services[0].key] == {d.key for d in spec.services[0].dests}
+
+
+def test_uplink_fallback_skips_tunnels_and_dummies():
+    from lvs_agent.observe import _pick_uplink
+    links = {"lo": LinkState("", True), "tunl0": LinkState("ipip", True),
+             "kube-lvs0": LinkState("dummy", True), "eth0": LinkState("veth", True)}
+    assert _pick_uplink(links, {1: "lo", 2: "tunl0", 3: "kube-lvs0", 4: "eth0"}, []) == "eth0"
+    assert _pick_uplink(links, {2: "tunl0", 4: "eth0"}, [2]) == "tunl0"  # a default route wins
