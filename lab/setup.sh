@@ -35,6 +35,8 @@ need modprobe kmod
 need ipvsadm ipvsadm
 need ip iproute2
 need gzip gzip
+need nft nftables   # firewall-mark tests mark packets with nft in a director namespace
+need curl curl
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx insmod && file_static=1 || file_static=0
 if [ "$file_static" = 1 ] && ldd /bin/busybox >/dev/null 2>&1; then file_static=0; fi
 [ "$file_static" = 1 ] || need_pkgs+=(busybox-static)
