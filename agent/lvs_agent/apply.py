@@ -21,16 +21,19 @@ same results; the kernel tests prove it.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket
+import struct
 from typing import Iterable, Sequence
 
 from lvs_model.nodespec import ServiceKey
 
 from . import ops as O
-from .observe import (in_netns, open_iproute, open_ipvs, pyroute2_dest, pyroute2_dest_key,
-                      pyroute2_service, pyroute2_service_key, write_sysctl)
+from .observe import (in_netns, netlink_socket, open_iproute, open_ipvs, pyroute2_dest,
+                      pyroute2_dest_key, pyroute2_service, pyroute2_service_key, run_nft,
+                      write_sysctl)
 from .plan import FALLBACK_TUNNELS
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,9 @@ _GONE = {
     O.DelDest: ("ENOENT", "ESRCH"),
     O.DelAddress: ("EADDRNOTAVAIL", "ENODEV"),
     O.DelLink: ("ENODEV",),
+    O.DelRule: ("ENOENT",),
+    O.DelRoute: ("ESRCH", "ENOENT"),
+    O.DelNftTable: ("ENOENT",),
 }
 
 
@@ -208,6 +214,113 @@ def _apply_sysctl(op: O.SetSysctl, netns: str | None) -> None:
 
 
 # --------------------------------------------------------------------------
+# Policy rules and routes (raw rtnetlink: a handful of fixed-layout messages)
+# --------------------------------------------------------------------------
+
+RTPROT_KUBE_LVS = 76  # protocol tag of our rules and routes (unused in iproute2's rt_protos)
+_PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE, RTM_DELRULE = 24, 25, 32, 33
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+
+
+def _nla(typ: int, data: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(data), typ) + data + b"\0" * (-len(data) % 4)
+
+
+def rule_message(r) -> bytes:
+    """fib_rule_hdr + attributes for ``from SRC [ipproto] [sport] lookup TABLE``."""
+    fam = socket.AF_INET6 if r.family == "ipv6" else socket.AF_INET
+    src = ipaddress.ip_address(r.src).packed
+    body = struct.pack("=BBBBBBBBI", fam, 0, len(src) * 8, 0, r.table if r.table < 256 else 0,
+                       0, 0, 1, 0)  # FR_ACT_TO_TBL
+    body += _nla(2, src) + _nla(6, struct.pack("=I", r.priority)) + _nla(15, struct.pack("=I", r.table))
+    body += _nla(21, bytes([RTPROT_KUBE_LVS]))
+    if r.protocol:
+        body += _nla(22, bytes([_PROTO_NUMBERS[r.protocol]]))
+    if r.sport:
+        body += _nla(23, struct.pack("=HH", r.sport, r.sport))
+    return body
+
+
+def route_message(r) -> bytes:
+    """rtmsg + attributes for ``default via GATEWAY metric METRIC table TABLE``."""
+    fam = socket.AF_INET6 if r.family == "ipv6" else socket.AF_INET
+    body = struct.pack("=BBBBBBBBI", fam, 0, 0, 0, r.table if r.table < 256 else 0,
+                       RTPROT_KUBE_LVS, 0, 1, 0)  # RT_SCOPE_UNIVERSE, RTN_UNICAST
+    body += _nla(15, struct.pack("=I", r.table)) + _nla(5, ipaddress.ip_address(r.gateway).packed)
+    body += _nla(6, struct.pack("=I", r.metric))
+    return body
+
+
+class RtnlWriter:
+    """One rtnetlink request at a time, each acked (error -> OSError)."""
+
+    def __init__(self, netns: str | None = None):
+        self.sock = netlink_socket(netns, 0)
+        self.sock.bind((0, 0))
+        self.sock.settimeout(30)
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, msg_type: int, flags: int, body: bytes) -> None:
+        self.seq += 1
+        self.sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags | NLM_F_REQUEST | NLM_F_ACK,
+                                   self.seq, 0) + body)
+        while True:
+            data = self.sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                ln, typ, _, seq, _ = struct.unpack_from("=IHHII", data, off)
+                if ln < 16:
+                    break
+                if seq == self.seq and typ == 2:  # NLMSG_ERROR (0 = ack)
+                    code = -struct.unpack_from("=i", data, off + 16)[0]
+                    if code:
+                        raise OSError(code, os.strerror(code))
+                    return
+                off += (ln + 3) & ~3
+
+    def apply(self, op: O.Op) -> None:
+        match op:
+            case O.AddRule(r):
+                self.request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, rule_message(r))
+            case O.DelRule(r):
+                self.request(RTM_DELRULE, 0, rule_message(r))
+            case O.AddRoute(r):
+                self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, route_message(r))
+            case O.DelRoute(r):
+                self.request(RTM_DELROUTE, 0, route_message(r))
+            case _:
+                raise TypeError(op)
+
+
+# --------------------------------------------------------------------------
+# nftables: our own table only, through ``nft -f -``
+# --------------------------------------------------------------------------
+
+def _apply_nft(op: O.Op, netns: str | None) -> None:
+    match op:
+        case O.ReplaceNftTable(f, n, body, _):
+            # One transaction: make sure the table exists, delete it (with
+            # everything in it), define it anew. Atomic: all or nothing.
+            script = f"table {f} {n}\ndelete table {f} {n}\n{body}"
+        case O.DelNftTable(f, n):
+            script = f"delete table {f} {n}\n"
+        case _:
+            raise TypeError(op)
+    try:
+        p = run_nft(["-f", "-"], netns, input=script)
+    except FileNotFoundError:
+        raise OSError(errno.EOPNOTSUPP, "the nft binary (Debian package nftables) is not installed") from None
+    if p.returncode != 0:
+        err = " ".join(p.stderr.split())[:400]
+        code = errno.ENOENT if "No such file or directory" in err else errno.EINVAL
+        raise OSError(code, f"nft: {err}")
+
+
+# --------------------------------------------------------------------------
 # Everything
 # --------------------------------------------------------------------------
 
@@ -259,14 +372,21 @@ class Applier:
         after = [i for i in other_idx if i > first_ipvs]
 
         ipr = None
+        rtnl = None
 
         def run_other(indices: list[int]) -> None:
-            nonlocal ipr
+            nonlocal ipr, rtnl
             for i in indices:
                 op = ops[i]
                 try:
                     if isinstance(op, O.SetSysctl):
                         _apply_sysctl(op, self.netns)
+                    elif isinstance(op, O.ROUTING_OPS):
+                        if rtnl is None:
+                            rtnl = RtnlWriter(self.netns)
+                        rtnl.apply(op)
+                    elif isinstance(op, O.NFT_OPS):
+                        _apply_nft(op, self.netns)
                     elif isinstance(op, (O.AddLink, O.SetLinkUp, O.DelLink, O.AddAddress, O.DelAddress)):
                         if ipr is None:
                             ipr = open_iproute(self.netns)
@@ -307,6 +427,8 @@ class Applier:
         finally:
             if ipr is not None:
                 ipr.close()
+            if rtnl is not None:
+                rtnl.close()
         return list(zip(ops, results))
 
 

@@ -23,7 +23,7 @@ from lvs_model.nodespec import NodeSpec, ServiceKey, effective_sysctls, local_ad
 from . import ops as O
 from .apply import Applier
 from .observe import IPVSTable, in_netns, observe, read_ipvs, resolve_default_uplink
-from .plan import Plan, claim, plan, settle
+from .plan import NFT_FAMILY, NFT_TABLE, REPLY_TABLE_BASE, REPLY_TABLE_COUNT, Plan, claim, plan, settle
 from .state import Observed, Ownership, OwnershipStore
 
 log = logging.getLogger(__name__)
@@ -161,16 +161,23 @@ class Engine:
         uplink = self.resolve_uplink(spec) if spec.backend_vips or spec.uplink or self.uplink else ""
         names = set(effective_sysctls(spec, uplink)) | set(owned.sysctls)
         need_net = bool(local_addresses(spec) or owned.addresses or owned.links)
+        # Rules, routes and nftables are read only when reply paths are (or were) in play.
+        routing = ((REPLY_TABLE_BASE, REPLY_TABLE_BASE + REPLY_TABLE_COUNT)
+                   if spec.reply_routes or owned.rules or owned.routes else None)
+        nft = ([(NFT_FAMILY, NFT_TABLE)]
+               if any(s.snat for s in spec.services) or owned.nft_tables else [])
+        extra = {"need_routing": routing, "nft_tables": nft}
         conn = self.applier.batch_conn()
         try:
             obs, table = observe(self.netns, names, with_stats=with_stats, fast=conn is not None,
-                                 need_net=need_net, conn=conn, runtime=with_stats)
+                                 need_net=need_net, conn=conn, runtime=with_stats, **extra)
         except OSError:
             # A broken fast socket: drop it, read once more through a fresh one.
             if conn is None:
                 raise
             self.applier.close()
-            obs, table = observe(self.netns, names, with_stats=with_stats, fast=True, need_net=need_net)
+            obs, table = observe(self.netns, names, with_stats=with_stats, fast=True, need_net=need_net,
+                                 **extra)
         kernel_forced(obs, spec)
         self.last_table = table
         return obs, table, uplink

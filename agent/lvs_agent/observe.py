@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 from lvs_model import kernel as K
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
 
-from .state import LinkState, Observed
+from .state import LinkState, NftTable, Observed, RouteKey, RuleKey
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -541,11 +541,100 @@ class RtnlReader:
                     found.append((fi, metric, struct.unpack_from("=HBBi", a[9], 0)[3]))
         return [oif for _, _, oif in sorted(found)]
 
+    RTM_GETRULE = 34
+    _PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
+    # fib rule attributes that select packets beyond what a RuleKey says.
+    _OTHER_SELECTORS = {1, 3, 10, 11, 12, 16, 17, 19, 20, 24}  # dst, iif, fwmark, flow, tun_id,
+    # fwmask, oif, l3mdev, uid range, dport range
+
+    def rules(self) -> set[RuleKey]:
+        """Every "from SRC [ipproto] [sport] lookup TABLE" rule (IPv4 and IPv6)
+        that selects nothing else; other rules cannot equal one of ours."""
+        out: set[RuleKey] = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for m in self._dump(self.RTM_GETRULE, struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)):
+                fam, dst_len, src_len, tos, table, _, _, action, flags = struct.unpack_from("=BBBBBBBBI", m, 0)
+                if fam != family or action != 1 or dst_len or tos or flags & 0x2:  # FR_ACT_TO_TBL, not FIB_RULE_INVERT
+                    continue
+                a = self._attrs(m, 12)
+                if self._OTHER_SELECTORS & a.keys() or 2 not in a:  # FRA_SRC
+                    continue
+                if src_len != (32 if family == socket.AF_INET else 128):
+                    continue
+                if 15 in a:  # FRA_TABLE
+                    table = struct.unpack("=I", a[15])[0]
+                prio = struct.unpack("=I", a[6])[0] if 6 in a else 0
+                proto_num = a[22][0] if 22 in a else 0  # FRA_IP_PROTO
+                if proto_num and proto_num not in self._PROTO_NAMES:
+                    continue
+                sport = 0
+                if 23 in a:  # FRA_SPORT_RANGE
+                    start, end = struct.unpack("=HH", a[23][:4])
+                    if start != end:
+                        continue
+                    sport = start
+                out.add(RuleKey("ipv4" if family == socket.AF_INET else "ipv6", prio,
+                                canon_ip(socket.inet_ntop(family, a[2])),
+                                self._PROTO_NAMES.get(proto_num, ""), sport, table))
+        return out
+
+    def table_default_routes(self, lo: int, hi: int) -> set[RouteKey]:
+        """Default routes with a gateway in the routing tables lo..hi-1."""
+        out: set[RouteKey] = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for m in self._dump(self.RTM_GETROUTE, struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)):
+                fam, dst_len, _, _, table, _, _, rtype, _ = struct.unpack_from("=BBBBBBBBI", m, 0)
+                if fam != family or dst_len != 0 or rtype != 1:
+                    continue
+                a = self._attrs(m, 12)
+                if 15 in a:
+                    table = struct.unpack("=I", a[15])[0]
+                if not lo <= table < hi or 5 not in a:  # RTA_GATEWAY
+                    continue
+                metric = struct.unpack("=I", a[6])[0] if 6 in a else 0
+                out.add(RouteKey("ipv4" if family == socket.AF_INET else "ipv6", table,
+                                 canon_ip(socket.inet_ntop(family, a[5])), metric))
+        return out
+
     def read(self, uplink: bool = False) -> tuple[dict[str, LinkState], set[tuple[str, str]], str]:
         links, names = self.links()
         addrs = self.addresses(names)
         up = _pick_uplink(links, names, self.default_oifs()) if uplink else ""
         return links, addrs, up
+
+
+# --------------------------------------------------------------------------
+# nftables (through the nft binary: only our own table is ever read)
+# --------------------------------------------------------------------------
+
+NFT = os.environ.get("KUBE_LVS_NFT", "nft")
+
+
+def run_nft(args: list[str], netns: str | None = None, input: str | None = None):
+    """Run nft inside ``netns`` (the child inherits the calling thread's namespace)."""
+    import subprocess
+    with in_netns(netns):
+        return subprocess.run([NFT, *args], input=input, capture_output=True, text=True, timeout=60)
+
+
+def read_nft_table(family: str, name: str, netns: str | None = None) -> NftTable | None:
+    """One nftables table's chains and rule comments, or None if there is no
+    such table. Raises OSError when nft itself fails for another reason."""
+    import json
+    p = run_nft(["-j", "list", "table", family, name], netns)
+    if p.returncode != 0:
+        if "No such file or directory" in p.stderr:
+            return None
+        raise OSError(errno.EIO, f"nft list table {family} {name}: {p.stderr.strip()}")
+    chains, rules = [], []
+    for item in json.loads(p.stdout).get("nftables", []):
+        if "chain" in item:
+            c = item["chain"]
+            chains.append((c["name"], c.get("type", ""), c.get("hook", ""), int(c.get("prio", 0))))
+        elif "rule" in item:
+            r = item["rule"]
+            rules.append((r["chain"], r.get("comment", "")))
+    return NftTable(tuple(chains), tuple(rules))
 
 
 # --------------------------------------------------------------------------
@@ -588,11 +677,14 @@ def write_sysctl(name: str, value: str, netns: str | None = None) -> None:
 
 def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None, ipr=None,
             with_stats: bool = False, fast: bool = True, need_net: bool = True,
-            conn=None, runtime: bool = True) -> tuple[Observed, IPVSTable]:
+            conn=None, runtime: bool = True, need_routing: tuple[int, int] | None = None,
+            nft_tables: Iterable[tuple[str, str]] = ()) -> tuple[Observed, IPVSTable]:
     """The kernel as it is now: (Observed for the planner, the full IPVS table).
 
     ``need_net=False`` skips links and addresses (the planner only looks at
-    them when the spec or the ownership record names some)."""
+    them when the spec or the ownership record names some). ``need_routing``
+    (lo, hi): also read policy rules and the default routes of tables lo..hi-1;
+    ``nft_tables``: the (family, name) nftables tables to read."""
     table = read_ipvs(netns, with_stats=with_stats, ipvs=ipvs, fast=fast, conn=conn, runtime=runtime)
     links: dict[str, LinkState] = {}
     addrs: set[tuple[str, str]] = set()
@@ -610,6 +702,14 @@ def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None,
                     ipr.close()
     obs = Observed(services=dict(table.services), addresses=addrs, links=links,
                    sysctls=read_sysctls(sorted(set(sysctls)), netns))
+    if need_routing is not None:
+        with RtnlReader(netns) as r:
+            obs.rules = r.rules()
+            obs.routes = r.table_default_routes(*need_routing)
+    for fam, name in nft_tables:
+        t = read_nft_table(fam, name, netns)
+        if t is not None:
+            obs.nft_tables[(fam, name)] = t
     return obs, table
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
 
+from .state import RouteKey, RuleKey
+
 
 @dataclass(frozen=True)
 class AddLink:
@@ -93,8 +95,52 @@ class DelDest:
     dest: DestKey
 
 
+@dataclass(frozen=True)
+class AddRule:
+    rule: RuleKey
+
+
+@dataclass(frozen=True)
+class DelRule:
+    rule: RuleKey
+
+
+@dataclass(frozen=True)
+class AddRoute:
+    route: RouteKey
+
+
+@dataclass(frozen=True)
+class DelRoute:
+    route: RouteKey
+
+
+@dataclass(frozen=True)
+class ReplaceNftTable:
+    """Create or atomically replace OUR nftables table with ``ruleset`` (the
+    table's body). One ``nft -f`` transaction: add table, delete table, add
+    table with its content; nothing outside the table is touched.
+    ``create``: the table was not in the kernel when planned (a failed
+    create is not ours)."""
+
+    family: str
+    name: str
+    ruleset: str
+    create: bool = False
+
+
+@dataclass(frozen=True)
+class DelNftTable:
+    family: str
+    name: str
+
+
 Op = (AddLink | SetLinkUp | DelLink | SetSysctl | AddAddress | DelAddress | AddService
-      | SetService | DelService | AddDest | SetDest | DelDest)
+      | SetService | DelService | AddDest | SetDest | DelDest | AddRule | DelRule | AddRoute
+      | DelRoute | ReplaceNftTable | DelNftTable)
+
+ROUTING_OPS = (AddRule, DelRule, AddRoute, DelRoute)
+NFT_OPS = (ReplaceNftTable, DelNftTable)
 
 IPVS_OPS = (AddService, SetService, DelService, AddDest, SetDest, DelDest)
 
@@ -123,4 +169,13 @@ def describe(op: Op) -> str:
             return f"delete link {n}"
         case SetSysctl(n, v, restore):
             return f"{'restore' if restore else 'set'} sysctl {n}={v}"
+        case AddRule(r) | DelRule(r):
+            return f"{'add' if isinstance(op, AddRule) else 'delete'} {r}"
+        case AddRoute(r) | DelRoute(r):
+            return f"{'add' if isinstance(op, AddRoute) else 'delete'} {r}"
+        case ReplaceNftTable(f, n, body, create):
+            rules = sum(1 for line in body.splitlines() if " comment " in line)
+            return f"{'create' if create else 'replace'} nft table {f} {n} ({rules} rules)"
+        case DelNftTable(f, n):
+            return f"delete nft table {f} {n}"
     raise TypeError(op)

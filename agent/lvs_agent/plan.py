@@ -7,16 +7,121 @@ already held by someone else is reported as a problem, not taken over.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from lvs_model.nodespec import DIRECTOR_DEVICE, NodeSpec, ServiceKey, effective_sysctls, local_addresses
 
 from . import ops as O
-from .state import Observed, Ownership
+from .state import NftTable, Observed, Ownership, RouteKey, RuleKey
 
 # Devices the kernel creates itself when the tunnel module loads: we bring them
 # up but never create or delete them.
 FALLBACK_TUNNELS = {"tunl0": "ipip", "ip6tnl0": "ip6tnl", "gre0": "gre"}
+
+# NAT reply path by policy routing (backend nodes). kube-lvs owns the routing
+# tables REPLY_TABLE_BASE .. +REPLY_TABLE_COUNT-1 (0x4c56 = 19542 .. 19797;
+# one table per distinct set of directors) and the rule priorities
+# REPLY_RULE_PRIORITY (rules with a protocol/source port) and +1 (whole
+# address, e.g. fwmark services). It only ever deletes rules and routes its
+# ownership record lists; the applier also tags them with protocol 76
+# (RTPROT_KUBE_LVS) so a delete can never match someone else's identical rule.
+REPLY_TABLE_BASE = 0x4C56
+REPLY_TABLE_COUNT = 256
+REPLY_RULE_PRIORITY = 0x4C56
+REPLY_RULE_PRIORITY_ANY = REPLY_RULE_PRIORITY + 1
+
+# NAT reply path by SNAT (directors): one nftables table of our own. It is
+# created, replaced (atomically, one transaction) and deleted as a whole;
+# nothing else in the ruleset is ever touched.
+NFT_FAMILY, NFT_TABLE, NFT_CHAIN = "inet", "kube-lvs", "postrouting"
+NFT_CHAINS = ((NFT_CHAIN, "nat", "postrouting", 100),)  # srcnat
+
+
+def _family(address: str) -> str:
+    return "ipv6" if ":" in address else "ipv4"
+
+
+def reply_routing(spec: NodeSpec) -> tuple[set[RuleKey], set[RouteKey]]:
+    """The rules and routes a backend's reply routes need.
+
+    Each distinct ``via`` (a tuple of director addresses) gets a table in our
+    range holding one default route per director, in order of preference
+    (metric 1, 2, ...: the next is used only when the first's link is down);
+    each reply route gets a rule ``from ADDRESS [ipproto P] [sport N] lookup
+    TABLE``. Replies to anyone, including clients on the backend's own subnet,
+    then leave through the director, which un-NATs them.
+    """
+    vias = sorted({r.via for r in spec.reply_routes if r.via})[:REPLY_TABLE_COUNT]
+    tables = {via: REPLY_TABLE_BASE + i for i, via in enumerate(vias)}
+    rules: set[RuleKey] = set()
+    routes: set[RouteKey] = set()
+    for via, table in tables.items():
+        # Metrics from 1: the kernel turns an IPv6 metric 0 into 1024.
+        for metric, gw in enumerate(via, 1):
+            routes.add(RouteKey(_family(gw), table, gw, metric))
+    for r in spec.reply_routes:
+        table = tables.get(r.via)
+        if table is None:
+            continue
+        prio = REPLY_RULE_PRIORITY if (r.port or r.protocol) else REPLY_RULE_PRIORITY_ANY
+        rules.add(RuleKey(_family(r.address), prio, r.address, r.protocol, r.port, table))
+    return rules, routes
+
+
+def _snat_rules(spec: NodeSpec) -> list[tuple[ServiceKey, str]]:
+    """(service, nft rule text) for every SNAT service's NAT dests.
+
+    A packet is masqueraded when IPVS forwarded it to one of the service's NAT
+    real servers: conntrack's original direction still says client -> VIP:port
+    (IPVS keeps the original tuple and, with net.ipv4.vs.conntrack=1, fixes up
+    the reply tuple), the packet's destination is the real server. Traffic the
+    director itself sends to a real server (health checks) or routes to it for
+    others has another original destination and is left alone.
+    """
+    out: list[tuple[ServiceKey, str]] = []
+    for svc in sorted((s for s in spec.services if s.snat), key=lambda s: s.key):
+        nat = sorted({(d.address, d.port) for d in svc.dests if d.method == "nat"})
+        if not nat:
+            continue
+        ip = "ip6" if svc.family == "ipv6" else "ip"
+        if svc.fwmark:
+            head = f"meta mark {svc.fwmark:#x} ct direction original"
+            groups = [("", sorted({a for a, _ in nat}))]
+        else:
+            head = f"meta l4proto {svc.protocol} ct direction original ct original {ip} daddr {svc.address}"
+            if svc.port:
+                head += f" ct original proto-dst {svc.port}"
+            ported = [f"{a} . {p}" for a, p in nat if p]
+            groups = ([("port", ported)] if ported else []) + \
+                [("", sorted({a for a, p in nat if not p}))]
+        for kind, items in groups:
+            if not items:
+                continue
+            if kind == "port":
+                match = f"{ip} daddr . {svc.protocol} dport {{ {', '.join(items)} }}"
+            else:
+                match = f"{ip} daddr {{ {', '.join(items)} }}"
+            out.append((svc.key, f"{head} {match} masquerade"))
+    return out
+
+
+def snat_table(spec: NodeSpec) -> tuple[str, NftTable] | None:
+    """(the table definition for ``nft -f``, what observing it must give), or
+    None when no service needs SNAT. Each rule's comment is a digest of its
+    text plus the service, so observing the comments detects any change."""
+    rules = _snat_rules(spec)
+    if not rules:
+        return None
+    lines, comments = [], []
+    for key, text in rules:
+        comment = f"{hashlib.sha256(text.encode()).hexdigest()[:12]} {key}"[:127]
+        comments.append((NFT_CHAIN, comment))
+        lines.append(f'\t\t{text} comment "{comment}"')
+    body = (f"table {NFT_FAMILY} {NFT_TABLE} {{\n\tchain {NFT_CHAIN} {{\n"
+            f"\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+            + "\n".join(lines) + "\n\t}\n}\n")
+    return body, NftTable(NFT_CHAINS, tuple(comments))
 
 
 @dataclass
@@ -67,6 +172,38 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
     for dev, addr in sorted(owned.addresses):
         if (dev, addr) not in wanted_addrs and (dev, addr) in observed.addresses:
             removals.append(O.DelAddress(dev, addr, 128 if ":" in addr else 32))
+
+    # NAT reply path, backend side: routes into our tables first, then the
+    # rules that send replies there; removals: rules first, then routes.
+    want_rules, want_routes = reply_routing(desired)
+    for r in sorted(want_routes - observed.routes):
+        p.ops.append(O.AddRoute(r))
+    for r in sorted(want_rules - observed.rules):
+        p.ops.append(O.AddRule(r))
+    for r in sorted(owned.rules):
+        if r not in want_rules and r in observed.rules:
+            removals.append(O.DelRule(r))
+    for r in sorted(owned.routes):
+        if r not in want_routes and r in observed.routes:
+            removals.append(O.DelRoute(r))
+
+    # NAT reply path, director side: our nftables table, before the services
+    # (a service's first connection must already be masqueraded).
+    want_nft = snat_table(desired)
+    tkey = (NFT_FAMILY, NFT_TABLE)
+    have_nft = observed.nft_tables.get(tkey)
+    if want_nft is not None:
+        body, shape = want_nft
+        if have_nft is not None and tkey not in owned.nft_tables:
+            for s in desired.services:
+                if s.snat:
+                    p.problems.setdefault(s.key, (
+                        f"nftables table {NFT_FAMILY} {NFT_TABLE} already exists and was not created "
+                        "by kube-lvs; it is left untouched and SNAT for this service is not programmed"))
+        elif have_nft != shape:
+            p.ops.append(O.ReplaceNftTable(NFT_FAMILY, NFT_TABLE, body, create=have_nft is None))
+    elif tkey in owned.nft_tables and have_nft is not None:
+        removals.append(O.DelNftTable(*tkey))
 
     # IPVS services and their dests.
     for svc in desired.services:
@@ -123,6 +260,11 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
     own.addresses = {a for a in own.addresses if a in want_addrs or a in observed.addresses}
     want_links = {a.device for a in local_addresses(desired)}
     own.links = {n: h for n, h in own.links.items() if n in want_links or n in observed.links}
+    want_rules, want_routes = reply_routing(desired)
+    own.rules = {r for r in own.rules if r in want_rules or r in observed.rules}
+    own.routes = {r for r in own.routes if r in want_routes or r in observed.routes}
+    want_nft = snat_table(desired) is not None
+    own.nft_tables = {t for t in own.nft_tables if want_nft or t in observed.nft_tables}
     for op in p.ops:
         match op:
             case O.AddService(s):
@@ -138,6 +280,12 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
                 own.links[n] = "upped"
             case O.SetSysctl(n, _, False) if n not in own.sysctls:
                 own.sysctls[n] = observed.sysctls.get(n)
+            case O.AddRule(r):
+                own.rules.add(r)
+            case O.AddRoute(r):
+                own.routes.add(r)
+            case O.ReplaceNftTable(f, n, _, _):
+                own.nft_tables.add((f, n))
     return own
 
 
@@ -175,7 +323,21 @@ def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Owners
                 own.links.pop(n, None)
             case O.SetSysctl(n, _, True) if not err:
                 own.sysctls.pop(n, None)
+            case O.AddRule(r) if refused:
+                own.rules.discard(r)
+            case O.DelRule(r) if not err:
+                own.rules.discard(r)
+            case O.AddRoute(r) if refused:
+                own.routes.discard(r)
+            case O.DelRoute(r) if not err:
+                own.routes.discard(r)
+            case O.ReplaceNftTable(f, n, _, True) if refused:
+                # nft -f is one transaction: a failed create left nothing behind.
+                own.nft_tables.discard((f, n))
+            case O.DelNftTable(f, n) if not err:
+                own.nft_tables.discard((f, n))
     return own
 
 
-__all__ = ["Plan", "plan", "claim", "settle", "DIRECTOR_DEVICE"]
+__all__ = ["Plan", "plan", "claim", "settle", "reply_routing", "snat_table", "DIRECTOR_DEVICE",
+           "REPLY_TABLE_BASE", "REPLY_RULE_PRIORITY", "NFT_FAMILY", "NFT_TABLE"]

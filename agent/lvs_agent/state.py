@@ -21,12 +21,57 @@ class LinkState:
     up: bool
 
 
+@dataclass(frozen=True, order=True)
+class RuleKey:
+    """A policy-routing rule ``from SRC [ipproto P sport N] lookup TABLE``
+    (priority PRIORITY). Only rules with no other selector are observed as
+    RuleKeys, so one that also matches an iif, a mark, ... never equals ours."""
+
+    family: str  # ipv4 | ipv6
+    priority: int
+    src: str  # address (host prefix)
+    protocol: str  # tcp | udp | sctp | "" (any)
+    sport: int  # 0: any
+    table: int
+
+    def __str__(self) -> str:
+        sel = f" ipproto {self.protocol}" if self.protocol else ""
+        sel += f" sport {self.sport}" if self.sport else ""
+        return f"{self.family} rule pref {self.priority} from {self.src}{sel} lookup {self.table}"
+
+
+@dataclass(frozen=True, order=True)
+class RouteKey:
+    """A default route ``default via GATEWAY metric METRIC table TABLE``."""
+
+    family: str
+    table: int
+    gateway: str
+    metric: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.family} route default via {self.gateway} metric {self.metric} table {self.table}"
+
+
+@dataclass(frozen=True)
+class NftTable:
+    """What the planner needs to know of an nftables table: its chains
+    ((name, type, hook, priority)) and its rules' comments, in order."""
+
+    chains: tuple[tuple[str, str, str, int], ...] = ()
+    rules: tuple[tuple[str, str], ...] = ()  # (chain, comment)
+
+
 @dataclass
 class Observed:
     services: dict[ServiceKey, Service] = field(default_factory=dict)
     addresses: set[tuple[str, str]] = field(default_factory=set)  # (device, address)
     links: dict[str, LinkState] = field(default_factory=dict)
     sysctls: dict[str, str | None] = field(default_factory=dict)  # None: no such sysctl
+    # Read only when the spec or the ownership record needs them (reply paths).
+    rules: set[RuleKey] = field(default_factory=set)
+    routes: set[RouteKey] = field(default_factory=set)  # default routes in our tables only
+    nft_tables: dict[tuple[str, str], NftTable] = field(default_factory=dict)  # (family, name)
 
 
 def _skey(d: dict) -> ServiceKey:
@@ -47,10 +92,14 @@ class Ownership:
     addresses: set[tuple[str, str]] = field(default_factory=set)
     links: dict[str, str] = field(default_factory=dict)  # name -> "created" | "upped"
     sysctls: dict[str, str | None] = field(default_factory=dict)  # name -> original value
+    rules: set[RuleKey] = field(default_factory=set)
+    routes: set[RouteKey] = field(default_factory=set)
+    nft_tables: set[tuple[str, str]] = field(default_factory=set)  # (family, name)
 
     def copy(self) -> "Ownership":
         return Ownership(set(self.services), {k: set(v) for k, v in self.dests.items()},
-                         set(self.addresses), dict(self.links), dict(self.sysctls))
+                         set(self.addresses), dict(self.links), dict(self.sysctls),
+                         set(self.rules), set(self.routes), set(self.nft_tables))
 
     def to_json(self) -> dict:
         return {
@@ -62,6 +111,10 @@ class Ownership:
             "addresses": sorted([list(a) for a in self.addresses]),
             "links": dict(sorted(self.links.items())),
             "sysctls": dict(sorted(self.sysctls.items())),
+            "rules": [[r.family, r.priority, r.src, r.protocol, r.sport, r.table]
+                      for r in sorted(self.rules)],
+            "routes": [[r.family, r.table, r.gateway, r.metric] for r in sorted(self.routes)],
+            "nftTables": sorted([list(t) for t in self.nft_tables]),
         }
 
     @classmethod
@@ -74,6 +127,9 @@ class Ownership:
         own.addresses = {(d, a) for d, a in data.get("addresses", [])}
         own.links = dict(data.get("links", {}))
         own.sysctls = dict(data.get("sysctls", {}))
+        own.rules = {RuleKey(*r) for r in data.get("rules", [])}
+        own.routes = {RouteKey(*r) for r in data.get("routes", [])}
+        own.nft_tables = {(f, n) for f, n in data.get("nftTables", [])}
         return own
 
 

@@ -208,6 +208,10 @@ def effective_sysctls(spec: NodeSpec, uplink: str) -> dict[str, str]:
             out["net.ipv4.ip_forward"] = "1"
         if "ipv6" in families:
             out["net.ipv6.conf.all.forwarding"] = "1"
+    if any(s.snat for s in spec.services):
+        # SNAT on the director: IPVS keeps conntrack entries (net/netfilter's
+        # NAT masquerades only tracked packets).
+        out["net.ipv4.vs.conntrack"] = "1"
     if spec.services:
         # Expire connections to removed dests, as kube-proxy does.
         out["net.ipv4.vs.expire_nodest_conn"] = "1"
