@@ -8,7 +8,7 @@ PYTEST := $(PYTHON) -m pytest -p no:cacheprovider -rs
 RESULTS := build/test-results
 LAB_TIMEOUT ?= 2400
 
-.PHONY: all venv lab k8s test test-unit test-kernel test-cluster e2e test-kind demo cluster bench image clean
+.PHONY: all venv lab k8s test test-unit test-kernel test-cluster e2e test-image test-kind demo cluster bench image clean
 
 all: test
 
@@ -41,6 +41,14 @@ test-# The main job: the whole system in the lab, for a newcomer (KEEP=1 leaves 
 demo: lab k8s
 	$(PYTHON) -m lvs_e2e.demo $(if $(KEEP),--keep,)
 
+# The container image, built with Debian's Docker engine and no registry.
+image:
+	bash deploy/image/build.sh
+
+test-image: venv
+	@mkdir -p $(RESULTS)
+	$(PYTEST) tests/image -q --junitxml=$(RESULTS)/image.xml
+
 # Opt-in: needs Docker with a network (kind pulls its node image).
 test-kind: venv
 	KUBE_LVS_KIND=$${KUBE_LVS_KIND:-1} $(PYTEST) tests/kind -q
@@ -61,6 +69,7 @@ test: venv
 	$(MAKE) --no-print-directory test-kernel || rc=1; \
 	$(MAKE) --no-print-directory test-cluster || rc=1; \
 	$(MAKE) --no-print-directory e2e || rc=1; \
+	$(MAKE) --no-print-directory test-image || rc=1; \
 	$(PYTEST) tests/kind -q --junitxml=$(RESULTS)/kind.xml || rc=1; \
 	$(PYTHON) tests/summarize.py $(RESULTS); \
 	exit $$rc
@@ -68,6 +77,14 @@ test: venv
 # The main job: the whole system in the lab, for a newcomer (KEEP=1 leaves it up).
 demo: lab k8s
 	$(PYTHON) -m lvs_e2e.demo $(if $(KEEP),--keep,)
+
+# The container image, built with Debian's Docker engine and no registry.
+image:
+	bash deploy/image/build.sh
+
+test-image: venv
+	@mkdir -p $(RESULTS)
+	$(PYTEST) tests/image -q --junitxml=$(RESULTS)/image.xml
 
 # Opt-in: needs Docker with a network (kind pulls its node image).
 test-kind: venv
