@@ -201,6 +201,27 @@ class System:
     def ipvsadm(self, netns: str, *args: str) -> str:
         return self.g("ip", "netns", "exec", netns, "ipvsadm", *args)
 
+    def diagnose(self) -> str:
+        """What a failing test wants to see: agents, kernel tables, objects, operator."""
+        parts = []
+
+        def add(title: str, fn: Callable[[], str]) -> None:
+            try:
+                parts.append(f"--- {title}\n{fn()}")
+            except Exception as e:  # noqa: BLE001
+                parts.append(f"--- {title}: unavailable ({e})")
+        if self.ctl is not None:
+            add("guest processes", lambda: self.ctl.run(["sh", "-c", f"ls {GUEST_RUN}; ip netns list"]).out)
+            for log in ("agent-nat-director.log", "agent-tun-director.log", "agent-rs1.log"):
+                add(log, lambda log=log: self.guest_log(log, 30))
+            for ns in ("nat-director", "tun-director"):
+                add(f"ipvsadm -Ln in {ns}", lambda ns=ns: self.ctl.run(["ip", "netns", "exec", ns, "ipvsadm", "-Ln"]).out)
+        if self.cp is not None:
+            add("nodestates", lambda: self.kubectl("get", "nodestates.lvs.kube-lvs.io", "-A", "-o", "yaml", check=False)[-6000:])
+            add("kube-lvs objects", lambda: self.kubectl("get", "kube-lvs", "-A", check=False))
+        add("operator log", lambda: (self.workdir / "operator.log").read_text()[-3000:])
+        return "\n".join(parts)
+
     # -- teardown --------------------------------------------------------------------
     def close(self) -> None:
         self.stop_operator()

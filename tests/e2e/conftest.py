@@ -19,6 +19,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    sys_ = item.funcargs.get("system") or item.funcargs.get("nat")
+    if rep.failed and sys_ is not None and call.when in ("setup", "call"):
+        rep.sections.append(("kube-lvs diagnostics", sys_.diagnose()))
+
+
 @pytest.fixture(scope="session")
 def system(tmp_path_factory):
     missing = binaries.missing_binaries()
