@@ -168,12 +168,13 @@ class System:
         assert self.ctl is not None
         self.ctl.signal(f"server-{kind}-{host}")
 
-    def start_agent(self, node: str, netns: str) -> None:
+    def start_agent(self, node: str, netns: str, metrics_port: int = 0) -> None:
         assert self.ctl is not None and self.agent_kubeconfig is not None
         self.ctl.spawn(f"agent-{node}", [
             f"{self.bin}/lvs-agent", "--node", node, "--netns", netns,
             "--kubeconfig", str(self.agent_kubeconfig), "--state-dir", f"{GUEST_RUN}/agent-{node}",
-            "--resync", "5", "--metrics-port", "0"], log=f"{GUEST_RUN}/agent-{node}.log")
+            "--resync", "5", "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
+            log=f"{GUEST_RUN}/agent-{node}.log")
 
     def stop_agent(self, node: str, sig: int = 15) -> int | None:
         assert self.ctl is not None

@@ -34,7 +34,7 @@ def nat(system):
     # A foreign IPVS service (kube-proxy's, keepalived's or hand-made) on the director.
     system.ipvsadm("nat-director", "-A", "-t", "192.168.0.30:8080", "-s", "wlc")
     system.ipvsadm("nat-director", "-a", "-t", "192.168.0.30:8080", "-r", "10.0.0.51:8080", "-m", "-w", "7")
-    system.start_agent("nat-director", "nat-director")
+    system.start_agent("nat-director", "nat-director", metrics_port=9477)
     system.kubectl("apply", "-k", str(REPO / "examples" / "seed-nat"))
     return system
 
@@ -51,6 +51,20 @@ def test_seed_nat_balances_and_reports_healthy(nat):
     vs = json.loads(nat.kubectl("get", "virtualservices.lvs.kube-lvs.io", "-n", "web", "http", "-o", "json"))
     conds = {c["type"]: c["status"] for c in vs["status"]["conditions"]}
     assert conds.get("Ready") == "True", vs["status"]
+    # Connection counts reach `kubectl get realservers` (closed HTTP/1.0
+    # connections linger as InActConn in IPVS for a while).
+    nat.requests("nat", NAT_VIP, 6)
+    wait_until("connection counts in RealServer status",
+               lambda: all(s.get("inactiveConns", 0) + s.get("activeConns", 0) > 0
+                           for s in realservers(nat, "web").values()), timeout=150, every=3)
+
+
+def test_metrics_endpoint_reports_the_kernel(nat):
+    text = nat.g("curl", "-s", "--max-time", "10", "http://127.0.0.1:9477/metrics")
+    assert 'kube_lvs_service_connections_total{service="tcp:192.168.0.30:80"}' in text
+    assert 'kube_lvs_dest_health{dest="10.0.0.51:80",service="tcp:192.168.0.30:80",state="Healthy"} 1.0' in text
+    assert "kube_lvs_reconciles_total" in text
+    assert "192.168.0.30:8080" not in text  # the foreign service is not ours to report
 
 
 def test_stopped_server_turns_unhealthy_and_comes_back(nat):
@@ -93,7 +107,7 @@ def test_agent_restart_keeps_established_connection(nat):
                   log=f"{GUEST_RUN}/held.log")
     wait_until("connection held", lambda: nat.ctl.run(["test", "-e", holder + ".open"]).rc == 0, 60, 1)
     assert nat.stop_agent("nat-director", signal.SIGKILL) is not None
-    nat.start_agent("nat-director", "nat-director")
+    nat.start_agent("nat-director", "nat-director", metrics_port=9477)
     log = f"{GUEST_RUN}/agent-nat-director.log"
     wait_until("the restarted agent reconciled",
                lambda: nat.ctl.run(["grep", "-c", "first reconcile done", log]).out.strip() == "2",
