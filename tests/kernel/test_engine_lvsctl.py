@@ -94,8 +94,12 @@ def test_list_numeric_matches_ipvsadm(table, capsys):
 def test_list_variants_match_ipvsadm(table, capsys, opts):
     t = table
     if "--stats" in opts:
-        assert any(int(x.split()[2]) > 0 for x in t.ipvsadm("-Ln", "--stats").stdout.splitlines()
-                   if x.startswith("  -> ") and "RemoteAddress" not in x), "no traffic counted"
+        def counted() -> bool:
+            return any(int(x.split()[2]) > 0 for x in t.ipvsadm("-Ln", "--stats").stdout.splitlines()
+                       if x.startswith("  -> ") and "RemoteAddress" not in x)
+        if not counted():  # the fixture's requests can all time out on a loaded host
+            assert any(t.tcp_names(8)), "no request got through the VIP"
+        assert counted(), "no traffic counted"
     same(capsys, t, ["list", "-n", *opts], ["-Ln", *opts])
 
 
