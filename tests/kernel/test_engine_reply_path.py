@@ -225,3 +225,59 @@ def test_snat_on_director(lab, engines, tmp_path):
     r = reconcile_ok(d, {})
     assert not any(isinstance(op, O.DelNftTable) for op in r.ops)
     assert f"table inet {NFT_TABLE}" in nft_tables(t, t.director)
+
+
+def nat6_behind_router(lab) -> Topology:
+    vip, dip = "fd00::30", "fd00:1::30"
+    client, director, router = lab.host("client"), lab.host("director"), lab.host("router")
+    lab.connect("client", "out", "eth0", ["fd00::1/64"])
+    lab.connect("director", "out", "eth0", [f"{vip}/64"])
+    lab.connect("director", "in", "eth1", [f"{dip}/64"])
+    lab.sysctl("director", {"net.ipv6.conf.all.forwarding": 1})
+    lab.connect("router", "out", "eth0", ["fd00::fe/64"])
+    lab.connect("router", "in", "eth1", ["fd00:1::1/64"])
+    lab.sysctl("router", {"net.ipv6.conf.all.forwarding": 1})
+    rss, rips, names = [], [], []
+    for i in range(2):
+        name, rip = f"rs{i + 1}", f"fd00:1::{51 + i}"
+        rss.append(lab.host(name))
+        lab.connect(name, "in", "eth0", [f"{rip}/64"])
+        lab.ip(name, "route add default via fd00:1::1")
+        rips.append(rip)
+        names.append(name)
+    lab.apply()
+    t = Topology("nat6-behind-router", lab, client, director, rss, "fd00::1", vip, rips,
+                 dip=dip, router=router, names=names, family=6)
+    t.serve_all()
+    return t
+
+
+def test_ipv6_policy_route_then_snat(lab, engines):
+    t = nat6_behind_router(lab)
+    d = engines(t.director, "director")
+    reconcile_ok(d, director_doc(t, snat=False))
+    all_fail(t)
+    backends = [engines(ns, name) for ns, name in zip(t.real_servers, t.names)]
+    docs = [{"replyRoutes": [{"address": rip, "port": 80, "protocol": "tcp", "via": [t.dip]}]}
+            for rip in t.rips]
+    for b, doc in zip(backends, docs):
+        reconcile_ok(b, doc)
+    assert {x.peer for x in all_succeed(t)} == {t.client_ip}
+    for b, doc in zip(backends, docs):
+        converged(b, doc)
+    assert f"from {t.rips[0]} ipproto tcp sport 80 lookup {REPLY_TABLE_BASE}" in \
+        t.lab.run(t.real_servers[0], "ip", "-6", "rule", "show").stdout
+    for b in backends:
+        reconcile_ok(b, {})
+        converged(b, {})
+    assert t.lab.run(t.real_servers[0], "ip", "-6", "route", "show", "table",
+                     str(REPLY_TABLE_BASE)).stdout.strip() == ""
+    all_fail(t)
+
+    for ns in t.real_servers:
+        t.lab.run(ns, "ip", "-6", "route", "del", "default")
+    reconcile_ok(d, director_doc(t, snat=True))
+    assert {x.peer for x in all_succeed(t)} == {t.dip}
+    converged(d, director_doc(t, snat=True))
+    reconcile_ok(d, {})
+    assert NFT_TABLE not in nft_tables(t, t.director)
