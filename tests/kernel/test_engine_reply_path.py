@@ -281,3 +281,21 @@ def test_ipv6_policy_route_then_snat(lab, engines):
     converged(d, director_doc(t, snat=True))
     reconcile_ok(d, {})
     assert NFT_TABLE not in nft_tables(t, t.director)
+
+
+def test_snat_fwmark_service(lab, engines):
+    t = nat_behind_router(lab)
+    for ns in t.real_servers:
+        t.lab.run(ns, "ip", "route", "del", "default")
+    mark = ("table ip lvsmark {\n chain pre {\n  type filter hook prerouting priority -150;\n"
+            f"  ip daddr {VIP} tcp dport 80 meta mark set 7\n }}\n}}\n")
+    t.lab.run(t.director, "nft", "-f", "-", input=mark)
+    d = engines(t.director, "director")
+    doc = {"services": [{"fwmark": 7, "scheduler": "rr", "snat": True,
+                         "dests": [{"address": rip, "port": 80} for rip in t.rips]}]}
+    reconcile_ok(d, doc)
+    assert {x.peer for x in all_succeed(t)} == {DIP}
+    converged(d, doc)
+    reconcile_ok(d, {})
+    tables = nft_tables(t, t.director)
+    assert NFT_TABLE not in tables and "table ip lvsmark" in tables
