@@ -1,0 +1,440 @@
+"""Part 4 of issue 7: the operator at scale, against a real API server (host only).
+
+For each size N: a fresh ControlPlane (etcd + kube-apiserver + controller-manager
+on 127.0.0.1), kube-lvs installed (`kubectl apply --server-side -k deploy/`), a
+VIPPool, D director Nodes, N VirtualServices x R RealServers created as fast as
+the API server takes them (a first slice by `kubectl apply` of one multi-document
+file, the rest by the kubernetes Python client from a thread pool: both rates are
+reported), then `lvs-operator` is started under its ServiceAccount and measured:
+
+- time from its start until every expected NodeState (N x D) exists with the
+  right content (every service and dest compared, not just counted);
+- one RealServer's weight changed: NodeStates the operator rewrote (resourceVersion
+  changes over a full list before/after; target: one per director) and the
+  latency until those NodeStates show the new weight; other objects it wrote
+  (VirtualService / RealServer statuses);
+- its peak RSS (VmHWM) and CPU time.
+
+No agent runs here (the agent's memory is measured in part 5, in the VM).
+Creation time is not the metric: it only sets the scene.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from . import report as R
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "lvs.kube-lvs.io", "v1alpha1"
+OPNS = "kube-lvs-system"
+OPERATOR_SA = "kube-lvs-operator"
+DIRECTOR_LABEL = "lvs.kube-lvs.io/director"
+BENCH_NS = "bench"
+FULL_SIZES = (1000,)
+SMOKE_SIZES = (5,)
+
+
+def log(msg: str) -> None:
+    print(f"[bench/operator] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+# -- the workload (same addressing as lvs_bench.workload: service i is 10.1.(i>>8).(i&255):80)
+def vip(i: int) -> str:
+    return f"10.1.{i >> 8}.{i & 255}"
+
+
+def dest_addr(i: int, j: int) -> str:
+    return f"10.{64 + j}.{i >> 8}.{i & 255}"
+
+
+def vs_obj(i: int) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualService",
+            "metadata": {"name": f"vs{i}", "namespace": BENCH_NS},
+            "spec": {"address": vip(i), "port": 80, "protocol": "tcp", "scheduler": "wlc", "method": "nat",
+                     "healthCheck": {"type": "none"},
+                     "directorSelector": {"matchLabels": {DIRECTOR_LABEL: "true"}}}}
+
+
+def rs_obj(i: int, j: int, weight: int = 1) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RealServer",
+            "metadata": {"name": f"vs{i}-rs{j}", "namespace": BENCH_NS},
+            "spec": {"virtualService": f"vs{i}", "address": dest_addr(i, j), "port": 8080, "weight": weight}}
+
+
+def columns() -> list[R.Column]:
+    return [
+        R.Column("virtual_services", "VirtualServices", "int"),
+        R.Column("real_servers", "RealServers", "int"),
+        R.Column("directors", "directors", "int"),
+        R.Column("nodestates", "NodeStates (verified)", "count"),
+        R.Column("create_apply_us", "create: kubectl apply µs/obj", "usec"),
+        R.Column("create_client_us", "create: client x8 µs/obj", "usec"),
+        R.Column("to_all", "operator start to all NodeStates", "sec"),
+        R.Column("to_all_per_obj_us", "µs per NodeState", "usec"),
+        R.Column("change_writes", "1 change: NodeState writes", "count"),
+        R.Column("change_target", "target", "count"),
+        R.Column("change_other_writes", "other writes", "count"),
+        R.Column("change_latency", "1 change: latency", "sec"),
+        R.Column("peak_rss_mib", "operator peak RSS MiB", "int"),
+        R.Column("operator_cpu", "operator CPU", "sec"),
+    ]
+
+
+class Api:
+    """Raw JSON calls through the kubernetes client (no model decoding: fast lists)."""
+
+    def __init__(self, kubeconfig: Path):
+        from kubernetes import client, config
+        self._local = threading.local()
+        self._kubeconfig = str(kubeconfig)
+        self._client, self._config = client, config
+
+    def _co(self):
+        co = getattr(self._local, "co", None)
+        if co is None:
+            api = self._config.new_client_from_config(config_file=self._kubeconfig)
+            co = self._local.co = self._client.CustomObjectsApi(api)
+        return co
+
+    def create(self, plural: str, ns: str, body: dict) -> dict:
+        return self._co().create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
+
+    def patch(self, plural: str, ns: str, name: str, body: dict) -> dict:
+        return self._co().patch_namespaced_custom_object(GROUP, VERSION, ns, plural, name, body)
+
+    def get(self, plural: str, ns: str, name: str) -> dict:
+        r = self._co().get_namespaced_custom_object(GROUP, VERSION, ns, plural, name, _preload_content=False)
+        return json.loads(r.data)
+
+    def list(self, plural: str, ns: str, page: int = 5000) -> list[dict]:
+        items, cont = [], None
+        while True:
+            kw = {"limit": page}
+            if cont:
+                kw["_continue"] = cont
+            r = self._co().list_namespaced_custom_object(GROUP, VERSION, ns, plural, _preload_content=False, **kw)
+            d = json.loads(r.data)
+            items += d.get("items", [])
+            cont = (d.get("metadata") or {}).get("continue")
+            if not cont:
+                return items
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def expected_nodestates(n: int, per_vs: int, directors: list[str],
+                        weights: dict[tuple[int, int], int] | None = None) -> dict[str, dict]:
+    """NodeState name -> the (service, dests) it must carry."""
+    weights = weights or {}
+    out = {}
+    for i in range(n):
+        dests = {(dest_addr(i, j), 8080): weights.get((i, j), 1) for j in range(per_vs)}
+        for d in directors:
+            out[f"{d}-{BENCH_NS}-vs{i}"] = {"address": vip(i), "port": 80, "dests": dests}
+    return out
+
+
+def content_errors(items: list[dict], expected: dict[str, dict], limit: int = 3) -> list[str]:
+    """What is missing or wrong among the NodeStates (empty = all right)."""
+    errs: list[str] = []
+    have = {o["metadata"]["name"]: o for o in items}
+    missing = [k for k in expected if k not in have]
+    if missing:
+        errs.append(f"{len(missing)} NodeState(s) missing, e.g. {missing[:limit]}")
+    extra = [k for k in have if k not in expected]
+    if extra:
+        errs.append(f"{len(extra)} unexpected NodeState(s), e.g. {extra[:limit]}")
+    bad = []
+    for name, want in expected.items():
+        o = have.get(name)
+        if o is None:
+            continue
+        svcs = (o.get("spec") or {}).get("services") or []
+        ok = len(svcs) == 1 and svcs[0].get("address") == want["address"] and svcs[0].get("port") == want["port"]
+        if ok:
+            got = {(d.get("address"), d.get("port")): d.get("weight", 1) for d in svcs[0].get("dests") or []}
+            ok = got == want["dests"]
+        if not ok:
+            bad.append(name)
+    if bad:
+        errs.append(f"{len(bad)} NodeState(s) with wrong content, e.g. {bad[:limit]}")
+    return errs
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, every: float) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    last: Any = None
+    while time.perf_counter() - t0 < timeout:
+        try:
+            last = check()
+            if last:
+                return last, time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 - API hiccups under load: keep polling
+            last = e
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+def create_objects(cp, api: Api, n: int, per_vs: int, workdir: Path, threads: int = 8) -> dict:
+    """VirtualServices and RealServers: a slice by kubectl apply, the rest by the client."""
+    objs = []
+    for i in range(n):
+        objs.append(("virtualservices", vs_obj(i)))
+        objs += [("realservers", rs_obj(i, j)) for j in range(per_vs)]
+    cut = max(1, len(objs) // 10)
+    first, rest = objs[:cut], objs[cut:]
+    path = workdir / "apply-slice.yaml"
+    path.write_text(yaml.safe_dump_all([o for _, o in first]))
+    t0 = time.perf_counter()
+    cp.kubectl("apply", "-f", str(path), timeout=3600)
+    t_apply = time.perf_counter() - t0
+    errors: list[str] = []
+
+    def one(item):
+        plural, body = item
+        for attempt in range(5):
+            try:
+                api.create(plural, BENCH_NS, body)
+                return
+            except Exception as e:  # noqa: BLE001
+                if getattr(e, "status", None) == 409:
+                    return
+                if attempt == 4:
+                    errors.append(f"{body['metadata']['name']}: {e}")
+                time.sleep(0.5 * (attempt + 1))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(one, rest, chunksize=16))
+    t_client = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} object(s) not created, e.g. {errors[:3]}")
+    return {"apply_objs": len(first), "apply_s": t_apply, "client_objs": len(rest), "client_s": t_client}
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, logfile: Path):
+        exe = Path(sys.executable).with_name("lvs-operator")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "lvs_operator.main"]
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+        self.logfile = logfile
+        self.proc = subprocess.Popen(cmd + ["--namespace", OPNS, "--liveness", ""],
+                                     stdout=logfile.open("wb"), stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float) -> tuple[dict, dict]:
+    """One size in a fresh control plane: (row, details)."""
+    from lvs_cluster.control_plane import ControlPlane
+    row: dict[str, Any] = {"virtual_services": n, "real_servers": n * per_vs, "directors": directors,
+                           "change_target": directors}
+    for c in columns():
+        row.setdefault(c.key, None)
+    details: dict[str, Any] = {"size": n}
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    cp = ControlPlane(workdir / "control-plane")
+    op: Operator | None = None
+    try:
+        t0 = time.perf_counter()
+        cp.start()
+        cp.kubectl("apply", "--server-side", "-k", str(REPO / "deploy"))
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                   "crd/virtualservices.lvs.kube-lvs.io", "crd/realservers.lvs.kube-lvs.io",
+                   "crd/vippools.lvs.kube-lvs.io", "crd/nodestates.lvs.kube-lvs.io")
+        details["control_plane_s"] = round(time.perf_counter() - t0, 2)
+        nodes = [f"director{k}" for k in range(directors)]
+        cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BENCH_NS}},
+                  {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VIPPool", "metadata": {"name": "bench"},
+                   "spec": {"addresses": ["10.1.0.0/16"], "namespaces": [BENCH_NS]}}]
+                 + [{"apiVersion": "v1", "kind": "Node",
+                     "metadata": {"name": d, "labels": {DIRECTOR_LABEL: "true"}}} for d in nodes])
+        opkc = cp.kubeconfig_for_serviceaccount(OPNS, OPERATOR_SA, path=workdir / "operator.kubeconfig")
+        api = Api(cp.admin_kubeconfig)
+        log(f"N={n}: creating {n} VirtualServices x {per_vs} RealServers")
+        cr = create_objects(cp, api, n, per_vs, workdir)
+        details["create"] = cr
+        row["create_apply_us"] = cr["apply_s"] / cr["apply_objs"] * 1e6
+        row["create_client_us"] = cr["client_s"] / cr["client_objs"] * 1e6 if cr["client_objs"] else None
+        log(f"N={n}: created: kubectl apply {cr['apply_objs']} objs in {cr['apply_s']:.1f}s, "
+            f"client x8 {cr['client_objs']} in {cr['client_s']:.1f}s")
+        nvs, nrs = len(api.list("virtualservices", BENCH_NS)), len(api.list("realservers", BENCH_NS))
+        if (nvs, nrs) != (n, n * per_vs):
+            row["nodestates"] = R.error(f"workload incomplete: {nvs} VirtualServices, {nrs} RealServers")
+            return row, details
+
+        expected = expected_nodestates(n, per_vs, nodes)
+        op = Operator(opkc, workdir / "operator.log")
+        t_start = time.perf_counter()
+        every = max(0.25, len(expected) / 20000)
+        progress = {"count": 0}
+
+        def complete():
+            if not op.alive():
+                raise RuntimeError(f"operator exited: {op.tail()}")
+            items = api.list("nodestates", OPNS)
+            progress["count"] = len(items)
+            if len(items) < len(expected):
+                return None
+            return not content_errors(items, expected) or None
+        try:
+            _, _ = _wait("all NodeStates", complete, timeout, every)
+            to_all = time.perf_counter() - t_start
+        except (TimeoutError, RuntimeError) as e:
+            row["nodestates"] = R.error(f"{progress['count']} of {len(expected)} NodeStates: {e}"[:400])
+            return row, details
+        items = api.list("nodestates", OPNS)
+        errs = content_errors(items, expected)
+        if errs:
+            row["nodestates"] = R.error("; ".join(errs))
+            return row, details
+        row["nodestates"] = len(items)
+        row["to_all"] = to_all
+        row["to_all_per_obj_us"] = to_all / len(items) * 1e6
+        details["poll_interval_s"] = every
+        log(f"N={n}: {len(items)} NodeStates right after {to_all:.1f}s")
+
+        # Let the first passes settle (statuses), then one weight change.
+        time.sleep(3)
+        before = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in api.list("nodestates", OPNS)}
+        others_before = {(p, o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                         for p in ("virtualservices", "realservers") for o in api.list(p, BENCH_NS)}
+        k = n // 2
+        rs_name = f"vs{k}-rs0"
+        affected = [f"{d}-{BENCH_NS}-vs{k}" for d in nodes]
+
+        def shows_weight():
+            for name in affected:
+                o = api.get("nodestates", OPNS, name)
+                ds = o["spec"]["services"][0]["dests"]
+                if not any(d["address"] == dest_addr(k, 0) and d.get("weight") == 5 for d in ds):
+                    return False
+            return True
+        t0 = time.perf_counter()
+        patched = api.patch("realservers", BENCH_NS, rs_name, {"spec": {"weight": 5}})
+        try:
+            _, _ = _wait("the changed weight in the NodeStates", shows_weight, 120, 0.02)
+            row["change_latency"] = time.perf_counter() - t0
+        except TimeoutError as e:
+            row["change_latency"] = R.error(str(e)[:300])
+        time.sleep(5)  # anything else the operator would write for this change
+        after_items = api.list("nodestates", OPNS)
+        after = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in after_items}
+        changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+        others_after = {(p, o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                        for p in ("virtualservices", "realservers") for o in api.list(p, BENCH_NS)}
+        ours = ("realservers", rs_name)
+        other = [key for key in set(others_before) | set(others_after)
+                 if key != ours and others_before.get(key) != others_after.get(key)]
+        if others_after.get(ours) != patched["metadata"]["resourceVersion"]:
+            other.append(ours)  # the operator wrote the changed RealServer (status) too
+        details["change"] = {"nodestates_written": changed, "other_written": sorted(map("/".join, other))}
+        errs = content_errors(after_items, expected_nodestates(n, per_vs, nodes, {(k, 0): 5}))
+        if errs:
+            row["change_writes"] = R.error("after the change: " + "; ".join(errs))
+        else:
+            row["change_writes"] = len(changed)
+        row["change_other_writes"] = len(other)
+        st = _proc_status(op.proc.pid)
+        if "VmHWM" in st:
+            row["peak_rss_mib"] = int(st["VmHWM"].split()[0]) // 1024
+        row["operator_cpu"] = _cpu_seconds(op.proc.pid)
+        log(f"N={n}: change: {len(changed)} NodeState write(s) {changed[:5]}, {len(other)} other, "
+            f"latency {row['change_latency']}, peak RSS {row['peak_rss_mib']} MiB")
+        return row, details
+    except Exception as e:  # noqa: BLE001 - one size failing is an error cell, not a crash
+        log(f"N={n}: failed: {e}")
+        if row.get("nodestates") is None:
+            row["nodestates"] = R.error(str(e)[:400])
+        return row, details
+    finally:
+        if op is not None:
+            if not op.alive():
+                details["operator_exit"] = op.proc.returncode
+            op.stop()
+            details["operator_log_tail"] = op.tail(5)
+        cp.stop()
+
+
+STANDING_NOTES = [
+    "fresh control plane per size (etcd + kube-apiserver v1.37 + controller-manager on the host); "
+    "VIPPool 10.1.0.0/16, directors = Node objects labelled lvs.kube-lvs.io/director=true (no kubelet), "
+    "VirtualService i = 10.1.(i>>8).(i&255):80 wlc nat, health checks off",
+    "create (not the metric): the first tenth of the objects by one kubectl apply of a multi-document "
+    "file, the rest by the kubernetes Python client from 8 threads",
+    "operator start to all NodeStates: lvs-operator (its ServiceAccount) spawned with every object "
+    "present, until a full list of NodeStates has N x directors objects, each with the right service "
+    "and dests (polled; resolution = the poll interval, >= 0.25 s)",
+    "1 change: one RealServer's weight patched; NodeState writes = resourceVersion changes over a full "
+    "list before and 5 s after (target: one per director); other writes = VirtualService/RealServer "
+    "objects the operator rewrote (statuses); latency = patch until every affected NodeState shows it "
+    "(polled every 20 ms)",
+    "no agent here (its memory is measured in part 5, in the VM); peak RSS = VmHWM of the operator process",
+]
+
+
+def build_table(rows: list[dict], notes: list[str], per_vs: int = 10) -> R.Table:
+    return R.Table("operator_scale", f"4. Operator scale (N VirtualServices x {per_vs} RealServers, real API server)",
+                   columns(), rows, STANDING_NOTES + notes)
+
+
+def run(sizes: list[int], per_vs: int = 10, directors: int = 3, timeout: float = 3600,
+        workdir: Path | None = None) -> tuple[R.Table, dict]:
+    workdir = workdir or REPO / "build" / "bench-operator"
+    rows, details, notes = [], [], []
+    t0 = time.perf_counter()
+    for n in sizes:
+        r, d = run_size(n, per_vs, directors, workdir / f"n{n}", timeout)
+        rows.append(r)
+        details.append(d)
+        c = d.get("create") or {}
+        if c:
+            notes.append(f"N={n:,}: created {c['apply_objs']:,} objects by kubectl apply in {c['apply_s']:.1f} s, "
+                         f"{c['client_objs']:,} by the client in {c['client_s']:.1f} s")
+    return build_table(rows, notes, per_vs), {"details": details, "wall_seconds": round(time.perf_counter() - t0, 1)}
