@@ -363,11 +363,14 @@ def test_conflict_and_pool_denial_show_in_status(env):
     # The admin opens a pool: the service is programmed. The winner goes: the loser takes over.
     env.apply(pool(f"lvs-extra-{RUN}", ["203.0.113.9"], [NS2]))
     wait_for(lambda: f"{D2}-{NS2}-outside" in env.nodestates(), 20, "outside to be programmed")
-    assert env.conditions(C.VIRTUALSERVICE_PLURAL, NS2, "outside")["Accepted"]["status"] == "True"
+    # NodeStates are written before statuses: wait for the status too.
+    wait_for(lambda: env.conditions(C.VIRTUALSERVICE_PLURAL, NS2, "outside").get("Accepted", {}).get("status")
+             == "True", 20, "outside to be Accepted")
     env.cp.kubectl("delete", "virtualservices.lvs.kube-lvs.io", "first", "-n", NS2)
     wait_for(lambda: {f"{D1}-{NS3}-second", f"{D2}-{NS3}-second"} <= set(env.nodestates())
              and f"{D1}-{NS2}-first" not in env.nodestates(), 20, "second to take over")
-    c = env.conditions(C.VIRTUALSERVICE_PLURAL, NS3, "second")
+    c = wait_for(lambda: (lambda c: c if c.get("Conflict", {}).get("status") == "False" else None)(
+        env.conditions(C.VIRTUALSERVICE_PLURAL, NS3, "second")), 20, "second's Conflict to clear")
     assert c["Conflict"]["status"] == "False" and c["Accepted"]["status"] == "True"
 
 
