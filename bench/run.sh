@@ -1,10 +1,14 @@
 #!/bin/bash
-# kube-lvs kernel benchmarks (issue 7, parts 1-3; 4-5 reported as not yet measured).
+# kube-lvs benchmarks (issue 7, parts 1-5).
 #
-#   bash bench/run.sh [--smoke] [lvs_bench.kernel options...]
+#   bash bench/run.sh [--smoke] [--operator-sizes N,..] [--e2e-services M,..] [--e2e-changes C]
+#                     [--parts 1-3,4,5] [lvs_bench.kernel options...]
 #
-# Boots the lab VM (real IPVS kernel under qemu), runs `python -m lvs_bench.kernel`
-# in it, prints the tables and copies the results to bench/results/:
+# Parts 1-3: boots the lab VM (real IPVS kernel under qemu), runs
+# `python -m lvs_bench.kernel` in it. Parts 4-5: `python -m lvs_bench.host` on the
+# host (part 4: control plane + operator only; part 5: the whole system, booting
+# the VM again), merged into the same report. Prints the tables and copies the
+# results to bench/results/:
 #   latest.{json,md,txt}   full run (default sizes 1k, 10k, 100k dests)
 #   smoke.{json,md,txt}    --smoke (20 and 40 dests: checks the harness, not speed)
 #   runs/<date>.json       every full run, kept
@@ -21,13 +25,26 @@ main() {
     log() { printf '[bench/run] %s\n' "$*" >&2; }
 
     name=latest timeout=${BENCH_TIMEOUT:-3000}
-    for a in "$@"; do
-        case "$a" in
-            --smoke) name=smoke; timeout=${BENCH_TIMEOUT:-900} ;;
-            --sizes|--sizes=*) [ "$name" = smoke ] || name=custom ;;
-            -h|--help) exec "$PY" -c 'import sys; sys.path.insert(0, "bench"); from lvs_bench.kernel import main; main(["--help"])' ;;
+    # Options of the host parts (4-5) are taken out; the rest go to lvs_bench.kernel.
+    kargs=() hargs=() smoke=0 parts="1-3,4,5"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --operator-sizes|--e2e-services|--e2e-changes) hargs+=("$1" "$2"); name=custom; shift 2; continue ;;
+            --operator-sizes=*|--e2e-services=*|--e2e-changes=*) hargs+=("$1"); name=custom ;;
+            --parts) parts=$2; shift 2; continue ;;
+            --parts=*) parts=${1#--parts=} ;;
+            --smoke) name=smoke; smoke=1; timeout=${BENCH_TIMEOUT:-900}; kargs+=("$1") ;;
+            --sizes|--sizes=*) kargs+=("$1"); [ "$1" = --sizes ] && { kargs+=("$2"); shift; } ;;
+            -h|--help) "$PY" -c 'import sys; sys.path.insert(0, "bench"); from lvs_bench.kernel import main; main(["--help"])' || true
+                       exec "$PY" -c 'import sys; sys.path.insert(0, "bench"); from lvs_bench.host import main; main(["--help"])' ;;
+            *) kargs+=("$1") ;;
         esac
+        shift
     done
+    for a in "${kargs[@]}"; do case "$a" in --sizes|--sizes=*) [ "$smoke" = 1 ] || name=custom ;; esac; done
+    set -- "${kargs[@]}"
+    [ "$smoke" = 1 ] && hargs+=(--smoke)
+    hparts=$(echo ",$parts," | grep -o ',[45],' | tr -d ',' | paste -sd, -)
 
     bash "$ROOT/bench/setup.sh"
     "$PY" -m lvs_lab info >/dev/null 2>&1 || bash "$ROOT/lab/setup.sh"
@@ -41,6 +58,8 @@ main() {
     [ -z "$(git -C "$ROOT" status --porcelain -- agent api bench 2>/dev/null | grep -v ' bench/results/')" ] \
         || commit="$commit+uncommitted"
 
+    rc=0
+    if [[ ",$parts," == *",1-3,"* ]]; then
     log "booting the lab VM (timeout ${timeout}s): lvs_bench.kernel $*"
     set +e
     "$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$job" \
@@ -52,7 +71,21 @@ main() {
         -- "$PY" -m lvs_bench.kernel --name "$name" "$@"
     rc=$?
     set -e
-    log "host load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    log "host load average at the end of parts 1-3: $(cut -d' ' -f1-3 /proc/loadavg)"
+    fi
+
+    # Parts 4-5 on the host, merged into the report of parts 1-3.
+    if [ -n "$hparts" ]; then
+        mkdir -p "$job/bench"
+        log "parts $hparts on the host: lvs_bench.host ${hargs[*]}"
+        set +e
+        PYTHONPATH="$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m lvs_bench.host --parts "$hparts" \
+            --merge "$job/bench/$name.json" --out "$job/bench" --name "$name" "${hargs[@]}"
+        hrc=$?
+        set -e
+        [ "$hrc" = 0 ] || rc=$hrc
+        log "host load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    fi
 
     mkdir -p "$ROOT/bench/results"
     copied=0

@@ -1,0 +1,30 @@
+"""Smoke size of benchmark part 5 (end to end, issue 7) on the session's system:
+3 VirtualServices in a namespace and VIPPool of their own (10.2.0.0/16), 5
+weight changes by kubectl patch, each seen in the nat-director's kernel.
+
+Named test_zz_* to run after test_system.py (it reuses the nat director that
+test leaves running) and removes what it created. Never asserts a time.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+
+def test_end_to_end_smoke(system):
+    from lvs_bench import end_to_end as E
+    from lvs_bench import report as R
+    row, details = E.measure(system, services=3, changes=5, change_timeout=60, initial_timeout=300)
+    t = E.build_table([row], [])
+    assert t.errors() == [], t.errors()
+    assert row["seen"] == 5 and len(details["latencies"]) == 5
+    assert t.missing_columns() == []
+    for c in t.columns:
+        v = row[c.key]
+        assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{c.key} = {v!r}"
+    assert any("end to end with 3 services" in line for line in R.summary_lines([t]))
+    # It cleaned up after itself: the bench services leave the director's kernel.
+    from lvs_e2e.system import wait_until
+    wait_until("bench services gone", lambda: E.bench_services_in_kernel(system) == 0, 120, 2)
