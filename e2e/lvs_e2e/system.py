@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from lvs_cluster.control_plane import ControlPlane
+from lvs_cluster.control_plane import ControlPlane, die_with_parent
 from lvs_lab.vm import LabVM
 from lvs_model.channel import DEFAULT_NAMESPACE
 
@@ -102,7 +102,8 @@ class System:
         env = {**os.environ, "KUBECONFIG": str(self.operator_kubeconfig)}
         self.operator = subprocess.Popen(
             [f"{self.bin}/lvs-operator", "--namespace", DEFAULT_NAMESPACE, "--liveness", ""],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with_parent)  # never outlive the test run or the demo
         self.log(f"operator started (pid {self.operator.pid}, log {self.workdir / 'operator.log'})")
 
     def stop_operator(self) -> None:
