@@ -74,9 +74,13 @@ main() {
     log "host load average at the end of parts 1-3: $(cut -d' ' -f1-3 /proc/loadavg)"
     fi
 
-    # Parts 4-5 on the host, merged into the report of parts 1-3.
+    # Parts 4-5 on the host, merged into the report of parts 1-3 (this run's, or
+    # with --parts 4,5 alone the last one in bench/results/).
     if [ -n "$hparts" ]; then
         mkdir -p "$job/bench"
+        if [ ! -f "$job/bench/$name.json" ] && [ -f "$ROOT/bench/results/$name.json" ]; then
+            cp "$ROOT/bench/results/$name.json" "$job/bench/$name.json"
+        fi
         log "parts $hparts on the host: lvs_bench.host ${hargs[*]}"
         set +e
         PYTHONPATH="$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m lvs_bench.host --parts "$hparts" \
