@@ -83,6 +83,7 @@ def columns() -> list[R.Column]:
         R.Column("create_client_us", "create: client x8 µs/obj", "usec"),
         R.Column("to_all", "operator start to all NodeStates", "sec"),
         R.Column("to_all_per_obj_us", "µs per NodeState", "usec"),
+        R.Column("to_quiet", "start to quiet (statuses written)", "sec"),
         R.Column("change_writes", "1 change: NodeState writes", "count"),
         R.Column("change_target", "target", "count"),
         R.Column("change_other_writes", "other writes", "count"),
@@ -340,11 +341,27 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
         details["poll_interval_s"] = every
         log(f"N={n}: {len(items)} NodeStates right after {to_all:.1f}s")
 
-        # Let the first passes settle (statuses), then one weight change.
-        time.sleep(3)
-        before = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in api.list("nodestates", OPNS)}
-        others_before = {(p, o["metadata"]["name"]): o["metadata"]["resourceVersion"]
-                         for p in ("virtualservices", "realservers") for o in api.list(p, BENCH_NS)}
+        # Let the operator finish its first passes (it writes every VirtualService's and
+        # RealServer's status after the NodeStates): quiet = no resourceVersion changed
+        # over a 5 s window. Then one weight change.
+        def rvs():
+            return ({o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in api.list("nodestates", OPNS)},
+                    {(p, o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                     for p in ("virtualservices", "realservers") for o in api.list(p, BENCH_NS)})
+        prev = rvs()
+        quiet_deadline = time.perf_counter() + timeout
+        while True:
+            time.sleep(5)
+            cur = rvs()
+            if cur == prev:
+                break
+            prev = cur
+            if time.perf_counter() > quiet_deadline:
+                row["change_writes"] = R.error(f"operator still writing after {timeout:.0f}s")
+                return row, details
+        row["to_quiet"] = time.perf_counter() - t_start - 5
+        log(f"N={n}: operator quiet (statuses written) after {row['to_quiet']:.1f}s")
+        before, others_before = prev
         k = n // 2
         rs_name = f"vs{k}-rs0"
         affected = [f"{d}-{BENCH_NS}-vs{k}" for d in nodes]
@@ -411,6 +428,8 @@ STANDING_NOTES = [
     "operator start to all NodeStates: lvs-operator (its ServiceAccount) spawned with every object "
     "present, until a full list of NodeStates has N x directors objects, each with the right service "
     "and dests (polled; resolution = the poll interval, >= 0.25 s)",
+    "start to quiet: until no NodeState, VirtualService or RealServer changed over 5 s (the operator "
+    "writes every status after the NodeStates); the change is made only then",
     "1 change: one RealServer's weight patched; NodeState writes = resourceVersion changes over a full "
     "list before and 5 s after (target: one per director); other writes = VirtualService/RealServer "
     "objects the operator rewrote (statuses); latency = patch until every affected NodeState shows it "
@@ -424,7 +443,7 @@ def build_table(rows: list[dict], notes: list[str], per_vs: int = 10) -> R.Table
                    columns(), rows, STANDING_NOTES + notes)
 
 
-def run(sizes: list[int], per_vs: int = 10, directors: int = 3, timeout: float = 3600,
+def run(sizes: list[int], per_vs: int = 10, directors: int = 3, timeout: float = 1800,
         workdir: Path | None = None) -> tuple[R.Table, dict]:
     workdir = workdir or REPO / "build" / "bench-operator"
     rows, details, notes = [], [], []
