@@ -145,9 +145,9 @@ def _vmhwm_mib(text: str) -> int | None:
     return None
 
 
-def agent_rss(system) -> int | None:
-    """VmHWM of the nat-director's lvs-agent process in the guest (largest match)."""
-    r = system.ctl.run(["pgrep", "-f", f"lvs-agent --node {NETNS}"])
+def agent_rss(system, director: str = NETNS) -> int | None:
+    """VmHWM of the director's lvs-agent process in the guest (largest match)."""
+    r = system.ctl.run(["pgrep", "-f", f"lvs-agent --node {director}"])
     best = None
     for pid in r.out.split():
         st = system.ctl.run(["cat", f"/proc/{pid}/status"])
@@ -166,18 +166,19 @@ def operator_rss(system) -> int | None:
         return None
 
 
-def ensure_director(system) -> None:
-    """The nat topology and the nat-director's agent (built here unless already there)."""
-    if "nat" not in system.topologies:
-        log("building the nat topology in the VM")
-        system.build_topology("nat")
-    if not system.ctl.alive("agent-nat-director"):
-        log("starting the nat-director agent")
-        system.start_agent("nat-director", NETNS)
+def ensure_director(system, director: str = NETNS) -> None:
+    """The director's topology (`<kind>-director`) and its agent, unless already there."""
+    kind = director.split("-", 1)[0]
+    if kind not in system.topologies:
+        log(f"building the {kind} topology in the VM")
+        system.build_topology(kind)
+    if not system.ctl.alive(f"agent-{director}"):
+        log(f"starting the {director} agent")
+        system.start_agent(director, director)
 
 
-def _services_in_kernel(system, m: int) -> int:
-    raw = system.ctl.run(["ip", "netns", "exec", NETNS, "cat", "/proc/net/ip_vs"]).check().out
+def _services_in_kernel(system, m: int, director: str = NETNS) -> int:
+    raw = system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out
     want = {hexkey(vip(i), 80) for i in range(m)}
     cur, svc, n = {}, None, 0
     for line in raw.splitlines():
@@ -191,30 +192,31 @@ def _services_in_kernel(system, m: int) -> int:
     return sum(1 for s, c in cur.items() if c == len(RS_ADDRS))
 
 
-def bench_services_in_kernel(system) -> int:
+def bench_services_in_kernel(system, director: str = NETNS) -> int:
     """How many services of the bench's VIP range (10.2.0.0/16) the director has."""
-    raw = system.ctl.run(["ip", "netns", "exec", NETNS, "cat", "/proc/net/ip_vs"]).check().out
+    raw = system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out
     return sum(1 for line in raw.splitlines() if line.split()[:2] and line.split()[0] in ("TCP", "UDP")
                and line.split()[1].startswith("0A02"))
 
 
 def measure(system, services: int, changes: int, change_timeout: float = 60,
-            initial_timeout: float = 900, cleanup: bool = True) -> tuple[dict, dict]:
-    """On a running System with the nat director ready: (row, details)."""
+            initial_timeout: float = 900, cleanup: bool = True, director: str = NETNS) -> tuple[dict, dict]:
+    """On a running System: (row, details). `director` is the one Node labelled
+    lvs.kube-lvs.io/director=true, its netns of the same name (nat-director by default)."""
     row: dict[str, Any] = {c.key: None for c in columns()}
     row.update(services=services, changes=changes)
     details: dict[str, Any] = {}
     guest_log = f"/tmp/e2e/{WATCH_NAME}.log"
     watching = False
     try:
-        ensure_director(system)
+        ensure_director(system, director)
         t0 = time.perf_counter()
         system.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects(services)))
         details["apply_s"] = round(time.perf_counter() - t0, 2)
         last = [0]
 
         def all_in():
-            last[0] = _services_in_kernel(system, services)
+            last[0] = _services_in_kernel(system, services, director)
             return last[0] == services
         deadline = time.perf_counter() + initial_timeout
         while not all_in():
@@ -227,7 +229,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         log(f"{services} services in the director's kernel after {row['initial']:.1f}s")
 
         system.ctl.run(["rm", "-f", guest_log])
-        system.ctl.spawn(WATCH_NAME, ["ip", "netns", "exec", NETNS, system.python, "-c", WATCHER,
+        system.ctl.spawn(WATCH_NAME, ["ip", "netns", "exec", director, system.python, "-c", WATCHER,
                                       guest_log, "0.01"], log=f"/tmp/e2e/{WATCH_NAME}.err")
         watching = True
         # Wait for its first full read (every dest logged once).
@@ -263,7 +265,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
                                                           f"{change_timeout:.0f}s, e.g. {missed[:3]}")
         row["p50"], row["p99"], row["max"] = percentile(xs, 50), percentile(xs, 99), (max(xs) if xs else None)
         row["clock_err"] = max(err1, err2) + abs(off2 - off1) / 2
-        row["agent_rss_mib"] = agent_rss(system)
+        row["agent_rss_mib"] = agent_rss(system, director)
         row["operator_rss_mib"] = operator_rss(system)
         log(f"{len(xs)} changes: p50 {row['p50']}, p99 {row['p99']}, max {row['max']}, "
             f"clock offset {off:.3f}s ±{row['clock_err']:.3f}")
