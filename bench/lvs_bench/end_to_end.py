@@ -315,6 +315,8 @@ def run(sizes: list[int], changes: int, workdir: Path | None = None) -> tuple[R.
     workdir = workdir or REPO / "build" / "bench-e2e"
     rows, details, notes = [], [], []
     t0 = time.perf_counter()
+    import shutil
+    shutil.rmtree(workdir / "control-plane", ignore_errors=True)  # etcd data would outlive the run
     s = System(workdir=workdir, log=log)
     try:
         try:
