@@ -44,7 +44,8 @@ main() {
     for a in "${kargs[@]}"; do case "$a" in --sizes|--sizes=*) [ "$smoke" = 1 ] || name=custom ;; esac; done
     set -- "${kargs[@]}"
     [ "$smoke" = 1 ] && hargs+=(--smoke)
-    hparts=$(echo ",$parts," | grep -o ',[45],' | tr -d ',' | paste -sd, -)
+    hparts=""
+    for p in 4 5; do [[ ",$parts," == *",$p,"* ]] && hparts="${hparts:+$hparts,}$p"; done
 
     bash "$ROOT/bench/setup.sh"
     "$PY" -m lvs_lab info >/dev/null 2>&1 || bash "$ROOT/lab/setup.sh"
