@@ -8,6 +8,7 @@ port (lvs_e2e.remote). Nothing else crosses.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +81,9 @@ class System:
     # -- host side ---------------------------------------------------------------
     def start_control_plane(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A fresh cluster each run: etcd data left by an earlier run would bring
+        # back its objects (and its director labels).
+        shutil.rmtree(self.workdir / "control-plane", ignore_errors=True)
         self.log("starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1")
         self.cp = ControlPlane(self.workdir / "control-plane").start()
         self.log(f"installing kube-lvs (kubectl apply -k deploy/) into {self.cp.url}")
