@@ -213,3 +213,20 @@ def dr_prepared():
     from lvs_lab import topology
 
     yield from _topology(topology.dr, backend_prepare=True)
+
+
+@pytest.fixture
+def engines(tmp_path):
+    """engines(netns, name) -> an Engine programming that namespace, each with
+    its own ownership record; all closed after the test."""
+    from lvs_agent.engine import Engine
+    made: list = []
+
+    def make(ns: str, name: str):
+        e = Engine(tmp_path / f"{name}.json", netns=ns)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.close()

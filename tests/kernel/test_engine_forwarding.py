@@ -8,30 +8,11 @@ Nothing is configured by hand beyond the topology's plain addressing.
 """
 from __future__ import annotations
 
-import pytest
 
-from lvs_agent.engine import Engine
 from lvs_lab import topology
 from lvs_lab.netns import read_sysctl
-from lvs_model.nodespec import parse_node_spec
 
-
-def spec(doc: dict):
-    s, errors = parse_node_spec(doc)
-    assert not errors, errors
-    return s
-
-
-def reconcile_ok(engine: Engine, doc: dict):
-    r = engine.reconcile(spec(doc))
-    assert r.ok, (r.service_errors, r.problems, r.errors)
-    return r
-
-
-def converged(engine: Engine, doc: dict) -> None:
-    """A second reconcile has nothing to do: observe decodes what apply wrote."""
-    r = engine.reconcile(spec(doc))
-    assert r.ops == [], [str(op) for op in r.ops]
+from engine_helpers import converged, reconcile_ok
 
 
 def alternates(names: list, expected: list[str]) -> None:
@@ -42,20 +23,6 @@ def alternates(names: list, expected: list[str]) -> None:
 
 def backend_doc(vip: str, method: str, uplink: str = "eth0") -> dict:
     return {"backendVips": [{"address": vip, "method": method}], "uplink": uplink}
-
-
-@pytest.fixture
-def engines(tmp_path):
-    made: list[Engine] = []
-
-    def make(ns: str, name: str) -> Engine:
-        e = Engine(tmp_path / f"{name}.json", netns=ns)
-        made.append(e)
-        return e
-
-    yield make
-    for e in made:
-        e.close()
 
 
 def test_nat_with_port_mapping(seed_nat, engines):

@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,21 +17,11 @@ from lvs_agent import ops as O
 from lvs_agent.engine import Engine
 from lvs_lab.netns import call_in_netns
 from lvs_lab.topology import Lab
-from lvs_model.nodespec import DestKey, ServiceKey, parse_node_spec
+from lvs_model.nodespec import DestKey, ServiceKey
+
+from engine_helpers import reconcile_ok, spec
 
 HOLD_PORT = 8080
-
-
-def spec(doc: dict):
-    s, errors = parse_node_spec(doc)
-    assert not errors, errors
-    return s
-
-
-def reconcile_ok(engine: Engine, doc: dict):
-    r = engine.reconcile(spec(doc))
-    assert r.ok, (r.service_errors, r.problems, r.errors)
-    return r
 
 
 def op_names(report) -> list[str]:

@@ -21,34 +21,16 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 
 from lvs_agent import ops as O
-from lvs_agent.engine import Engine
 from lvs_agent.plan import NFT_TABLE, REPLY_RULE_PRIORITY, REPLY_TABLE_BASE
 from lvs_lab.netns import read_sysctl
 from lvs_lab.topology import Topology
-from lvs_model.nodespec import parse_node_spec
+
+from engine_helpers import converged, reconcile_ok, spec
 
 VIP, DIP, ROUTER_IN = "192.168.0.30", "10.0.0.30", "10.0.0.1"
 FOREIGN_NFT = "table inet someone-else {\n\tchain post {\n\t\ttype filter hook postrouting priority 0; policy accept;\n\t\tcounter\n\t}\n}\n"
-
-
-def spec(doc: dict):
-    s, errors = parse_node_spec(doc)
-    assert not errors, errors
-    return s
-
-
-def reconcile_ok(engine: Engine, doc: dict):
-    r = engine.reconcile(spec(doc))
-    assert r.ok, (r.service_errors, r.problems, r.errors)
-    return r
-
-
-def converged(engine: Engine, doc: dict) -> None:
-    r = engine.reconcile(spec(doc))
-    assert r.ops == [], [O.describe(op) for op in r.ops]
 
 
 def nat_behind_router(lab, real_servers: int = 2) -> Topology:
@@ -108,20 +90,6 @@ def table_routes(t: Topology, host: str) -> str:
 
 def nft_tables(t: Topology, host: str) -> str:
     return t.lab.run(host, "nft", "list", "tables").stdout
-
-
-@pytest.fixture
-def engines(tmp_path):
-    made: list[Engine] = []
-
-    def make(ns: str, name: str) -> Engine:
-        e = Engine(tmp_path / f"{name}.json", netns=ns)
-        made.append(e)
-        return e
-
-    yield make
-    for e in made:
-        e.close()
 
 
 def test_policy_route_on_backends(lab, engines, tmp_path):
