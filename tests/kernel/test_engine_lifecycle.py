@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 import yaml
@@ -19,58 +18,13 @@ from lvs_lab.netns import call_in_netns
 from lvs_lab.topology import Lab
 from lvs_model.nodespec import DestKey, ServiceKey
 
-from engine_helpers import reconcile_ok, spec
+from engine_helpers import HoldServer, reconcile_ok, spec
 
 HOLD_PORT = 8080
 
 
 def op_names(report) -> list[str]:
     return [type(op).__name__ for op in report.ops]
-
-
-class EchoHold:
-    """Sends its name on accept, then echoes: an established connection that
-    can prove it still works later."""
-
-    def __init__(self, ns: str, name: str, port: int):
-        self.name = name
-
-        def make():
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("0.0.0.0", port))
-            s.listen(16)
-            return s
-
-        self.sock = call_in_netns(ns, make)
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
-
-    def _echo(self, c: socket.socket) -> None:
-        try:
-            c.sendall(f"{self.name}\n".encode())
-            while data := c.recv(4096):
-                c.sendall(data)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        for c in self.conns:
-            c.close()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
 
 class Held:
@@ -105,7 +59,7 @@ class Held:
 @pytest.fixture
 def echo_nat(seed_nat):
     t = seed_nat
-    servers = [EchoHold(ns, name, HOLD_PORT) for ns, name in zip(t.real_servers, t.names)]
+    servers = [HoldServer(ns, name, HOLD_PORT, echo=True) for ns, name in zip(t.real_servers, t.names)]
     yield t
     for s in servers:
         s.close()

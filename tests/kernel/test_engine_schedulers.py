@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import threading
 from collections import Counter
 
 import pytest
@@ -23,55 +22,12 @@ from lvs_lab.netns import call_in_netns
 from lvs_lab.servers import tcp_names, wait_tcp
 from lvs_model.nodespec import parse_node_spec
 
+from engine_helpers import HoldServer
+
 SOURCES = [f"192.168.0.{i}" for i in range(1, 9)]  # .1 is the client's own address
 DH_VIPS = [f"192.168.0.{i}" for i in range(40, 48)]
 FWM_VIP = "192.168.0.60"
 HOLD_PORT = 8080
-
-
-class HoldServer:
-    """Answers its name as soon as a connection is accepted and keeps it open,
-    so IPVS counts it as active for as long as the client holds it."""
-
-    def __init__(self, ns: str, name: str, port: int):
-        self.name = name
-
-        def make():
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("0.0.0.0", port))
-            s.listen(64)
-            return s
-
-        self.sock = call_in_netns(ns, make)
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                c.sendall(f"{self.name}\n".encode())
-            except OSError:
-                pass
-            self.conns.append(c)
-
-    def drop_all(self) -> None:
-        for c in self.conns:
-            c.close()
-        self.conns.clear()
-
-    def close(self) -> None:
-        self.drop_all()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
 
 def hold(ns: str, host: str, port: int) -> tuple[str | None, socket.socket | None]:
