@@ -58,6 +58,10 @@ class Result:
     rs_status: dict[tuple[str, str], dict] = field(default_factory=dict)
     pool_status: dict[str, dict] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # VirtualServices whose result depends on other VirtualServices (a service
+    # key conflict, a NodeState name collision): a partial compile must
+    # include all of them, so callers recompile everything when one is touched.
+    entangled: set[tuple[str, str]] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------
@@ -231,6 +235,8 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             loser.message = (f"{key} is already declared by VirtualService {loser.conflict_with}, "
                              f"created earlier ({winner.cr.meta.created}); the oldest wins")
             winner.losers.append(f"{loser.cr.meta.namespace}/{loser.cr.meta.name}")
+        if len(group) > 1:
+            result.entangled.update(i.cr.meta.ref for i in group)
 
     # 3. RealServers -> dests of their VirtualService.
     rs_infos: dict[tuple[str, str], _RS] = {}
@@ -304,6 +310,8 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     names: dict[tuple[str, tuple[str, str]], str] = {}
     for name, owners in plain.items():
         owners.sort()
+        if len(owners) > 1:
+            result.entangled.update(ref for _, _, ref in owners)
         for i, (_, node, ref) in enumerate(owners):
             names[(node, ref)] = name if i == 0 else C.hashed_nodestate_name(node, *ref)
     for (node, ref), spec in sorted(specs.items()):

@@ -1,13 +1,11 @@
-"""kopf handlers: thin. They only feed caches and wake the reconciler.
+"""kopf handlers: thin. kopf runs the process (start-up, clean-up, liveness).
 
-- ``@kopf.index`` per kind keeps a projection of every object (kopf lists
-  every indexed kind completely before any other handler runs);
-- ``@kopf.on.event`` per kind wakes the reconciler (the first call also
-  hands it the indexes: from then on the caches are known complete);
-- startup starts the Lease elector and the reconciler; cleanup stops them and
-  releases the Lease.
+- startup starts the Lease elector, the caches' list+watch threads
+  (watch.py: kopf's per-object handlers cost time quadratic in the number of
+  objects at start-up) and the reconciler, which they wake;
+- cleanup stops them and releases the Lease.
 
-No handler patches the watched objects (no finalizers, no kopf annotations):
+Nothing patches the watched objects (no finalizers, no kopf annotations):
 the only writes are the reconciler's NodeStates, statuses and events.
 """
 from __future__ import annotations
@@ -16,6 +14,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 import kopf
@@ -23,7 +22,8 @@ import kopf
 from lvs_model import channel as C
 
 from .leader import LeaseElector
-from .reconciler import Reconciler, project
+from .reconciler import Reconciler
+from .watch import Caches, operator_kinds
 
 log = logging.getLogger("lvs_operator")
 
@@ -54,6 +54,10 @@ def _api() -> Any:
     return api
 
 
+def _api_client() -> Any:
+    return _api().api_client
+
+
 def reconciler() -> Reconciler:
     r = STATE.get("reconciler")
     if r is None:
@@ -81,7 +85,17 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
             duration=CONFIG["lease_duration"], renew_every=CONFIG["lease_renew"],
             on_change=lambda leader: reconciler().leadership(leader))
         STATE["elector_task"] = asyncio.create_task(elector.run(stop))
-    STATE["reconciler_task"] = asyncio.create_task(reconciler().run(stop))
+    rec = reconciler()
+    caches = STATE["caches"] = Caches(operator_kinds(CONFIG["namespace"]), on_change=rec.changed)
+    STATE["watch_stop"] = threading.Event()
+    caches.start(_api_client, STATE["watch_stop"])
+
+    async def attach_when_listed() -> None:
+        await caches.ready.wait()
+        rec.attach(caches.data)
+
+    STATE["attach_task"] = asyncio.create_task(attach_when_listed())
+    STATE["reconciler_task"] = asyncio.create_task(rec.run(stop))
     logger.info("kube-lvs operator %s: namespace %s, leader election %s", CONFIG["identity"],
                 CONFIG["namespace"], "on" if CONFIG["leader_election"] else "off")
 
@@ -91,6 +105,8 @@ async def cleanup(logger: logging.Logger, **_: Any) -> None:
     stop = STATE.get("stop")
     if stop:
         stop.set()
+    if STATE.get("watch_stop"):
+        STATE["watch_stop"].set()
     for k in ("reconciler_task", "elector_task"):
         t = STATE.get(k)
         if t:
@@ -113,54 +129,3 @@ def probe(**_: Any) -> dict:
     return {"leader": bool(elector.is_leader) if elector else True,
             "passes": r.passes if r else 0, "writes": r.writes if r else 0,
             "lastError": r.last_error if r else ""}
-
-
-# -- caches -------------------------------------------------------------------
-
-def _in_our_namespace(namespace: str | None, **_: Any) -> bool:
-    return namespace == CONFIG["namespace"]
-
-
-@kopf.index(C.GROUP, C.VERSION, C.VIRTUALSERVICE_PLURAL)
-def virtualservices(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
-    return {(namespace, name): project("virtualservices", body)}
-
-
-@kopf.index(C.GROUP, C.VERSION, C.REALSERVER_PLURAL)
-def realservers(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
-    return {(namespace, name): project("realservers", body)}
-
-
-@kopf.index(C.GROUP, C.VERSION, C.VIPPOOL_PLURAL)
-def vippools(body: kopf.Body, name: str, **_: Any) -> dict:
-    return {("", name): project("vippools", body)}
-
-
-@kopf.index("", "v1", "nodes")
-def nodes(body: kopf.Body, name: str, **_: Any) -> dict:
-    return {("", name): project("nodes", body)}
-
-
-@kopf.index("", "v1", "namespaces")
-def namespaces(body: kopf.Body, name: str, **_: Any) -> dict:
-    return {("", name): project("namespaces", body)}
-
-
-@kopf.index(C.GROUP, C.VERSION, C.NODESTATE_PLURAL, when=_in_our_namespace)
-def nodestates(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
-    return {(namespace, name): project("nodestates", body)}
-
-
-# -- triggers -------------------------------------------------------------------
-
-def _wake(**kwargs: Any) -> None:
-    reconciler().attach({k: kwargs[k] for k in ("virtualservices", "realservers", "vippools", "nodes",
-                                                 "namespaces", "nodestates")})
-
-
-kopf.on.event(C.GROUP, C.VERSION, C.VIRTUALSERVICE_PLURAL, id="wake")(_wake)
-kopf.on.event(C.GROUP, C.VERSION, C.REALSERVER_PLURAL, id="wake")(_wake)
-kopf.on.event(C.GROUP, C.VERSION, C.VIPPOOL_PLURAL, id="wake")(_wake)
-kopf.on.event("", "v1", "nodes", id="wake")(_wake)
-kopf.on.event("", "v1", "namespaces", id="wake")(_wake)
-kopf.on.event(C.GROUP, C.VERSION, C.NODESTATE_PLURAL, id="wake", when=_in_our_namespace)(_wake)

@@ -1,12 +1,16 @@
 """The operator's imperative shell: snapshot the caches, compile, write the difference.
 
-kopf keeps the caches (indexes, pre-populated before anything runs, so a
+watch.py keeps the caches (every kind listed before anything runs, so a
 restarted operator never mistakes "not listed yet" for "deleted"); this
 module turns a snapshot into writes:
 
 - ``plan_writes`` (pure): compiler result + current objects -> the NodeStates
   to create, replace or delete, the statuses to patch, the events to post.
   Unchanged objects produce no write at all, so a restart rewrites nothing.
+- ``scope_of_change`` (pure): which VirtualServices one cache change can
+  affect, or None when anything may be (pools, nodes, namespaces, a
+  VirtualService's spec). A RealServer change then recompiles only its
+  VirtualService: milliseconds instead of seconds at 10k services.
 - ``Reconciler``: debounced loop; only the Lease holder writes. Objects it
   has just written are overlaid on the caches until the watch catches up, so
   a quick second pass neither writes twice nor posts an event twice.
@@ -122,6 +126,56 @@ def plan_writes(result: Result, snapshot: Mapping[str, Iterable[Mapping[str, Any
     return w
 
 
+Ref = tuple[str, str]  # a VirtualService's (namespace, name)
+
+
+def _vs_ref_of_nodestate(obj: Mapping[str, Any] | None) -> Ref | None:
+    ann = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    ns, sep, name = (ann.get(C.ANNOTATION_VIRTUALSERVICE) or "").partition("/")
+    return (ns, name) if sep else None
+
+
+def _vs_ref_of_realserver(obj: Mapping[str, Any] | None) -> Ref | None:
+    if not obj:
+        return None
+    return ((obj.get("metadata") or {}).get("namespace") or "", (obj.get("spec") or {}).get("virtualService") or "")
+
+
+def _without_status(obj: Mapping[str, Any]) -> dict:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
+def scope_of_change(kind: str, key: tuple[str, str], old: Mapping[str, Any] | None,
+                    new: Mapping[str, Any] | None) -> set[Ref] | None:
+    """The VirtualServices whose compile result this change can alter; None: any.
+
+    A RealServer affects the VirtualService it names (before and after); a
+    NodeState (an agent's report) the VirtualService it was compiled from; a
+    VirtualService whose status alone changed (our own write coming back)
+    itself. Everything else (a VirtualService created, deleted or edited: it
+    can win or lose a conflict; pools, nodes, namespaces) needs a full pass.
+    """
+    if kind == "realservers":
+        return {r for r in (_vs_ref_of_realserver(old), _vs_ref_of_realserver(new)) if r}
+    if kind == "nodestates":
+        refs = {r for r in (_vs_ref_of_nodestate(old), _vs_ref_of_nodestate(new)) if r}
+        return refs or None
+    if kind == "virtualservices" and old and new and _without_status(old) == _without_status(new):
+        return {key}
+    return None
+
+
+def scoped_snapshot(snap: Mapping[str, list[dict]], refs: set[Ref]) -> dict[str, list[dict]]:
+    """The part of a snapshot a compile of ``refs`` needs (all pools, nodes and
+    namespaces; only their VirtualServices, RealServers and NodeStates)."""
+    out = dict(snap)
+    out["virtualservices"] = [o for o in snap.get("virtualservices", ()) if key_of(o) in refs]
+    out["realservers"] = [o for o in snap.get("realservers", ()) if _vs_ref_of_realserver(o) in refs]
+    out["nodestates"] = [o for o in snap.get("nodestates", ()) if _vs_ref_of_nodestate(o) in refs]
+    return out
+
+
 def compile_snapshot(snapshot: Mapping[str, Iterable[Mapping[str, Any]]], namespace: str, now: str) -> Result:
     return compile_cluster(
         snapshot.get("virtualservices", ()), snapshot.get("realservers", ()), snapshot.get("vippools", ()),
@@ -152,8 +206,13 @@ class Reconciler:
         self.debounce, self.resync = debounce, resync
         self.is_leader = is_leader
         self.identity = identity
-        self.indexes: Mapping[str, Any] | None = None
+        # kind -> {(namespace, name): projected object}; None until every kind listed.
+        self.caches: Mapping[str, Mapping[tuple[str, str], dict]] | None = None
         self._dirty: asyncio.Event | None = None
+        # What the next pass must recompile: None = everything.
+        self.scope: set[Ref] | None = None
+        self.entangled: set[Ref] = set()  # from the last full pass
+        self.full_passes = 0
         # (plural, ns, name) -> (object or None for deleted, monotonic time)
         self.overlay: dict[tuple[str, str, str], tuple[dict | None, float]] = {}
         self.passes = 0
@@ -169,11 +228,19 @@ class Reconciler:
             self._dirty = asyncio.Event()
         return self._dirty
 
-    def attach(self, indexes: Mapping[str, Any]) -> None:
-        """Called by the first event handler: kopf has listed every kind by now."""
-        if self.indexes is None:
-            self.indexes = indexes
-            log.info("caches populated; reconciling")
+    def attach(self, caches: Mapping[str, Mapping[tuple[str, str], dict]]) -> None:
+        """Every kind has been listed: from now on the caches are complete."""
+        if self.caches is None:
+            self.caches = caches
+        self.kick()
+
+    def changed(self, kind: str, key: tuple[str, str], old: dict | None, new: dict | None) -> None:
+        """A cache change (from the watch): widen the next pass's scope."""
+        refs = scope_of_change(kind, key, old, new)
+        if refs is None or self.scope is None:
+            self.scope = None
+        else:
+            self.scope |= refs
         self.kick()
 
     def kick(self) -> None:
@@ -184,19 +251,12 @@ class Reconciler:
         if leader:
             self.first_pass_pending = True
             self.overlay.clear()
+            self.scope = None
             self.kick()
 
     # -- snapshot -------------------------------------------------------------
     def snapshot(self) -> dict[str, list[dict]]:
-        snap: dict[str, list[dict]] = {}
-        for kind in KINDS:
-            index = (self.indexes or {}).get(kind)
-            objs: dict[tuple[str, str], dict] = {}
-            if index is not None:
-                for store in index.values():
-                    for obj in store:
-                        objs[key_of(obj)] = obj
-            snap[kind] = objs  # type: ignore[assignment]
+        snap: dict[str, dict] = {kind: dict((self.caches or {}).get(kind) or {}) for kind in KINDS}
         now = time.monotonic()
         for (plural, ns, name), (obj, at) in list(self.overlay.items()):
             objs = snap[plural]  # type: ignore[assignment]
@@ -222,6 +282,7 @@ class Reconciler:
         async def resync() -> None:
             while not stop.is_set():
                 await asyncio.sleep(self.resync)
+                self.scope = None
                 self.kick()
 
         ticker = asyncio.create_task(resync())
@@ -236,11 +297,12 @@ class Reconciler:
                     break
                 await asyncio.sleep(self.debounce)
                 self.dirty.clear()
-                if self.indexes is None or not self.is_leader():
+                if self.caches is None or not self.is_leader():
                     continue
                 snap = self.snapshot()
+                scope, self.scope = self.scope, set()
                 try:
-                    n = await asyncio.to_thread(self.reconcile_once, snap)
+                    n = await asyncio.to_thread(self.reconcile_once, snap, scope)
                     self.passes += 1
                     self.last_ok = time.time()
                     self.last_error = ""
@@ -252,6 +314,7 @@ class Reconciler:
                         log.info("reconciled: %d write(s)", n)
                 except Exception as e:  # API trouble: retry with backoff
                     self.last_error = str(e)
+                    self.scope = None
                     log.warning("reconcile failed (retrying in %.0fs): %s", backoff, e)
                     asyncio.get_running_loop().call_later(backoff, self.kick)
                     backoff = min(backoff * 2, 60.0)
@@ -259,8 +322,20 @@ class Reconciler:
             ticker.cancel()
 
     # -- writing (in a worker thread) -------------------------------------------
-    def reconcile_once(self, snap: Mapping[str, list[dict]]) -> int:
+    def reconcile_once(self, snap: Mapping[str, list[dict]], scope: set[Ref] | None = None) -> int:
+        """One pass: everything (scope None), or only the VirtualServices in
+        ``scope`` when none of them depends on another one."""
+        if scope is not None:
+            if not scope:
+                return 0  # woken, but nothing changed
+            if scope & self.entangled or len(scope) * 4 > len(snap.get("virtualservices", ())):
+                scope = None  # a full pass is as cheap, or the only correct one
+            else:
+                snap = scoped_snapshot(snap, scope)
         result = compile_snapshot(snap, self.namespace, now_rfc3339())
+        if scope is None:
+            self.entangled = result.entangled
+            self.full_passes += 1
         w = plan_writes(result, snap, self.namespace)
         if not w:
             return 0

@@ -143,14 +143,14 @@ def _ns_obj(name, rv, spec):
 
 def test_overlay_until_the_watch_catches_up():
     r = Reconciler("kube-lvs-system", api_factory=lambda: None)
-    cache = {("kube-lvs-system", "x"): [_ns_obj("x", 5, {"node": "old"})],
-             ("kube-lvs-system", "gone"): [_ns_obj("gone", 6, {"node": "g"})]}
-    r.indexes = {"nodestates": cache}
+    cache = {("kube-lvs-system", "x"): _ns_obj("x", 5, {"node": "old"}),
+             ("kube-lvs-system", "gone"): _ns_obj("gone", 6, {"node": "g"})}
+    r.caches = {"nodestates": cache}
     r.overlay[("nodestates", "kube-lvs-system", "x")] = (project("nodestates", _ns_obj("x", 9, {"node": "new"})), 1e18)
     r.overlay[("nodestates", "kube-lvs-system", "gone")] = (None, 1e18)
     snap = r.snapshot()["nodestates"]
     assert [o["spec"]["node"] for o in snap] == ["new"]  # written and deleted by us
-    cache[("kube-lvs-system", "x")] = [_ns_obj("x", 9, {"node": "new"})]
+    cache[("kube-lvs-system", "x")] = _ns_obj("x", 9, {"node": "new"})
     del cache[("kube-lvs-system", "gone")]
     assert [o["spec"]["node"] for o in r.snapshot()["nodestates"]] == ["new"]
     assert r.overlay == {}  # caught up: overlays dropped

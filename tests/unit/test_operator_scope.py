@@ -1,0 +1,151 @@
+"""Partial compiles: a RealServer change recompiles only its VirtualService,
+and gives exactly the writes a full pass would."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lvs_model import channel as C
+from lvs_operator.reconciler import (Reconciler, compile_snapshot, plan_writes, project, scope_of_change,
+                                     scoped_snapshot)
+from lvs_operator.watch import Caches, Kind
+
+from test_compiler import NODES, POOLS, rs, vs
+
+NS = "kube-lvs-system"
+NOW = "2026-01-02T00:00:00Z"
+
+
+def _p(kind, objs):
+    return [project(kind, o) for o in objs]
+
+
+def cluster(n=6, weight_of=lambda i, j: 1, extra_vs=()):
+    vss = [vs(f"web{i}", address=f"192.168.0.{10 + i}", port=80) for i in range(n)] + list(extra_vs)
+    rss = [rs(f"web{i}-{j}", f"web{i}", f"10.0.{i}.{j + 1}", weight=weight_of(i, j)) for i in range(n)
+           for j in range(3)]
+    return {"virtualservices": _p("virtualservices", vss), "realservers": _p("realservers", rss),
+            "vippools": _p("vippools", POOLS), "nodes": _p("nodes", NODES), "namespaces": [], "nodestates": []}
+
+
+def converged(snap):
+    """The snapshot after a full pass's NodeStates and statuses were written."""
+    r = compile_snapshot(snap, NS, NOW)
+    out = dict(snap)
+    out["nodestates"] = [dict(b, status={}) for b in r.nodestates.values()]
+    for kind, wanted in (("virtualservices", r.vs_status), ("realservers", r.rs_status)):
+        out[kind] = [dict(o, status=wanted[(o["metadata"]["namespace"], o["metadata"]["name"])])
+                     for o in snap[kind]]
+    out["vippools"] = [dict(o, status=r.pool_status[o["metadata"]["name"]]) for o in snap["vippools"]]
+    return out
+
+
+@pytest.mark.parametrize("kind,old,new,want", [
+    ("realservers", rs("a", "web1", "10.0.0.1"), rs("a", "web1", "10.0.0.1", weight=5), {("team-a", "web1")}),
+    ("realservers", rs("a", "web1", "10.0.0.1"), rs("a", "web2", "10.0.0.1"),
+     {("team-a", "web1"), ("team-a", "web2")}),
+    ("realservers", None, rs("a", "web1", "10.0.0.1"), {("team-a", "web1")}),
+    ("realservers", rs("a", "web1", "10.0.0.1"), None, {("team-a", "web1")}),
+    ("virtualservices", vs("web1", address="192.168.0.1"),
+     dict(vs("web1", address="192.168.0.1"), status={"x": 1}), {("team-a", "web1")}),
+    ("virtualservices", vs("web1", address="192.168.0.1"), vs("web1", address="192.168.0.2"), None),
+    ("virtualservices", None, vs("web1", address="192.168.0.1"), None),
+    ("virtualservices", vs("web1", address="192.168.0.1"), None, None),
+    ("vippools", None, POOLS[0], None),
+    ("nodes", NODES[0], None, None),
+    ("namespaces", None, {"metadata": {"name": "x"}}, None),
+    ("nodestates", None, {"metadata": {"name": "d1-team-a-web1",
+                                       "annotations": {C.ANNOTATION_VIRTUALSERVICE: "team-a/web1"}}},
+     {("team-a", "web1")}),
+    ("nodestates", None, {"metadata": {"name": "stray"}}, None),
+])
+def test_scope_of_change(kind, old, new, want):
+    key = (((old or new)["metadata"].get("namespace") or ""), (old or new)["metadata"]["name"])
+    assert scope_of_change(kind, key, old and project(kind, old), new and project(kind, new)) == want
+
+
+def test_scoped_pass_writes_what_a_full_pass_writes():
+    before = converged(cluster())
+    assert not plan_writes(compile_snapshot(before, NS, NOW), before, NS)  # converged
+    after = dict(before)
+    after["realservers"] = [dict(o, spec=dict(o["spec"], weight=7)) if o["metadata"]["name"] == "web3-1" else o
+                            for o in before["realservers"]]
+    full = plan_writes(compile_snapshot(after, NS, NOW), after, NS)
+    scope = {("team-a", "web3")}
+    part_snap = scoped_snapshot(after, scope)
+    part = plan_writes(compile_snapshot(part_snap, NS, NOW), part_snap, NS)
+    assert [b["metadata"]["name"] for b in full.replace] == ["d1-team-a-web3", "d2-team-a-web3"]
+    assert part.replace == full.replace and part.create == full.create and part.delete == full.delete
+    assert part.status == full.status
+    assert len(part_snap["virtualservices"]) == 1 and len(part_snap["realservers"]) == 3
+
+
+class Recorder(Reconciler):
+    def __init__(self):
+        super().__init__(NS, api_factory=lambda: None)
+        self.executed = []
+
+    def execute(self, w):
+        self.executed.append(w)
+
+
+def test_reconciler_scopes_and_falls_back_to_full():
+    r = Recorder()
+    snap = converged(cluster(n=8))
+    assert r.reconcile_once(snap, None) == 0 and r.full_passes == 1
+    assert r.reconcile_once(snap, set()) == 0  # woken with nothing to do
+    changed = dict(snap, realservers=[dict(o, spec=dict(o["spec"], weight=3)) if o["metadata"]["name"] == "web2-0"
+                                      else o for o in snap["realservers"]])
+    assert r.reconcile_once(changed, {("team-a", "web2")}) == 2 and r.full_passes == 1  # scoped
+    assert [b["metadata"]["name"] for b in r.executed[-1].replace] == ["d1-team-a-web2", "d2-team-a-web2"]
+    # A scope covering over a quarter of the VirtualServices: one full pass instead.
+    r.reconcile_once(changed, {("team-a", f"web{i}") for i in range(3)})
+    assert r.full_passes == 2
+
+
+def test_conflicting_virtualservices_are_always_compiled_together():
+    twin = vs("twin", address="192.168.0.12", port=80, ts="2026-01-05T00:00:00Z")  # same key as web2
+    r = Recorder()
+    snap = converged(cluster(n=8, extra_vs=[twin]))
+    r.reconcile_once(snap, None)
+    assert r.entangled == {("team-a", "web2"), ("team-a", "twin")}
+    r.reconcile_once(snap, {("team-a", "twin")})
+    assert r.full_passes == 2  # not a partial compile that would let the twin win
+
+
+def test_changes_widen_the_scope_until_a_pass_takes_it():
+    r = Recorder()
+    r.scope = set()
+    r.changed("realservers", ("team-a", "a"), None, project("realservers", rs("a", "web1", "10.0.0.1")))
+    assert r.scope == {("team-a", "web1")}
+    r.changed("nodes", ("", "d1"), None, project("nodes", NODES[0]))
+    assert r.scope is None  # anything may change: full
+    r.changed("realservers", ("team-a", "b"), None, project("realservers", rs("b", "web2", "10.0.0.2")))
+    assert r.scope is None
+
+
+def test_caches_report_changes_only_after_the_first_list_and_diff_a_relist():
+    seen = []
+
+    async def go():
+        c = Caches((Kind("nodes"), Kind("namespaces")), on_change=lambda *a: seen.append(a[:2]))
+        c.apply("nodes", "ADDED", ("", "early"), {"metadata": {"name": "early"}})  # before listing: silent
+        c.replace("nodes", {("", "d1"): {"metadata": {"name": "d1"}}})
+        assert not c.ready.is_set()  # namespaces not listed yet
+        c.replace("namespaces", {})
+        assert c.ready.is_set()
+        c.apply("nodes", "MODIFIED", ("", "d1"), {"metadata": {"name": "d1", "labels": {"a": "b"}}})
+        c.apply("nodes", "MODIFIED", ("", "d1"), {"metadata": {"name": "d1", "labels": {"a": "b"}}})  # same
+        c.replace("nodes", {("", "d2"): {"metadata": {"name": "d2"}}})  # relist after 410: d1 gone, d2 new
+        return c
+
+    c = asyncio.run(go())
+    assert seen[0] == ("nodes", ("", "d1")) and len(seen) == 3
+    assert sorted(seen[1:]) == [("nodes", ("", "d1")), ("nodes", ("", "d2"))]
+    assert list(c.data["nodes"]) == [("", "d2")]
+
+
+def test_kind_paths():
+    assert Kind("nodes").path() == "/api/v1/nodes"
+    assert Kind("nodestates", C.GROUP, C.VERSION, NS).path() == f"/apis/{C.GROUP}/{C.VERSION}/namespaces/{NS}/nodestates"
