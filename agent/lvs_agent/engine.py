@@ -8,6 +8,13 @@ Recording the claim before applying means a crash mid-apply still knows its
 strays; settling afterwards drops whatever failed to appear. Drift is judged
 against the kernel as it is now. Nothing is ever flushed and nothing the
 ownership record does not list is changed or removed.
+
+``reconcile(spec, incremental=True)`` runs the same contract over only the
+services changed since the last reconcile (incremental.py): they alone are
+read from the kernel (one netlink get + dest dump each), planned
+(plan_services), claimed and settled, and their records merged back into the
+whole ownership record. It falls back to the full contract whenever the
+change may reach beyond those services' IPVS entries.
 """
 from __future__ import annotations
 
@@ -17,13 +24,16 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
-from lvs_model.nodespec import NodeSpec, ServiceKey, effective_sysctls, local_addresses
+from lvs_model.nodespec import NodeSpec, Service, ServiceKey, effective_sysctls, local_addresses
 
+from . import incremental as I
 from . import ops as O
 from .apply import Applier
-from .observe import IPVSTable, in_netns, observe, read_ipvs, resolve_default_uplink
-from .plan import NFT_FAMILY, NFT_TABLE, REPLY_TABLE_BASE, REPLY_TABLE_COUNT, Plan, claim, plan, settle
+from .observe import IPVSTable, in_netns, observe, read_ipvs, read_ipvs_services, resolve_default_uplink
+from .plan import (NFT_FAMILY, NFT_TABLE, REPLY_TABLE_BASE, REPLY_TABLE_COUNT, Plan, claim, claim_services,
+                   plan, plan_services, settle)
 from .state import Observed, Ownership, OwnershipStore
 
 log = logging.getLogger(__name__)
@@ -84,14 +94,6 @@ def kernel_forced(obs: Observed, spec: NodeSpec) -> Observed:
     return obs
 
 
-def _op_service(op: O.Op) -> ServiceKey | None:
-    if isinstance(op, (O.AddService, O.SetService, O.AddDest, O.SetDest)):
-        return op.service.key
-    if isinstance(op, (O.DelDest, O.DelService)):
-        return op.key
-    return None
-
-
 def build_report(spec: NodeSpec, p: Plan, results: list[tuple[O.Op, str | None]], uplink: str) -> Report:
     r = Report(results=results, problems=dict(p.problems), uplink=uplink)
     desired = {s.key for s in spec.services}
@@ -99,7 +101,7 @@ def build_report(spec: NodeSpec, p: Plan, results: list[tuple[O.Op, str | None]]
     for op, err in results:
         if not err:
             continue
-        k = _op_service(op)
+        k = O.service_key(op)
         line = f"{O.describe(op)}: {err}"
         if k is not None and k in desired:
             per_service.setdefault(k, []).append(line)
@@ -123,6 +125,7 @@ class Engine:
         self._lock = threading.RLock()
         self.last_table: IPVSTable | None = None
         self._owned: tuple[tuple | None, Ownership] | None = None
+        self._memory: I.Memory | None = None  # the last reconcile, for incremental ones
 
     # -- ownership record ----------------------------------------------------
     def _file_sig(self) -> tuple | None:
@@ -209,25 +212,75 @@ class Engine:
             obs, _, uplink = self._observe(spec, owned)
             return plan(spec, obs, owned, uplink), obs, owned, uplink
 
-    def reconcile(self, spec: NodeSpec) -> Report:
+    def reconcile(self, spec: NodeSpec, incremental: bool = False) -> Report:
+        """Make the kernel match ``spec``. ``incremental``: re-read and re-plan
+        only the services changed since the last reconcile (incremental.py
+        says which, or why this one must be full); drift elsewhere waits for
+        the next full reconcile."""
         started = time.monotonic()
         with self._lock:
             owned = self.load_owned()
-            obs, _, uplink = self._observe(spec, owned)
-            p = plan(spec, obs, owned, uplink)
-            claimed = claim(owned, p, obs, spec, uplink)
-            if claimed != owned:
-                self.save_owned(claimed)
-            results = self.applier.apply(p.ops) if p.ops else []
-            settled = settle(claimed, results)
-            if settled != claimed:
-                self.save_owned(settled)
-            report = build_report(spec, p, results, uplink)
+            mem, self._memory = self._memory, None  # kept again only on success
+            d = I.delta(mem, spec, self._owned[0] if self._owned else None) if incremental else None
+            if d is None or d.full:
+                if d is not None:
+                    log.debug("full reconcile: %s", d.full)
+                report, p, uplink = self._reconcile_full(spec, owned)
+                side = I.node_side(spec, uplink)
+            else:
+                report, p = self._reconcile_services(spec, d.keys, owned, mem)
+                uplink, side = mem.uplink, mem.node_side
+            retry = I.retry_after(p, report.results)
+            if retry is not None:
+                self._memory = I.Memory(spec, uplink, side, self._owned[0] if self._owned else None, retry)
         report.duration = time.monotonic() - started
         if report.failed or report.problems:
-            log.warning("reconcile: %d ops, %d failed, %d problems", len(results),
+            log.warning("reconcile: %d ops, %d failed, %d problems", len(report.results),
                         len(report.failed), len(report.problems))
         return report
+
+    def _reconcile_full(self, spec: NodeSpec, owned: Ownership) -> tuple[Report, Plan, str]:
+        obs, _, uplink = self._observe(spec, owned)
+        p = plan(spec, obs, owned, uplink)
+        results = self._claim_apply_settle(p, owned, claim(owned, p, obs, spec, uplink))
+        return build_report(spec, p, results, uplink), p, uplink
+
+    def _reconcile_services(self, spec: NodeSpec, keys: frozenset[ServiceKey], owned: Ownership,
+                            mem: I.Memory) -> tuple[Report, Plan]:
+        """The full contract, restricted to ``keys``: only those services are
+        read, planned, claimed and settled; the rest of the record is kept."""
+        if not keys:
+            return build_report(spec, Plan(), [], mem.uplink), Plan()
+        want = tuple(s for s in spec.services if s.key in keys)
+        obs = Observed(services=self._read_services(keys))
+        kernel_forced(obs, NodeSpec(services=want))
+        part = I.restrict_owned(owned, keys)
+        p = plan_services(want, obs.services, part)
+        results = self._claim_apply_settle(p, part, claim_services(part, p, obs, want),
+                                           lambda rec: I.merge_owned(owned, rec, keys))
+        return build_report(spec, p, results, mem.uplink), p
+
+    def _read_services(self, keys: frozenset[ServiceKey]) -> dict[ServiceKey, Service]:
+        conn = self.applier.batch_conn()
+        try:
+            return read_ipvs_services(self.netns, keys, conn=conn)
+        except OSError:
+            if conn is None:
+                raise
+            self.applier.close()  # a broken fast socket: once more through a fresh one
+            return read_ipvs_services(self.netns, keys, conn=self.applier.batch_conn())
+
+    def _claim_apply_settle(self, p: Plan, owned: Ownership, claimed: Ownership,
+                            whole: Callable[[Ownership], Ownership] = lambda rec: rec) -> list:
+        """Save the claim, apply, save what settled; each save only if the
+        record changed (``whole``: the record to save for a partial one)."""
+        if claimed != owned:
+            self.save_owned(whole(claimed))
+        results = self.applier.apply(p.ops) if p.ops else []
+        settled = settle(claimed, results)
+        if settled != claimed:
+            self.save_owned(whole(settled))
+        return results
 
     def close(self) -> None:
         self.applier.close()

@@ -372,6 +372,16 @@ def read_ipvs(netns: str | None = None, *, with_stats: bool = False, ipvs=None,
             ipvs.close()
 
 
+def read_ipvs_services(netns: str | None, keys: Iterable[ServiceKey], *, conn=None) -> dict[ServiceKey, Service]:
+    """Only the services ``keys`` (those present), with their dests: through
+    ``conn`` (a netlink_batch connection) one get and one dest dump each;
+    without it, the whole table read and cut down (the pyroute2 path)."""
+    if conn is not None:
+        return conn.read_services(keys)
+    keys = set(keys)
+    return {k: s for k, s in read_ipvs(netns, fast=False, runtime=False).services.items() if k in keys}
+
+
 # --------------------------------------------------------------------------
 # Links, addresses, routes
 # --------------------------------------------------------------------------

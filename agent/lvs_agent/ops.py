@@ -145,6 +145,16 @@ NFT_OPS = (ReplaceNftTable, DelNftTable)
 IPVS_OPS = (AddService, SetService, DelService, AddDest, SetDest, DelDest)
 
 
+def service_key(op: Op):
+    """The IPVS service an op acts on (None: not an IPVS op)."""
+    match op:
+        case AddService(s) | SetService(s) | AddDest(s, _) | SetDest(s, _):
+            return s.key
+        case DelDest(k, _) | DelService(k):
+            return k
+    return None
+
+
 def describe(op: Op) -> str:
     """One line, ipvsadm-flavoured, for logs and `lvsctl apply --dry-run`."""
     match op:

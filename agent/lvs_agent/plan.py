@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
-from lvs_model.nodespec import DIRECTOR_DEVICE, NodeSpec, ServiceKey, effective_sysctls, local_addresses
+from lvs_model.nodespec import DIRECTOR_DEVICE, NodeSpec, Service, ServiceKey, effective_sysctls, local_addresses
 
 from . import ops as O
 from .state import NftTable, Observed, Ownership, RouteKey, RuleKey
@@ -206,9 +207,27 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
         removals.append(O.DelNftTable(*tkey))
 
     # IPVS services and their dests.
-    for svc in desired.services:
+    sp = plan_services(desired.services, observed.services, owned)
+    p.ops.extend(sp.ops)
+    p.problems.update(sp.problems)
+
+    p.ops.extend(removals)
+    return p
+
+
+def plan_services(desired: Iterable[Service], observed: Mapping[ServiceKey, Service],
+                  owned: Ownership) -> Plan:
+    """The IPVS part of `plan`: services and dests only.
+
+    Deletes only services the ownership record lists and ``observed`` holds,
+    and dests the record lists: given a spec, an observed table and a record
+    all restricted to the same keys it touches nothing else (the incremental
+    reconcile relies on that)."""
+    p = Plan()
+    desired = tuple(desired)
+    for svc in desired:
         k = svc.key
-        have = observed.services.get(k)
+        have = observed.get(k)
         if have is None:
             p.ops.append(O.AddService(svc))
             p.ops.extend(O.AddDest(svc, d) for d in svc.dests)
@@ -230,12 +249,10 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
         mine = owned.dests.get(k, set())
         p.ops.extend(O.DelDest(k, dk) for dk in sorted(have_dests)
                      if dk not in wanted and dk in mine)
-    desired_keys = {s.key for s in desired.services}
+    desired_keys = {s.key for s in desired}
     for k in sorted(owned.services):
-        if k not in desired_keys and k in observed.services:
+        if k not in desired_keys and k in observed:
             p.ops.append(O.DelService(k))
-
-    p.ops.extend(removals)
     return p
 
 
@@ -246,12 +263,7 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
     that then fails is dropped again by `settle`. Records of objects that are
     neither wanted nor in the kernel any more are forgotten here.
     """
-    own = owned.copy()
-    want_keys = {s.key for s in desired.services}
-    for k in list(own.services):
-        if k not in want_keys and k not in observed.services:
-            own.services.discard(k)
-            own.dests.pop(k, None)
+    own = _forget_services(owned.copy(), desired.services, observed)
     want_sysctl = effective_sysctls(desired, uplink)
     for n, original in list(own.sysctls.items()):
         if n not in want_sysctl and (original is None or observed.sysctls.get(n) == original):
@@ -265,6 +277,27 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
     own.routes = {r for r in own.routes if r in want_routes or r in observed.routes}
     want_nft = snat_table(desired) is not None
     own.nft_tables = {t for t in own.nft_tables if want_nft or t in observed.nft_tables}
+    return _record(own, p, observed)
+
+
+def claim_services(owned: Ownership, p: Plan, observed: Observed, desired: Iterable[Service]) -> Ownership:
+    """`claim` for a `plan_services` plan: the IPVS records only (every other
+    record is left as it is, whatever ``observed`` says of links or sysctls)."""
+    return _record(_forget_services(owned.copy(), desired, observed), p, observed)
+
+
+def _forget_services(own: Ownership, desired: Iterable[Service], observed: Observed) -> Ownership:
+    """Drop (in place) records of services neither wanted nor in the kernel."""
+    want_keys = {s.key for s in desired}
+    for k in list(own.services):
+        if k not in want_keys and k not in observed.services:
+            own.services.discard(k)
+            own.dests.pop(k, None)
+    return own
+
+
+def _record(own: Ownership, p: Plan, observed: Observed) -> Ownership:
+    """Add (in place) everything the plan's ops may create."""
     for op in p.ops:
         match op:
             case O.AddService(s):
@@ -339,5 +372,5 @@ def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Owners
     return own
 
 
-__all__ = ["Plan", "plan", "claim", "settle", "reply_routing", "snat_table", "DIRECTOR_DEVICE",
+__all__ = ["Plan", "plan", "plan_services", "claim", "claim_services", "settle", "reply_routing", "snat_table", "DIRECTOR_DEVICE",
            "REPLY_TABLE_BASE", "REPLY_RULE_PRIORITY", "NFT_FAMILY", "NFT_TABLE"]

@@ -1,0 +1,274 @@
+"""Incremental reconcile, pure parts: which services to re-plan or why not
+(incremental.delta), and that re-planning only those gives the kernel and the
+ownership record a full reconcile would, never touching anything else."""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lvs_agent import ops as O
+from lvs_agent.incremental import (Memory, changed_services, delta, merge_owned, node_side, restrict_owned,
+                                   retry_after)
+from lvs_agent.plan import Plan, claim_services, plan_services, settle
+from lvs_agent.state import Observed, Ownership
+from lvs_model.nodespec import BackendVip, Dest, DestKey, LocalAddress, NodeSpec, ReplyRoute, Service
+
+from test_plan import foreign_kernel, nat_service, reconcile, simulate
+
+SIG = (1, 2, 3)
+UPLINK = "eth0"
+
+
+def remember(spec: NodeSpec, retry=frozenset()) -> Memory:
+    return Memory(spec, UPLINK, node_side(spec, UPLINK), SIG, frozenset(retry))
+
+
+def base() -> NodeSpec:
+    return NodeSpec(node="n1", services=(nat_service(80), nat_service(81), nat_service(82)),
+                    director_addresses=(LocalAddress("192.168.0.30"),))
+
+
+def reweighted(spec: NodeSpec, i: int, weight: int) -> NodeSpec:
+    svcs = list(spec.services)
+    s = svcs[i]
+    svcs[i] = replace(s, dests=(replace(s.dests[0], weight=weight),) + s.dests[1:])
+    return replace(spec, services=tuple(svcs))
+
+
+# ---- changed_services ---------------------------------------------------------
+
+def test_changed_services_added_removed_and_different():
+    a, b, c = nat_service(80), nat_service(81), nat_service(82)
+    b2 = replace(b, scheduler="wlc")
+    assert changed_services([a, b], [a, b]) == frozenset()
+    assert changed_services([a, b], [b, a]) == frozenset()  # order is not a change
+    assert changed_services([a], [a, c]) == {c.key}
+    assert changed_services([a, c], [a]) == {c.key}
+    assert changed_services([a, b], [a, b2]) == {b.key}
+    assert changed_services([a, b], [copy.deepcopy(a), b]) == frozenset()  # equal, not identical
+    assert changed_services((s for s in [a]), (s for s in [b])) == {a.key, b.key}  # iterators
+
+
+@pytest.mark.parametrize("field", ["name", "health", "snat", "persistence_timeout", "one_packet"])
+def test_any_service_field_is_a_change(field):
+    s = nat_service(80)
+    changed = {"name": "ns/x", "health": replace(s.health, type="tcp"), "snat": True,
+               "persistence_timeout": 60, "one_packet": True}[field]
+    assert changed_services([s], [replace(s, **{field: changed})]) == {s.key}
+
+
+# ---- delta: when incremental, which keys ----------------------------------------
+
+def test_no_memory_is_full():
+    assert delta(None, base(), SIG).full
+
+
+def test_same_spec_is_nothing_to_do():
+    d = delta(remember(base()), base(), SIG)
+    assert not d.full and d.keys == frozenset()
+
+
+def test_one_weight_is_one_key():
+    spec = base()
+    d = delta(remember(spec), reweighted(spec, 1, 5), SIG)
+    assert not d.full and d.keys == {spec.services[1].key}
+
+
+def test_added_and_removed_services_are_keys():
+    spec = base()
+    new = replace(spec, services=spec.services[1:] + (nat_service(90),))
+    d = delta(remember(spec), new, SIG)
+    assert d.keys == {spec.services[0].key, nat_service(90).key}
+
+
+def test_retry_keys_are_replanned_with_the_changes():
+    spec = base()
+    stuck = spec.services[2].key
+    d = delta(remember(spec, {stuck}), reweighted(spec, 0, 4), SIG)
+    assert d.keys == {spec.services[0].key, stuck}
+    assert delta(remember(spec, {stuck}), spec, SIG).keys == {stuck}
+
+
+@pytest.mark.parametrize("sig", [None, (9, 9, 9)])
+def test_ownership_file_changed_is_full(sig):
+    assert "ownership" in delta(remember(base()), reweighted(base(), 0, 2), sig).full
+
+
+@pytest.mark.parametrize("change", [
+    {"director_addresses": (LocalAddress("192.168.0.99"),)},
+    {"director_addresses": ()},
+    {"backend_vips": (BackendVip("192.168.1.3", "tun"),)},
+    {"uplink": "eth1"},
+    {"sysctls": (("net.ipv4.vs.conn_reuse_mode", "0"),)},
+    {"reply_routes": (ReplyRoute("10.0.0.51", 80, "tcp", ("10.0.0.1",)),)},
+    {"node": "n2"},
+])
+def test_non_service_change_is_full(change):
+    spec = base()
+    new = replace(reweighted(spec, 0, 3), **change)
+    assert "non-service" in delta(remember(spec), new, SIG).full
+
+
+def test_duplicate_service_key_is_full():
+    spec = base()
+    new = replace(spec, services=spec.services + (spec.services[0],))
+    assert "twice" in delta(remember(spec), new, SIG).full
+
+
+@pytest.mark.parametrize("old_snat,new_snat", [(True, False), (False, True), (True, True)])
+def test_changed_snat_service_is_full(old_snat, new_snat):
+    spec = base()
+    old = replace(spec, services=(replace(spec.services[0], snat=old_snat),) + spec.services[1:])
+    new = replace(reweighted(old, 0, 7), services=(replace(reweighted(old, 0, 7).services[0], snat=new_snat),)
+                  + spec.services[1:])
+    assert "SNAT" in delta(remember(old), new, SIG).full
+
+
+def test_unchanged_snat_service_does_not_force_full():
+    spec = base()
+    spec = replace(spec, services=(replace(spec.services[0], snat=True),) + spec.services[1:])
+    d = delta(remember(spec), reweighted(spec, 2, 9), SIG)
+    assert not d.full and d.keys == {spec.services[2].key}
+
+
+def test_service_change_that_changes_sysctls_is_full():
+    # Only DR dests: no ip_forward. The first NAT dest needs it: full.
+    dr = replace(nat_service(80), dests=(Dest("10.0.0.51", 80, method="dr"),))
+    spec = NodeSpec(services=(dr,))
+    new = NodeSpec(services=(replace(dr, dests=(Dest("10.0.0.51", 80, method="nat"),)),))
+    assert "besides IPVS" in delta(remember(spec), new, SIG).full
+    # The first service ever (expire_nodest_conn) and the last one gone: full too.
+    assert delta(remember(NodeSpec()), NodeSpec(services=(dr,)), SIG).full
+    assert delta(remember(spec), NodeSpec(), SIG).full
+
+
+def test_memory_with_another_uplink_compares_against_its_own():
+    spec = NodeSpec(services=(nat_service(80),), backend_vips=(BackendVip("192.168.1.3", "dr"),))
+    mem = Memory(spec, "eth1", node_side(spec, "eth1"), SIG)
+    d = delta(mem, reweighted(spec, 0, 2), SIG)
+    assert not d.full and d.keys == {spec.services[0].key}
+
+
+# ---- retry_after ------------------------------------------------------------------
+
+def test_retry_after_collects_problems_and_failed_ipvs_ops():
+    a, b = nat_service(80), nat_service(81)
+    p = Plan(problems={a.key: "foreign"})
+    results = [(O.SetDest(b, b.dests[0]), "ENOENT: gone"), (O.DelService(nat_service(82).key), None)]
+    assert retry_after(p, results) == {a.key, b.key}
+    assert retry_after(Plan(), [(O.DelService(a.key), "EBUSY: x")]) == {a.key}
+    assert retry_after(Plan(), []) == frozenset()
+
+
+def test_failed_non_ipvs_op_forgets_the_memory():
+    assert retry_after(Plan(), [(O.SetSysctl("net.ipv4.ip_forward", "1"), "EACCES: no")]) is None
+    assert retry_after(Plan(), [(O.AddLink("lvs0", "dummy"), None)]) == frozenset()
+
+
+# ---- restrict / merge -----------------------------------------------------------------
+
+def owned_three() -> Ownership:
+    ks = [nat_service(p).key for p in (80, 81, 82)]
+    return Ownership(services=set(ks), dests={k: {DestKey("10.0.0.51", 80)} for k in ks},
+                     addresses={("lvs0", "192.168.0.30")}, links={"lvs0": "created"},
+                     sysctls={"net.ipv4.ip_forward": "0"})
+
+
+def test_restrict_keeps_only_those_ipvs_records():
+    own = owned_three()
+    k = nat_service(81).key
+    part = restrict_owned(own, {k, nat_service(99).key})
+    assert part == Ownership(services={k}, dests={k: {DestKey("10.0.0.51", 80)}})
+    part.dests[k].add(DestKey("x", 1))
+    assert DestKey("x", 1) not in own.dests[k]  # a copy
+
+
+def test_merge_of_restricted_is_identity_and_replaces_only_keys():
+    own = owned_three()
+    before = copy.deepcopy(own)
+    k81, k82, k99 = nat_service(81).key, nat_service(82).key, nat_service(99).key
+    keys = {k81, k82, k99}
+    assert merge_owned(own, restrict_owned(own, keys), keys) == own
+    part = Ownership(services={k99}, dests={k99: {DestKey("10.0.0.9", 80)}, k81: {DestKey("10.0.0.7", 80)}})
+    m = merge_owned(own, part, keys)
+    assert m.services == {nat_service(80).key, k99}
+    assert m.dests == {nat_service(80).key: {DestKey("10.0.0.51", 80)}, k99: {DestKey("10.0.0.9", 80)},
+                       k81: {DestKey("10.0.0.7", 80)}}
+    assert (m.addresses, m.links, m.sysctls) == (own.addresses, own.links, own.sysctls)
+    assert own == before  # inputs untouched
+
+
+# ---- property: incremental == full on a simulated kernel ------------------------------
+
+def reconcile_services(spec: NodeSpec, kernel: Observed, owned: Ownership, keys):
+    """What Engine._reconcile_services does, on the simulated kernel."""
+    want = tuple(s for s in spec.services if s.key in keys)
+    obs = Observed(services={k: s for k, s in kernel.services.items() if k in keys})
+    part = restrict_owned(owned, keys)
+    p = plan_services(want, obs.services, part)
+    claimed = claim_services(part, p, obs, want)
+    results = simulate(kernel, p.ops)
+    return p, results, merge_owned(owned, settle(claimed, results), keys)
+
+
+dest_st = st.builds(Dest, st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]), st.just(80),
+                    st.integers(0, 3), st.sampled_from(["nat", "dr"]))
+svc_st = st.builds(
+    lambda port, sched, snat, dests: Service(address="192.168.0.30", port=port, scheduler=sched, snat=snat,
+                                             dests=tuple({d.key: d for d in dests}.values())),
+    st.sampled_from([80, 81, 82, 443]), st.sampled_from(["rr", "wlc"]), st.sampled_from([False, False, True]),
+    st.lists(dest_st, max_size=3))
+services_st = st.lists(svc_st, max_size=4).map(lambda ss: tuple({s.key: s for s in ss}.values()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(services_st, min_size=2, max_size=5))
+def test_incremental_gives_what_full_gives_and_touches_only_changed_keys(seq):
+    # One world reconciles fully every time, the other incrementally when delta allows.
+    full_k, inc_k = foreign_kernel(), foreign_kernel()
+    # A foreign service holding a key the specs may ask for (port 443).
+    for k in (full_k, inc_k):
+        held = Service(address="192.168.0.30", port=443, scheduler="sh", dests=(Dest("10.9.9.9", 443),))
+        k.services[held.key] = held
+    foreign = dict(inc_k.services)
+    full_own = inc_own = Ownership()
+    mem = None
+    for services in seq:
+        spec = NodeSpec(services=services)
+        _, full_own = reconcile(spec, full_k, full_own, UPLINK)
+        d = delta(mem, spec, SIG)
+        if d.full:
+            p, inc_own = reconcile(spec, inc_k, inc_own, UPLINK)
+            results = [(op, None) for op in p.ops]  # the simulated kernel refuses nothing here
+        else:
+            p, results, inc_own = reconcile_services(spec, inc_k, inc_own, d.keys)
+            assert {O.service_key(op) for op in p.ops} <= d.keys
+        assert inc_k.services == full_k.services
+        assert inc_own == full_own
+        for k, s in foreign.items():
+            assert inc_k.services[k] == s
+        retry = retry_after(p, results)
+        assert retry is not None
+        mem = remember(spec, retry)
+        assert {k for k in retry} == {k for k in p.problems}
+
+
+def test_foreign_key_is_retried_until_it_is_free():
+    kernel, owned = foreign_kernel(), Ownership()
+    foreign_key = next(iter(kernel.services))
+    ours = Service(address=foreign_key.address, port=foreign_key.port, scheduler="rr",
+                   dests=(Dest("10.0.0.5", 443),))
+    spec = NodeSpec(services=(nat_service(80), ours))
+    p, owned = reconcile(spec, kernel, owned, UPLINK)
+    mem = remember(spec, retry_after(p, []))
+    assert mem.retry == {foreign_key}
+    # The foreign service goes; the spec does not change: the key is re-planned.
+    del kernel.services[foreign_key]
+    d = delta(mem, spec, SIG)
+    assert d.keys == {foreign_key}
+    p, results, owned = reconcile_services(spec, kernel, owned, d.keys)
+    assert [type(op) for op in p.ops] == [O.AddService, O.AddDest]
+    assert foreign_key in owned.services and retry_after(p, results) == frozenset()
