@@ -17,8 +17,8 @@ def spec(doc: dict) -> NodeSpec:
     return s
 
 
-def reconcile_ok(engine: Engine, doc: dict):
-    r = engine.reconcile(spec(doc))
+def reconcile_ok(engine: Engine, doc: dict, incremental: bool = False):
+    r = engine.reconcile(spec(doc), incremental=incremental)
     assert r.ok, (r.service_errors, r.problems, r.errors)
     return r
 
