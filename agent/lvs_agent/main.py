@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .health import HealthChecker, effective_spec
-from .nodestate import GROUP, PLURAL, VERSION, build_status, merge, node_selector, status_changed
+from .nodestate import (GROUP, PLURAL, VERSION, StatusInputs, build_status, merge, node_selector, stale_statuses,
+                        status_changed)
 
 log = logging.getLogger("lvs-agent")
 
@@ -60,6 +61,14 @@ class Agent:
         self.reconcile_errors = 0
         self.last_duration = 0.0
         self._last_status_write: dict[str, float] = {}
+        self._last_full: float | None = None  # monotonic time of the last full reconcile
+        self._conns: dict = {}
+        self._conns_at: float | None = None
+        # Statuses to rebuild: objects the watch changed (None: all of them),
+        # and the inputs the last statuses were built from.
+        self._dirty: set[str] | None = None
+        self._dirty_lock = threading.Lock()
+        self._status_inputs: StatusInputs | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
@@ -68,6 +77,19 @@ class Agent:
     def wake(self) -> None:
         if self._loop and self._wake:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _touch(self, name: str | None = None) -> None:
+        """Mark an object's status for rebuilding (None: every object's)."""
+        with self._dirty_lock:
+            if name is None or self._dirty is None:
+                self._dirty = None
+            else:
+                self._dirty.add(name)
+
+    def _take_dirty(self) -> set[str] | None:
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+            return dirty
 
     def _load_cache(self) -> None:
         try:
@@ -92,6 +114,7 @@ class Agent:
                 listed = self.api.list_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, PLURAL, label_selector=selector)
                 self.objects = {o["metadata"]["name"]: o for o in listed["items"]}
+                self._touch()
                 self.synced = True
                 self._save_cache()
                 self.wake()
@@ -114,6 +137,7 @@ class Agent:
                         self.objects.pop(name, None)
                     else:
                         self.objects[name] = obj
+                    self._touch(name)
                     self._save_cache()
                     self.wake()
             except Exception as e:  # noqa: BLE001 - any API failure means: back off, keep the kernel
@@ -122,12 +146,23 @@ class Agent:
                 time.sleep(delay)
 
     # -- reconcile -----------------------------------------------------------
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self, full: bool = True) -> None:
+        """One reconcile and the statuses it may change. ``full=False``: the
+        engine re-plans only the services changed since the last reconcile
+        (watch events, health flips); a full one also repairs drift."""
         merged = merge(self.objects, self.node)
         self.checker.update(merged.spec)
+        programmed = effective_spec(merged.spec, self.checker.verdicts)
         started = time.monotonic()
+        if full:
+            # Even if it fails: the engine goes full by itself after a failure,
+            # and the loop must not spin on a failing reconcile.
+            self._last_full = started
         try:
-            report = await asyncio.to_thread(self.engine.reconcile, effective_spec(merged.spec, self.checker.verdicts))
+            if full:
+                report = await asyncio.to_thread(self.engine.reconcile, programmed)
+            else:
+                report = await asyncio.to_thread(self.engine.reconcile, programmed, incremental=True)
             self.reconciles += 1
         except Exception:  # noqa: BLE001
             self.reconcile_errors += 1
@@ -145,17 +180,33 @@ class Agent:
         errors = dict(getattr(report, "service_errors", {}) or {})
         for key, why in (getattr(report, "problems", {}) or {}).items():
             errors.setdefault(key, why)
-        try:
-            conns = await asyncio.to_thread(self.engine.connections)
-        except Exception:  # noqa: BLE001
-            conns = {}
-        programmed = effective_spec(merged.spec, self.checker.verdicts)
+        # Connection counts take a read of the whole table: on full
+        # reconciles, else at most every conn_status_interval.
+        now = time.monotonic()
+        fresh_conns = full or self._conns_at is None or now - self._conns_at >= self.conn_status_interval
+        if fresh_conns:
+            try:
+                self._conns = await asyncio.to_thread(self.engine.connections)
+            except Exception:  # noqa: BLE001 - keep the last counts
+                log.debug("connection counts not read", exc_info=True)
+            self._conns_at = now
         checked = {s.key for s in merged.spec.services if self.checker.checked(s.key)}
-        await asyncio.to_thread(self._write_statuses, merged, programmed, errors, checked, conns)
+        inputs = StatusInputs(dict(merged.owner), errors, dict(merged.errors),
+                              {k: v.state for k, v in self.checker.verdicts.items()})
+        dirty = self._take_dirty()
+        if dirty is not None and not fresh_conns and self._status_inputs is not None:
+            names: set[str] | None = dirty | stale_statuses(self._status_inputs, inputs)
+        else:
+            names = None  # all
+        self._status_inputs = inputs
+        await asyncio.to_thread(self._write_statuses, merged, programmed, errors, checked, self._conns, names)
 
-    def _write_statuses(self, merged, programmed, errors, checked, conns) -> None:
+    def _write_statuses(self, merged, programmed, errors, checked, conns, names: set[str] | None = None) -> None:
+        """Write the statuses of ``names`` (None: every object) that changed."""
         now = time.monotonic()
         for name, obj in list(self.objects.items()):
+            if names is not None and name not in names:
+                continue
             status = build_status(name, obj, merged, programmed, errors, self.checker.verdicts, checked, conns, _now())
             old = obj.get("status")
             if not status_changed(old, status):
@@ -170,6 +221,12 @@ class Agent:
                 self._last_status_write[name] = now
             except Exception as e:  # noqa: BLE001
                 log.warning("status of %s not written: %s", name, e)
+                self._touch(name)  # retried on the next pass
+
+    def _until_full(self) -> float:
+        if self._last_full is None:
+            return 0.0
+        return max(0.0, self.resync - (time.monotonic() - self._last_full))
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -181,13 +238,16 @@ class Agent:
             if not self.synced:
                 self._load_cache()
         while not self.stopping:
+            # Woken by a watch event or a health flip: incremental. The first
+            # reconcile, and one every `resync` seconds whatever happens, is
+            # full: that is what finds and repairs drift.
             try:
-                await asyncio.wait_for(self._wake.wait(), self.resync)
+                await asyncio.wait_for(self._wake.wait(), self._until_full() if self.synced else self.resync)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
             if self.synced and not self.stopping:
-                await self.reconcile_once()
+                await self.reconcile_once(full=self._until_full() == 0.0)
         await self.checker.stop()
 
 

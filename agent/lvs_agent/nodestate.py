@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION, label_value
 from lvs_model.errors import FieldError
-from lvs_model.nodespec import NodeSpec, ServiceKey, parse_node_spec
+from lvs_model.nodespec import DestKey, NodeSpec, ServiceKey, parse_node_spec
 
 from .health import Verdicts, dest_health
 
@@ -100,6 +100,39 @@ def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: 
         "conditions": [condition("Programmed", not errs, "Applied" if not errs else "Failed",
                                  "; ".join(errs) or "all services programmed", gen, now, prev)],
     }
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    """What the statuses are built from besides the objects themselves and the
+    connection counts: compared between two passes to rebuild only the
+    statuses that may differ (at 10k objects, building them all is seconds)."""
+
+    owner: Mapping[ServiceKey, str] = field(default_factory=dict)  # service -> object name
+    errors: Mapping[ServiceKey, str] = field(default_factory=dict)  # service -> why not programmed
+    merge_errors: Mapping[str, Any] = field(default_factory=dict)  # object name -> its spec errors
+    health: Mapping[tuple[ServiceKey, DestKey], str] = field(default_factory=dict)  # dest -> state
+
+
+def _changed_keys(a: Mapping, b: Mapping) -> set:
+    if a == b:
+        return set()
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def stale_statuses(prev: StatusInputs, cur: StatusInputs) -> set[str]:
+    """Names of the objects whose status may differ between ``prev`` and
+    ``cur``: a service changing hands, an error or a dest's health changing."""
+    out: set[str | None] = set()
+    for k in _changed_keys(prev.owner, cur.owner):
+        out |= {prev.owner.get(k), cur.owner.get(k)}
+    for k in _changed_keys(prev.errors, cur.errors):
+        out |= {prev.owner.get(k), cur.owner.get(k)}
+    out |= _changed_keys(prev.merge_errors, cur.merge_errors)
+    for skey, _ in _changed_keys(prev.health, cur.health):
+        out |= {prev.owner.get(skey), cur.owner.get(skey)}
+    out.discard(None)
+    return out  # type: ignore[return-value]
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

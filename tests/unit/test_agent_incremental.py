@@ -1,0 +1,158 @@
+"""The agent loop with an incremental engine: watch wake-ups reconcile
+incrementally, resyncs fully; connection counts and statuses are refreshed
+only where they may have changed (stale_statuses)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+from lvs_agent.main import Agent
+from lvs_agent.nodestate import StatusInputs, stale_statuses
+from lvs_model.nodespec import DestKey, ServiceKey
+
+K1 = ServiceKey("ipv4", "tcp", "10.0.0.1", 80)
+K2 = ServiceKey("ipv4", "tcp", "10.0.0.2", 80)
+D = DestKey("10.1.0.1", 80)
+
+
+# ---- stale_statuses -------------------------------------------------------------------
+
+def test_same_inputs_nothing_stale():
+    a = StatusInputs({K1: "a", K2: "b"}, {K2: "boom"}, {"c": ["bad"]}, {(K1, D): "Healthy"})
+    assert stale_statuses(a, StatusInputs(dict(a.owner), dict(a.errors), dict(a.merge_errors),
+                                          dict(a.health))) == set()
+
+
+def test_each_input_marks_its_owner():
+    base = StatusInputs({K1: "a", K2: "b"})
+    assert stale_statuses(base, StatusInputs({K1: "a", K2: "c"})) == {"b", "c"}  # changed hands
+    assert stale_statuses(base, StatusInputs({K1: "a"})) == {"b"}  # service gone
+    assert stale_statuses(base, StatusInputs(base.owner, {K1: "EEXIST"})) == {"a"}  # error appears
+    assert stale_statuses(StatusInputs(base.owner, {K1: "x"}), base) == {"a"}  # and goes
+    assert stale_statuses(base, StatusInputs(base.owner, merge_errors={"z": ["bad"]})) == {"z"}
+    assert stale_statuses(base, StatusInputs(base.owner, health={(K2, D): "Unhealthy"})) == {"b"}
+    # An error for a key nobody owns any more marks nobody.
+    assert stale_statuses(StatusInputs({}, {K1: "x"}), StatusInputs()) == set()
+
+
+# ---- the loop -------------------------------------------------------------------------
+
+class FakeEngine:
+    netns = None
+
+    def __init__(self):
+        self.calls: list[bool] = []
+        self.conn_reads = 0
+        self.fail_for: set = set()
+
+    def reconcile(self, spec, incremental: bool = False):
+        self.calls.append(incremental)
+        errs = {s.key: "EEXIST: File exists" for s in spec.services if s.address in self.fail_for}
+        return SimpleNamespace(ops=[], failed=[], service_errors=errs, problems={})
+
+    def connections(self):
+        self.conn_reads += 1
+        return {}
+
+
+class FakeApi:
+    def __init__(self):
+        self.patched: list[str] = []
+        self.broken: set[str] = set()
+
+    def patch_namespaced_custom_object_status(self, group, version, ns, plural, name, body):
+        if name in self.broken:
+            raise RuntimeError("API down")
+        self.patched.append(name)
+
+
+def obj(name: str, vip: str, weight: int = 1, generation: int = 1) -> dict:
+    return {"metadata": {"name": name, "generation": generation},
+            "spec": {"services": [{"address": vip, "port": 80, "scheduler": "rr",
+                                   "dests": [{"address": "10.1.0.1", "port": 80, "weight": weight}]}]}}
+
+
+def agent(tmp_path: Path) -> tuple[Agent, FakeEngine, FakeApi]:
+    eng, api = FakeEngine(), FakeApi()
+    a = Agent("n1", "kube-lvs-system", eng, api, tmp_path / "cache.json", resync=30.0,
+              conn_status_interval=30.0)
+    a.objects = {f"o{i}": obj(f"o{i}", f"10.0.0.{i}") for i in range(1, 4)}
+    a._touch()
+    return a, eng, api
+
+
+def test_full_then_incremental_passes_touch_only_what_changed(tmp_path):
+    a, eng, api = agent(tmp_path)
+
+    async def go():
+        await a.reconcile_once(full=True)
+        assert eng.calls == [False] and eng.conn_reads == 1
+        assert sorted(api.patched) == ["o1", "o2", "o3"]  # first statuses: all
+        api.patched.clear()
+        # A watch event changes o2: incremental, no table read, only o2's status.
+        a.objects["o2"] = obj("o2", "10.0.0.2", weight=5, generation=2)
+        a._touch("o2")
+        await a.reconcile_once(full=False)
+        assert eng.calls == [False, True] and eng.conn_reads == 1
+        assert api.patched == ["o2"]
+        api.patched.clear()
+        # The engine now fails o3's service: o3's status, though nobody touched o3.
+        eng.fail_for = {"10.0.0.3"}
+        await a.reconcile_once(full=False)
+        assert api.patched == ["o3"] and eng.conn_reads == 1
+        st = a.objects["o3"]["status"]
+        assert st["services"][0]["programmed"] is False and "EEXIST" in st["services"][0]["error"]
+        api.patched.clear()
+        # A resync: full, connection counts read, every status looked at (none changed).
+        await a.reconcile_once(full=True)
+        assert eng.calls[-1] is False and eng.conn_reads == 2 and api.patched == []
+    asyncio.run(go())
+
+
+def test_failed_status_write_is_retried_on_the_next_pass(tmp_path):
+    a, eng, api = agent(tmp_path)
+
+    async def go():
+        api.broken = {"o1"}
+        await a.reconcile_once(full=True)
+        assert sorted(api.patched) == ["o2", "o3"]
+        api.broken, api.patched = set(), []
+        await a.reconcile_once(full=False)
+        assert api.patched == ["o1"]
+    asyncio.run(go())
+
+
+def test_connection_counts_refresh_at_most_every_interval(tmp_path):
+    a, eng, _ = agent(tmp_path)
+    a.conn_status_interval = 0.0
+
+    async def go():
+        await a.reconcile_once(full=True)
+        await a.reconcile_once(full=False)
+        assert eng.conn_reads == 2  # interval passed: read again, even incrementally
+    asyncio.run(go())
+
+
+def test_loop_first_pass_is_full_then_wakeups_are_incremental(tmp_path):
+    a, eng, _ = agent(tmp_path)
+    a.synced = True
+    a.resync = 3600.0
+
+    async def go():
+        task = asyncio.create_task(a.run())
+        while not eng.calls:
+            await asyncio.sleep(0.01)
+        a.wake()
+        while len(eng.calls) < 2:
+            await asyncio.sleep(0.01)
+        a._last_full -= 3600  # a resync is due
+        a.wake()
+        while len(eng.calls) < 3:
+            await asyncio.sleep(0.01)
+        a.stopping = True
+        a.wake()
+        await asyncio.wait_for(task, 5)
+    a._watch_forever = lambda: None  # no API server here
+    asyncio.run(go())
+    assert eng.calls[:3] == [False, True, False]
