@@ -259,7 +259,8 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
     if t and t.status == "ok":
         for r in t.rows:
             out.append(f"one weight change in {fmt_cell(r.get('dests'), 'int')} dests: ours "
-                       f"{fmt_cell(r.get('ours_ops'), 'count')} op(s), {fmt_cell(r.get('ours'), 'sec')} = "
+                       f"{fmt_cell(r.get('ours_ops'), 'count')} op(s), {fmt_cell(r.get('ours'), 'sec')} "
+                       f"(incremental; full reconcile {fmt_cell(r.get('ours_full'), 'sec')}) = "
                        f"{_ratio_text(r, 'ours/ipvsadm_restore', 'a full restore')}, "
                        f"{_ratio_text(r, 'ours/keepalived', 'a keepalived reload')}")
     t = by_id.get("drift")

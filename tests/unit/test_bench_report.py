@@ -137,14 +137,16 @@ def test_kernel_tables_have_every_column_even_with_errors():
     from lvs_bench import kernel as K  # importable on the host: no kernel access at import
     prog = {"dests": 20, "services": 2, "ours": 0.1, "ipvsadm_restore": R.error("x"),
             "keepalived": 0.2, "ours_apply": 0.05, "ours_build": 0.01, "ours_path": "batch"}
-    chg = {"dests": 20, "ours": 0.01, "ours_ops": 1, "ipvsadm_restore": 0.3, "keepalived": None,
-           "ours_observe": 0.005}
+    chg = {"dests": 20, "ours": 0.01, "ours_ops": 1, "ours_full": 0.05, "ipvsadm_restore": 0.3,
+           "keepalived": None, "ours_read": 0.001, "ours_observe": 0.005}
     dft = {"dests": 20, "ours": 0.02, "ours_ops": 1, "ipvsadm_save": 0.01, "ours_observe": 0.01}
     tables = K.build_tables([prog], [chg], [dft], K.STANDING_NOTES)
     assert [t.id for t in tables] == ["program", "change", "drift", "operator_scale", "end_to_end"]
     for t in tables[:3]:
         assert t.missing_columns() == [], t.id
     assert "ours/ipvsadm_restore" in tables[0].keys() and "ours/keepalived" in tables[0].keys()
+    assert round(tables[1].rows[0]["ours/ours_full"], 6) == 0.2  # incremental vs full, one weight change
+    assert [c.label for c in tables[1].columns][:4] == ["dests", "ours: ops", "ours", "ours: full reconcile"]
     assert tables[3].status.startswith("not yet measured: needs")
     assert tables[4].status.startswith("not yet measured: needs")
 
@@ -219,15 +221,15 @@ def test_summary_lines():
     from lvs_bench import kernel as K
     prog = {"dests": 1000, "services": 100, "ours": 0.5, "ipvsadm_restore": 1.0,
             "keepalived": R.error("x"), "ours_apply": 0.3, "ours_build": 0.1, "ours_path": "batch"}
-    chg = {"dests": 1000, "ours": 0.2, "ours_ops": 1, "ipvsadm_restore": 1.0, "keepalived": 0.1,
-           "ours_observe": 0.15}
+    chg = {"dests": 1000, "ours": 0.2, "ours_ops": 1, "ours_full": 0.8, "ipvsadm_restore": 1.0,
+           "keepalived": 0.1, "ours_read": 0.01, "ours_observe": 0.15}
     dft = {"dests": 1000, "ours": 0.3, "ours_ops": 1, "ipvsadm_save": 0.1, "ours_observe": 0.2}
     tables = K.build_tables([prog], [chg], [dft], {})
     lines = R.summary_lines(tables)
     assert lines[0] == ("programming 1,000 dests from empty: ours 500.0 ms = 0.50x ipvsadm-restore, "
                         "no ratio to keepalived")
-    assert lines[1].startswith("one weight change in 1,000 dests: ours 1 op(s), 200.0 ms = 0.20x a full restore, "
-                               "2.00x a keepalived reload")
+    assert lines[1].startswith("one weight change in 1,000 dests: ours 1 op(s), 200.0 ms (incremental; full "
+                               "reconcile 800.0 ms) = 0.20x a full restore, 2.00x a keepalived reload")
     assert "3.00x ipvsadm -Sn" in lines[2]
     assert lines[3].startswith("4. Operator scale") and "not yet measured" in lines[3]
     assert "## Summary" in R.render_report_markdown(tables, {})
