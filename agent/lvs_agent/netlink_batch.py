@@ -420,6 +420,14 @@ class IPVSConnection:
             yield typ, flags, seq, off + 16, off + ln, buf
             off += _pad(ln)
 
+    def _replies(self, seq: int):
+        """Yield (type, payload start, end, buffer view) of each message
+        answering request ``seq``, reading on until the caller stops."""
+        while True:
+            for typ, _, rseq, s, e, buf in self._recv():
+                if rseq == seq:
+                    yield typ, s, e, buf
+
     def _resolve_family(self) -> int:
         seq = self._next_seq()
         body = nla(CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME + b"\0")
@@ -427,21 +435,19 @@ class IPVSConnection:
                             CTRL_CMD_GETFAMILY, 1, 0) + body
         self._send(msg)
         fam = None
-        while True:
-            for typ, _, rseq, s, e, buf in self._recv():
-                if rseq != seq:
-                    continue
-                if typ == NLMSG_ERROR:
-                    code = -I32.unpack_from(buf, s)[0]
-                    if code:
-                        raise NetlinkError(code, f"generic netlink family IPVS: {os.strerror(code)} "
-                                                 "(is ip_vs loaded?)")
-                    if fam is None:
-                        raise NetlinkError(errno.ENOENT, "generic netlink family IPVS not found")
-                    return fam
-                if typ == GENL_ID_CTRL:
-                    a = parse_attrs(buf, s + 4, e)
-                    fam = _u(buf, a.get(CTRL_ATTR_FAMILY_ID))
+        for typ, s, e, buf in self._replies(seq):
+            if typ == NLMSG_ERROR:
+                code = -I32.unpack_from(buf, s)[0]
+                if code:
+                    raise NetlinkError(code, f"generic netlink family IPVS: {os.strerror(code)} "
+                                             "(is ip_vs loaded?)")
+                if fam is None:
+                    raise NetlinkError(errno.ENOENT, "generic netlink family IPVS not found")
+                return fam
+            if typ == GENL_ID_CTRL:
+                a = parse_attrs(buf, s + 4, e)
+                fam = _u(buf, a.get(CTRL_ATTR_FAMILY_ID))
+        raise AssertionError("unreachable")
 
     def _key(self, key: ServiceKey) -> bytes:
         b = self._keys.get(key)
@@ -548,15 +554,13 @@ class IPVSConnection:
     def info(self) -> tuple[int, int]:
         """(IPVS version code, connection table size) as ipvsadm prints them."""
         seq = self._request(CMD_GET_INFO, b"", NLM_F_REQUEST)
-        while True:
-            for typ, _, rseq, s, e, buf in self._recv():
-                if rseq != seq:
-                    continue
-                if typ == NLMSG_ERROR:
-                    code = -I32.unpack_from(buf, s)[0]
-                    raise NetlinkError(code, f"IPVS info: {os.strerror(code)}")
-                a = parse_attrs(buf, s + 4, e)
-                return _u(buf, a.get(INFO_VERSION), 0x010201), _u(buf, a.get(INFO_CONN_TAB_SIZE), 4096)
+        for typ, s, e, buf in self._replies(seq):
+            if typ == NLMSG_ERROR:
+                code = -I32.unpack_from(buf, s)[0]
+                raise NetlinkError(code, f"IPVS info: {os.strerror(code)}")
+            a = parse_attrs(buf, s + 4, e)
+            return _u(buf, a.get(INFO_VERSION), 0x010201), _u(buf, a.get(INFO_CONN_TAB_SIZE), 4096)
+        raise AssertionError("unreachable")
 
     def dump_services(self, with_stats: bool = False):
         """[(service without dests, stats, pe name, key attrs)] in kernel order."""
@@ -622,19 +626,17 @@ class IPVSConnection:
         """One service (IPVS_CMD_GET_SERVICE, no dump), as dump_services gives
         it; None if the kernel has no such service."""
         seq = self._request(CMD_GET_SERVICE, self._key(key), NLM_F_REQUEST)
-        while True:
-            for typ, _, rseq, s, e, buf in self._recv():
-                if rseq != seq:
-                    continue
-                if typ == NLMSG_ERROR:
-                    code = -I32.unpack_from(buf, s)[0]
-                    if code in (errno.ESRCH, errno.ENOENT):
-                        return None
-                    raise NetlinkError(code, f"IPVS get service {key}: {os.strerror(code)}")
-                span = parse_attrs(buf, s + 4, e).get(CMD_ATTR_SERVICE)
-                if span is None:
-                    raise NetlinkError(errno.EIO, f"IPVS get service {key}: reply without a service")
-                return parse_service(buf, span[0], span[1], False)
+        for typ, s, e, buf in self._replies(seq):
+            if typ == NLMSG_ERROR:
+                code = -I32.unpack_from(buf, s)[0]
+                if code in (errno.ESRCH, errno.ENOENT):
+                    return None
+                raise NetlinkError(code, f"IPVS get service {key}: {os.strerror(code)}")
+            span = parse_attrs(buf, s + 4, e).get(CMD_ATTR_SERVICE)
+            if span is None:
+                raise NetlinkError(errno.EIO, f"IPVS get service {key}: reply without a service")
+            return parse_service(buf, span[0], span[1], False)
+        raise AssertionError("unreachable")
 
     def read_services(self, keys: Iterable[ServiceKey]) -> dict[ServiceKey, Service]:
         """Just these services, with their dests (no counters): one get and

@@ -16,6 +16,7 @@ from lvs_agent.state import OwnershipStore
 from lvs_lab.topology import Lab
 
 from engine_helpers import reconcile_ok, spec
+from test_engine_lifecycle import bare, ipvsadm  # noqa: F401 - the same bare namespace fixture
 
 OURS = {"services": [
     {"address": "10.10.0.1", "port": 80, "scheduler": "wlc",
@@ -27,17 +28,6 @@ OURS = {"services": [
 ]}
 EXTRA = {"address": "10.10.0.3", "port": 443, "scheduler": "rr",
          "dests": [{"address": "10.20.0.6", "port": 443}, {"address": "10.20.0.7", "port": 443}]}
-
-
-@pytest.fixture
-def bare(tmp_path):
-    """A namespace with lo up and nothing else, and an engine for it."""
-    with Lab() as lab:
-        ns = lab.host("bare")
-        lab.apply()
-        e = Engine(tmp_path / "own.json", netns=ns)
-        yield lab, ns, e
-        e.close()
 
 
 @pytest.fixture
@@ -64,10 +54,6 @@ def reads(monkeypatch):
         c.keys.clear()
     c.reset = reset
     return c
-
-
-def ipvsadm(lab: Lab, ns: str, *args: str, input: str | None = None) -> str:
-    return lab.run(ns, "ipvsadm", *args, input=input).stdout
 
 
 def keys(doc: dict) -> list:
