@@ -94,22 +94,25 @@ def kernel_forced(obs: Observed, spec: NodeSpec) -> Observed:
     return obs
 
 
-def build_report(spec: NodeSpec, p: Plan, results: list[tuple[O.Op, str | None]], uplink: str) -> Report:
+def build_report(spec: NodeSpec, p: Plan, results: list[tuple[O.Op, str | None]], uplink: str,
+                 desired: list[ServiceKey] | None = None) -> Report:
+    """``desired``: the spec's service keys, when the caller has them (an
+    incremental reconcile: computing 10k keys is not free)."""
     r = Report(results=results, problems=dict(p.problems), uplink=uplink)
-    desired = {s.key for s in spec.services}
+    keys = desired if desired is not None else [s.key for s in spec.services]
+    desired_set = set(keys)
     per_service: dict[ServiceKey, list[str]] = {}
     for op, err in results:
         if not err:
             continue
         k = O.service_key(op)
         line = f"{O.describe(op)}: {err}"
-        if k is not None and k in desired:
+        if k is not None and k in desired_set:
             per_service.setdefault(k, []).append(line)
         else:
             r.errors.append(line)
     r.service_errors = {k: "; ".join(v) for k, v in per_service.items()}
-    r.programmed = [s.key for s in spec.services
-                    if s.key not in r.service_errors and s.key not in r.problems]
+    r.programmed = [k for k in keys if k not in r.service_errors and k not in r.problems]
     return r
 
 
@@ -226,13 +229,16 @@ class Engine:
                 if d is not None:
                     log.debug("full reconcile: %s", d.full)
                 report, p, uplink = self._reconcile_full(spec, owned)
-                side = I.node_side(spec, uplink)
             else:
-                report, p = self._reconcile_services(spec, d.keys, owned, mem)
-                uplink, side = mem.uplink, mem.node_side
+                report, p = self._reconcile_services(spec, d, owned, mem)
             retry = I.retry_after(p, report.results)
-            if retry is not None:
-                self._memory = I.Memory(spec, uplink, side, self._owned[0] if self._owned else None, retry)
+            sig = self._owned[0] if self._owned else None
+            if retry is None:
+                pass  # a failed op beyond IPVS: the next reconcile is full
+            elif d is None or d.full:
+                self._memory = I.remember(spec, uplink, sig, retry)
+            else:
+                self._memory = I.advance(mem, d, spec, sig, retry)
         report.duration = time.monotonic() - started
         if report.failed or report.problems:
             log.warning("reconcile: %d ops, %d failed, %d problems", len(report.results),
@@ -245,20 +251,21 @@ class Engine:
         results = self._claim_apply_settle(p, owned, claim(owned, p, obs, spec, uplink))
         return build_report(spec, p, results, uplink), p, uplink
 
-    def _reconcile_services(self, spec: NodeSpec, keys: frozenset[ServiceKey], owned: Ownership,
+    def _reconcile_services(self, spec: NodeSpec, d: I.Delta, owned: Ownership,
                             mem: I.Memory) -> tuple[Report, Plan]:
-        """The full contract, restricted to ``keys``: only those services are
+        """The full contract, restricted to ``d.keys``: only those services are
         read, planned, claimed and settled; the rest of the record is kept."""
-        if not keys:
-            return build_report(spec, Plan(), [], mem.uplink), Plan()
-        want = tuple(s for s in spec.services if s.key in keys)
-        obs = Observed(services=self._read_services(keys))
-        kernel_forced(obs, NodeSpec(services=want))
-        part = I.restrict_owned(owned, keys)
-        p = plan_services(want, obs.services, part)
-        results = self._claim_apply_settle(p, part, claim_services(part, p, obs, want),
-                                           lambda rec: I.merge_owned(owned, rec, keys))
-        return build_report(spec, p, results, mem.uplink), p
+        keys = d.keys
+        p = Plan()
+        results: list = []
+        if keys:
+            obs = Observed(services=self._read_services(keys))
+            kernel_forced(obs, NodeSpec(services=d.want))
+            part = I.restrict_owned(owned, keys)
+            p = plan_services(d.want, obs.services, part)
+            results = self._claim_apply_settle(p, part, claim_services(part, p, obs, d.want),
+                                               lambda rec: I.merge_owned(owned, rec, keys))
+        return build_report(spec, p, results, mem.uplink, desired=list(d.index)), p
 
     def _read_services(self, keys: frozenset[ServiceKey]) -> dict[ServiceKey, Service]:
         conn = self.applier.batch_conn()

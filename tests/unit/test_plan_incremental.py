@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lvs_agent import ops as O
-from lvs_agent.incremental import (Memory, changed_services, delta, merge_owned, node_side, restrict_owned,
-                                   retry_after)
+from lvs_agent.incremental import (advance, delta, merge_owned, node_side, remember as remember_spec,
+                                   restrict_owned, retry_after, same_service)
 from lvs_agent.plan import Plan, claim_services, plan_services, settle
 from lvs_agent.state import Observed, Ownership
 from lvs_model.nodespec import BackendVip, Dest, DestKey, LocalAddress, NodeSpec, ReplyRoute, Service
@@ -22,8 +22,15 @@ SIG = (1, 2, 3)
 UPLINK = "eth0"
 
 
-def remember(spec: NodeSpec, retry=frozenset()) -> Memory:
-    return Memory(spec, UPLINK, node_side(spec, UPLINK), SIG, frozenset(retry))
+def remember(spec: NodeSpec, retry=frozenset()):
+    return remember_spec(spec, UPLINK, SIG, frozenset(retry))
+
+
+def changed_services(old, new) -> frozenset:
+    """The keys delta re-plans between two service lists (nothing else differs)."""
+    d = delta(remember(NodeSpec(services=tuple(old))), NodeSpec(services=tuple(new)), SIG)
+    assert not d.full, d.full
+    return d.keys
 
 
 def base() -> NodeSpec:
@@ -38,7 +45,7 @@ def reweighted(spec: NodeSpec, i: int, weight: int) -> NodeSpec:
     return replace(spec, services=tuple(svcs))
 
 
-# ---- changed_services ---------------------------------------------------------
+# ---- which services changed -------------------------------------------------------
 
 def test_changed_services_added_removed_and_different():
     a, b, c = nat_service(80), nat_service(81), nat_service(82)
@@ -47,15 +54,41 @@ def test_changed_services_added_removed_and_different():
     assert changed_services([a, b], [b, a]) == frozenset()  # order is not a change
     assert changed_services([a], [a, c]) == {c.key}
     assert changed_services([a, c], [a]) == {c.key}
+    assert changed_services([a, c], [c]) == {a.key}
     assert changed_services([a, b], [a, b2]) == {b.key}
+    assert changed_services([a, b, c], [b2, c, a]) == {b.key}  # moved and changed
     assert changed_services([a, b], [copy.deepcopy(a), b]) == frozenset()  # equal, not identical
-    assert changed_services((s for s in [a]), (s for s in [b])) == {a.key, b.key}  # iterators
+    assert changed_services([a], [b]) == {a.key, b.key}
 
 
-@pytest.mark.parametrize("field", ["name", "health", "snat", "persistence_timeout", "one_packet"])
+def test_same_service_is_dataclass_equality():
+    a = nat_service(80)
+    variants = [copy.deepcopy(a), replace(a, scheduler="wlc"), replace(a, dests=a.dests[:1]),
+                replace(a, dests=(replace(a.dests[0], weight=9),) + a.dests[1:]),
+                replace(a, dests=(replace(a.dests[0], tunnel_csum="remcsum"),) + a.dests[1:]),
+                replace(a, health=replace(a.health, interval=1.0)), replace(a, name="x/y")]
+    for v in variants:
+        assert same_service(a, v) == (a == v) and same_service(v, a) == (v == a)
+
+
+def test_unchanged_shared_services_cost_no_key(monkeypatch):
+    """The agent reuses the parse of unchanged objects: for those, delta must
+    not build a ServiceKey (10k of them is most of its time)."""
+    svcs = tuple(nat_service(p) for p in range(1000, 1100))
+    mem = remember(NodeSpec(services=svcs))
+    new = svcs[:40] + (replace(svcs[40], scheduler="wlc"),) + svcs[41:]
+    built = []
+    key = Service.key
+    monkeypatch.setattr(Service, "key", property(lambda s: built.append(1) or key.fget(s)))
+    d = delta(mem, NodeSpec(services=new), SIG)
+    assert d.keys == {svcs[40].key} and d.want == (new[40],)
+    assert len(built) <= 4, len(built)
+
+
+@pytest.mark.parametrize("field", ["name", "health", "persistence_timeout", "one_packet"])
 def test_any_service_field_is_a_change(field):
     s = nat_service(80)
-    changed = {"name": "ns/x", "health": replace(s.health, type="tcp"), "snat": True,
+    changed = {"name": "ns/x", "health": replace(s.health, type="tcp"),
                "persistence_timeout": 60, "one_packet": True}[field]
     assert changed_services([s], [replace(s, **{field: changed})]) == {s.key}
 
@@ -145,11 +178,23 @@ def test_service_change_that_changes_sysctls_is_full():
     assert delta(remember(spec), NodeSpec(), SIG).full
 
 
-def test_memory_with_another_uplink_compares_against_its_own():
+def test_memory_keeps_its_uplink():
     spec = NodeSpec(services=(nat_service(80),), backend_vips=(BackendVip("192.168.1.3", "dr"),))
-    mem = Memory(spec, "eth1", node_side(spec, "eth1"), SIG)
-    d = delta(mem, reweighted(spec, 0, 2), SIG)
+    mem = remember_spec(spec, "eth1", SIG, frozenset())
+    new = reweighted(spec, 0, 2)
+    d = delta(mem, new, SIG)
     assert not d.full and d.keys == {spec.services[0].key}
+    assert advance(mem, d, new, SIG, frozenset()).uplink == "eth1"
+
+
+def test_duplicate_key_in_a_full_spec_is_not_remembered():
+    assert remember(NodeSpec(services=(nat_service(80), nat_service(80)))) is None
+
+
+def test_duplicate_of_an_unchanged_service_is_full():
+    spec = base()
+    new = replace(spec, services=spec.services + (replace(spec.services[1], scheduler="sh"),))
+    assert "twice" in delta(remember(spec), new, SIG).full
 
 
 # ---- retry_after ------------------------------------------------------------------
@@ -244,15 +289,19 @@ def test_incremental_gives_what_full_gives_and_touches_only_changed_keys(seq):
             p, inc_own = reconcile(spec, inc_k, inc_own, UPLINK)
             results = [(op, None) for op in p.ops]  # the simulated kernel refuses nothing here
         else:
+            # The counts decided that nothing beyond IPVS changes: check against the real derivations.
+            assert node_side(spec, UPLINK) == node_side(mem.spec, UPLINK)
+            assert d.want == tuple(sorted((s for s in spec.services if s.key in d.keys), key=lambda s: s.key))
             p, results, inc_own = reconcile_services(spec, inc_k, inc_own, d.keys)
             assert {O.service_key(op) for op in p.ops} <= d.keys
-        assert inc_k.services == full_k.services
+        assert inc_k == full_k  # services, sysctls, addresses, links ...
         assert inc_own == full_own
         for k, s in foreign.items():
             assert inc_k.services[k] == s
         retry = retry_after(p, results)
         assert retry is not None
-        mem = remember(spec, retry)
+        mem = remember_spec(spec, UPLINK, SIG, retry) if d.full else advance(mem, d, spec, SIG, retry)
+        assert mem.index == {s.key: s for s in spec.services}
         assert {k for k in retry} == {k for k in p.problems}
 
 
@@ -264,6 +313,7 @@ def test_foreign_key_is_retried_until_it_is_free():
     spec = NodeSpec(services=(nat_service(80), ours))
     p, owned = reconcile(spec, kernel, owned, UPLINK)
     mem = remember(spec, retry_after(p, []))
+    assert mem is not None
     assert mem.retry == {foreign_key}
     # The foreign service goes; the spec does not change: the key is re-planned.
     del kernel.services[foreign_key]
