@@ -56,16 +56,22 @@ def dest_health(d: Dest, h: DestHealth | None, checked: bool) -> str:
 
 
 def effective_spec(spec: NodeSpec, verdicts: Verdicts) -> NodeSpec:
-    """The spec with failed servers' weights at 0 (pure)."""
+    """The spec with failed servers' weights at 0 (pure). A service with no
+    failed server stays the same object (the engine's incremental reconcile
+    looks for changed services by identity first)."""
+    if not verdicts:
+        return spec
     services = []
     for s in spec.services:
         if s.health.type == "none":
             services.append(s)
             continue
-        dests = tuple(
-            replace(d, weight=0) if verdicts.get((s.key, d.key), DestHealth()).state == UNHEALTHY else d
-            for d in s.dests)
-        services.append(replace(s, dests=dests))
+        key = s.key
+        down = {d.key for d in s.dests if verdicts.get((key, d.key), DestHealth()).state == UNHEALTHY}
+        if not down:
+            services.append(s)
+            continue
+        services.append(replace(s, dests=tuple(replace(d, weight=0) if d.key in down else d for d in s.dests)))
     return replace(spec, services=tuple(services))
 
 

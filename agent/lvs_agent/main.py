@@ -69,6 +69,7 @@ class Agent:
         self._dirty: set[str] | None = None
         self._dirty_lock = threading.Lock()
         self._status_inputs: StatusInputs | None = None
+        self._parsed: dict = {}  # object name -> nodestate.Parsed, reused while unchanged
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
@@ -150,7 +151,8 @@ class Agent:
         """One reconcile and the statuses it may change. ``full=False``: the
         engine re-plans only the services changed since the last reconcile
         (watch events, health flips); a full one also repairs drift."""
-        merged = merge(self.objects, self.node)
+        merged = merge(self.objects, self.node, self._parsed)
+        self._parsed = merged.parsed
         self.checker.update(merged.spec)
         programmed = effective_spec(merged.spec, self.checker.verdicts)
         started = time.monotonic()

@@ -21,32 +21,61 @@ def node_selector(node: str) -> str:
     return f"{LABEL_NODE}={label_value(node)}"
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """One object's spec, parsed; reused while the object's spec is the very
+    same dict (the watch replaces an object's dict when it changes)."""
+
+    source: Any  # the spec mapping it was parsed from
+    spec: NodeSpec
+    errors: tuple[FieldError, ...]
+    keys: tuple[ServiceKey, ...]  # of spec.services
+
+
 @dataclass
 class Merged:
     spec: NodeSpec
     errors: dict[str, list[FieldError]] = field(default_factory=dict)  # object name -> errors
     owner: dict[ServiceKey, str] = field(default_factory=dict)  # service -> object name
+    parsed: dict[str, Parsed] = field(default_factory=dict)  # object name -> its parse, for the next merge
 
 
-def merge(objects: Mapping[str, Mapping[str, Any]], node: str) -> Merged:
+def parse_object(obj: Mapping[str, Any], previous: Parsed | None = None) -> Parsed:
+    """``previous`` again if the object's spec is the same mapping, else a new parse.
+
+    At 10k objects parsing them all on every event costs seconds in the VM;
+    reuse also keeps unchanged services the same objects, which is what the
+    engine's incremental reconcile checks first."""
+    source = obj.get("spec") or {}
+    if previous is not None and previous.source is source:
+        return previous
+    spec, errors = parse_node_spec(source)
+    return Parsed(source, spec, tuple(errors), tuple(s.key for s in spec.services))
+
+
+def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
+          previous: Mapping[str, Parsed] | None = None) -> Merged:
     """Merge NodeState objects (name -> object) into one spec for `node`.
 
     A bad object, or a service declared by two objects, is reported against
     that object and never stops the rest (first name in sort order wins).
+    ``previous``: the ``parsed`` of the last merge, reused for unchanged objects.
     """
     services: list = []
     sysctls: dict[str, str] = {}
     lists: dict[str, list] = {f.name: [] for f in fields(NodeSpec)
                               if f.name not in ("node", "services", "sysctls", "uplink")}
     m = Merged(NodeSpec(node=node))
+    previous = previous or {}
     for name in sorted(objects):
-        spec, errors = parse_node_spec(objects[name].get("spec") or {})
-        errors = list(errors)
-        for s in spec.services:
-            if s.key in m.owner:
-                errors.append(FieldError("spec.services", f"{s.key} is already programmed by {m.owner[s.key]}"))
+        parsed = m.parsed[name] = parse_object(objects[name], previous.get(name))
+        spec = parsed.spec
+        errors = list(parsed.errors)
+        for s, key in zip(spec.services, parsed.keys):
+            if key in m.owner:
+                errors.append(FieldError("spec.services", f"{key} is already programmed by {m.owner[key]}"))
                 continue
-            m.owner[s.key] = name
+            m.owner[key] = name
             services.append(s)
         for field_name, acc in lists.items():  # director addresses, backend VIPs, reply routes, ...
             acc.extend(getattr(spec, field_name))

@@ -156,3 +156,40 @@ def test_loop_first_pass_is_full_then_wakeups_are_incremental(tmp_path):
     a._watch_forever = lambda: None  # no API server here
     asyncio.run(go())
     assert eng.calls[:3] == [False, True, False]
+
+
+# ---- reuse: unchanged objects keep their parse and their service objects --------------
+
+def test_merge_reuses_the_parse_of_unchanged_objects():
+    from lvs_agent.nodestate import merge
+    objects = {f"o{i}": obj(f"o{i}", f"10.0.0.{i}") for i in range(1, 4)}
+    first = merge(objects, "n1")
+    objects = {**objects, "o2": obj("o2", "10.0.0.2", weight=4, generation=2)}  # as the watch replaces it
+    second = merge(objects, "n1", first.parsed)
+    assert second.parsed["o1"] is first.parsed["o1"] and second.parsed["o3"] is first.parsed["o3"]
+    assert second.parsed["o2"] is not first.parsed["o2"]
+    same = [a is b for a, b in zip(first.spec.services, second.spec.services)]
+    assert same == [True, False, True]
+    assert second.spec == merge(objects, "n1").spec  # reuse changes nothing else
+    # A clash is still found with reused parses.
+    objects["o4"] = obj("o4", "10.0.0.1")
+    third = merge(objects, "n1", second.parsed)
+    assert "already programmed by o1" in str(third.errors["o4"][0])
+
+
+def test_effective_spec_keeps_services_without_failed_servers():
+    from dataclasses import replace as dc_replace
+
+    from lvs_agent.health import UNHEALTHY, DestHealth, effective_spec
+    from lvs_agent.nodestate import merge
+    doc = obj("o1", "10.0.0.1")
+    doc["spec"]["services"][0]["healthCheck"] = {"type": "tcp"}
+    doc2 = obj("o2", "10.0.0.2")
+    doc2["spec"]["services"][0]["healthCheck"] = {"type": "tcp"}
+    spec = merge({"o1": doc, "o2": doc2}, "n1").spec
+    assert effective_spec(spec, {}) is spec
+    s1, s2 = spec.services
+    verdicts = {(s1.key, s1.dests[0].key): DestHealth(UNHEALTHY), (s2.key, s2.dests[0].key): DestHealth()}
+    eff = effective_spec(spec, verdicts)
+    assert eff.services[0].dests[0].weight == 0 and eff.services[1] is s2
+    assert eff.services[0] == dc_replace(s1, dests=(dc_replace(s1.dests[0], weight=0),))
