@@ -142,6 +142,10 @@ class HealthChecker:
     def checked(self, skey: ServiceKey) -> bool:
         return any(k[0] == skey for k in self._tasks)
 
+    def checked_services(self) -> set[ServiceKey]:
+        """Every service with a check running (one pass, not one per service)."""
+        return {k[0] for k in self._tasks}
+
     def update(self, spec: NodeSpec) -> None:
         """Start, restart or stop checks to match the spec (call in the event loop)."""
         want: dict[tuple[ServiceKey, DestKey], tuple[HealthCheck, Dest]] = {}

@@ -151,6 +151,7 @@ class Agent:
         """One reconcile and the statuses it may change. ``full=False``: the
         engine re-plans only the services changed since the last reconcile
         (watch events, health flips); a full one also repairs drift."""
+        dirty = self._take_dirty()  # before the merge: later events stay marked for the next pass
         merged = merge(self.objects, self.node, self._parsed)
         self._parsed = merged.parsed
         self.checker.update(merged.spec)
@@ -169,6 +170,7 @@ class Agent:
         except Exception:  # noqa: BLE001
             self.reconcile_errors += 1
             log.exception("reconcile failed")
+            self._touch()  # statuses not written: all of them next time
             return
         finally:
             self.last_duration = time.monotonic() - started
@@ -192,10 +194,9 @@ class Agent:
             except Exception:  # noqa: BLE001 - keep the last counts
                 log.debug("connection counts not read", exc_info=True)
             self._conns_at = now
-        checked = {s.key for s in merged.spec.services if self.checker.checked(s.key)}
+        checked = self.checker.checked_services()
         inputs = StatusInputs(dict(merged.owner), errors, dict(merged.errors),
                               {k: v.state for k, v in self.checker.verdicts.items()})
-        dirty = self._take_dirty()
         if dirty is not None and not fresh_conns and self._status_inputs is not None:
             names: set[str] | None = dirty | stale_statuses(self._status_inputs, inputs)
         else:

@@ -45,9 +45,12 @@ class FakeEngine:
         self.calls: list[bool] = []
         self.conn_reads = 0
         self.fail_for: set = set()
+        self.during = None  # called inside reconcile (an event arriving meanwhile)
 
     def reconcile(self, spec, incremental: bool = False):
         self.calls.append(incremental)
+        if self.during is not None:
+            self.during()
         errs = {s.key: "EEXIST: File exists" for s in spec.services if s.address in self.fail_for}
         return SimpleNamespace(ops=[], failed=[], service_errors=errs, problems={})
 
@@ -119,6 +122,25 @@ def test_failed_status_write_is_retried_on_the_next_pass(tmp_path):
         assert sorted(api.patched) == ["o2", "o3"]
         api.broken, api.patched = set(), []
         await a.reconcile_once(full=False)
+        assert api.patched == ["o1"]
+    asyncio.run(go())
+
+
+def test_event_during_a_reconcile_is_not_lost(tmp_path):
+    a, eng, api = agent(tmp_path)
+
+    async def go():
+        await a.reconcile_once(full=True)
+        api.patched.clear()
+
+        def event():  # the watch thread, while the engine works on the previous merge
+            a.objects["o1"] = obj("o1", "10.0.0.1", generation=7)
+            a._touch("o1")
+            eng.during = None
+        eng.during = event
+        await a.reconcile_once(full=False)
+        await a.reconcile_once(full=False)
+        assert a.objects["o1"]["status"]["observedGeneration"] == 7
         assert api.patched == ["o1"]
     asyncio.run(go())
 
