@@ -233,12 +233,9 @@ class Engine:
                 report, p = self._reconcile_services(spec, d, owned, mem)
             retry = I.retry_after(p, report.results)
             sig = self._owned[0] if self._owned else None
-            if retry is None:
-                pass  # a failed op beyond IPVS: the next reconcile is full
-            elif d is None or d.full:
-                self._memory = I.remember(spec, uplink, sig, retry)
-            else:
-                self._memory = I.advance(mem, d, spec, sig, retry)
+            if retry is not None:  # None: an op beyond IPVS failed, the next reconcile is full
+                self._memory = (I.remember(spec, uplink, sig, retry) if d is None or d.full
+                                else I.advance(mem, d, spec, sig, retry))
         report.duration = time.monotonic() - started
         if report.failed or report.problems:
             log.warning("reconcile: %d ops, %d failed, %d problems", len(report.results),
