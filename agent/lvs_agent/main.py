@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="program this network namespace instead of the agent's own")
     p.add_argument("--uplink", default=os.environ.get("KUBE_LVS_UPLINK", ""))
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    p.add_argument("--resync", type=float, default=30.0, help="seconds between drift checks")
+    p.add_argument("--resync", type=float, default=30.0,
+                   help="seconds between full reconciles (drift checks); watch events in between "
+                        "reconcile only the services they change")
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("KUBE_LVS_METRICS_PORT", "9477")),
                    help="Prometheus port; 0 disables")
     p.add_argument("--metrics-address", default="0.0.0.0")
