@@ -147,7 +147,7 @@ def delta(mem: Memory | None, spec: NodeSpec, owned_sig: tuple | None) -> Delta:
     came = {s.key: s for s in came_l}
     if len(came) != len(came_l) or any(k in mem.index and k not in gone for k in came):
         return Delta(full="the spec lists a service twice")
-    changed = {k for k in gone.keys() ^ came.keys()}
+    changed = set(gone.keys() ^ came.keys())
     changed |= {k for k in gone.keys() & came.keys() if not same_service(gone[k], came[k])}
     index = dict(mem.index)
     for k in gone:
