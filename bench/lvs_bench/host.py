@@ -3,7 +3,7 @@ into a report written by lvs_bench.kernel (parts 1-3): their tables replace the
 "not yet measured" stubs and the .md/.txt are re-rendered.
 
     PYTHONPATH=bench python -m lvs_bench.host --merge bench/results/latest.json [--smoke]
-        [--operator-sizes 1000[,10000]] [--e2e-services 100[,1000]] [--e2e-changes 100] [--parts 4,5]
+        [--operator-sizes 10000[,...]] [--e2e-services 1000[,10000]] [--e2e-changes 100] [--parts 4,5]
 
 Without --merge (or when the file does not exist) a report of parts 4-5 alone
 is written to --out/NAME.{json,md,txt}.
@@ -52,7 +52,8 @@ def merge(tables: list[R.Table], new: list[R.Table]) -> list[R.Table]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lvs_bench.host", description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true",
-                    help=f"tiny sizes: part 4 {O.SMOKE_SIZES[0]} VS x 3 RS, part 5 {E.SMOKE}")
+                    help=f"tiny sizes: part 4 {O.SMOKE_SIZES[0]} VS x 3 RS, part 5 {E.SMOKE['services'][0]} services, "
+                         f"{E.SMOKE['changes']} changes")
     ap.add_argument("--parts", default="4,5", help="which of 4,5 to run (default both)")
     ap.add_argument("--operator-sizes", help=f"part 4 VirtualService counts (default {O.FULL_SIZES})")
     ap.add_argument("--per-vs", type=int, help="part 4 RealServers per VirtualService (default 10, smoke 3)")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(R.render_text(t), flush=True)
     if "5" in parts:
         base = E.SMOKE if args.smoke else E.FULL
-        sizes = _sizes(args.e2e_services, [base["services"]])
+        sizes = _sizes(args.e2e_services, base["services"])
         t, m = E.run(sizes, args.e2e_changes or base["changes"])
         new.append(t)
         host_details["end_to_end"] = m

@@ -42,7 +42,9 @@ OPNS = "kube-lvs-system"
 OPERATOR_SA = "kube-lvs-operator"
 DIRECTOR_LABEL = "lvs.kube-lvs.io/director"
 BENCH_NS = "bench"
-FULL_SIZES = (1000,)
+FULL_SIZES = (10000,)
+FIRST_PASS = "first full pass as leader"  # the operator's log line at the end of its first pass
+WRITES = " write(s)"  # in every log line of a pass that wrote
 SMOKE_SIZES = (5,)
 
 
@@ -205,6 +207,29 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, every: float) -> 
     raise TimeoutError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
 
 
+def create_many(api: Api, items: list[tuple[str, str, dict]], threads: int = 8) -> None:
+    """Create (plural, namespace, body) objects from a thread pool; an object
+    that already exists counts as created; retried while the API server is busy."""
+    errors: list[str] = []
+
+    def one(item):
+        plural, ns, body = item
+        for attempt in range(5):
+            try:
+                api.create(plural, ns, body)
+                return
+            except Exception as e:  # noqa: BLE001
+                if getattr(e, "status", None) == 409:
+                    return
+                if attempt == 4:
+                    errors.append(f"{body['metadata']['name']}: {e}")
+                time.sleep(0.5 * (attempt + 1))
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(one, items, chunksize=16))
+    if errors:
+        raise RuntimeError(f"{len(errors)} object(s) not created, e.g. {errors[:3]}")
+
+
 def create_objects(cp, api: Api, n: int, per_vs: int, workdir: Path, threads: int = 8) -> dict:
     """VirtualServices and RealServers: a slice by kubectl apply, the rest by the client."""
     objs = []
@@ -218,26 +243,9 @@ def create_objects(cp, api: Api, n: int, per_vs: int, workdir: Path, threads: in
     t0 = time.perf_counter()
     cp.kubectl("apply", "-f", str(path), timeout=3600)
     t_apply = time.perf_counter() - t0
-    errors: list[str] = []
-
-    def one(item):
-        plural, body = item
-        for attempt in range(5):
-            try:
-                api.create(plural, BENCH_NS, body)
-                return
-            except Exception as e:  # noqa: BLE001
-                if getattr(e, "status", None) == 409:
-                    return
-                if attempt == 4:
-                    errors.append(f"{body['metadata']['name']}: {e}")
-                time.sleep(0.5 * (attempt + 1))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as ex:
-        list(ex.map(one, rest, chunksize=16))
+    create_many(api, [(plural, BENCH_NS, body) for plural, body in rest], threads)
     t_client = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{len(errors)} object(s) not created, e.g. {errors[:3]}")
     return {"apply_objs": len(first), "apply_s": t_apply, "client_objs": len(rest), "client_s": t_client}
 
 
@@ -253,6 +261,12 @@ class Operator:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def tail(self, n: int = 20) -> str:
         try:
@@ -313,8 +327,14 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
         expected = expected_nodestates(n, per_vs, nodes)
         op = Operator(opkc, workdir / "operator.log")
         t_start = time.perf_counter()
-        every = max(0.25, len(expected) / 20000)
         progress = {"count": 0}
+
+        def says(marker: str) -> Callable[[], bool]:
+            def check() -> bool:
+                if not op.alive():
+                    raise RuntimeError(f"operator exited: {op.tail()}")
+                return marker in op.text()
+            return check
 
         def complete():
             if not op.alive():
@@ -324,9 +344,17 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
             if len(items) < len(expected):
                 return None
             return not content_errors(items, expected) or None
+        # Waiting reads the operator's log (its summary line after the NodeStates, or
+        # the end of its first pass), not repeated full lists, which at 30k NodeStates
+        # would load the API server more than the operator does; a full list then
+        # verifies every NodeState, and lists are polled only if that is not yet right.
         try:
-            _, _ = _wait("all NodeStates", complete, timeout, every)
+            _wait("the operator's NodeStates line", lambda: says("NodeStates: ")() or says(FIRST_PASS)(),
+                  timeout, 0.1)
             to_all = time.perf_counter() - t_start
+            if not complete():
+                _wait("all NodeStates", complete, timeout, max(1.0, len(expected) / 5000))
+                to_all = time.perf_counter() - t_start
         except (TimeoutError, RuntimeError) as e:
             row["nodestates"] = R.error(f"{progress['count']} of {len(expected)} NodeStates: {e}"[:400])
             return row, details
@@ -338,28 +366,37 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
         row["nodestates"] = len(items)
         row["to_all"] = to_all
         row["to_all_per_obj_us"] = to_all / len(items) * 1e6
-        details["poll_interval_s"] = every
         log(f"N={n}: {len(items)} NodeStates right after {to_all:.1f}s")
 
-        # Let the operator finish its first passes (it writes every VirtualService's and
-        # RealServer's status after the NodeStates): quiet = no resourceVersion changed
-        # over a 5 s window. Then one weight change.
+        # Let the operator finish its first pass (it writes every VirtualService's and
+        # RealServer's status after the NodeStates) and the passes its own writes wake:
+        # quiet = its first-pass line, then no write logged for 5 s and no
+        # resourceVersion changed across that window. Then one weight change.
         def rvs():
             return ({o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in api.list("nodestates", OPNS)},
                     {(p, o["metadata"]["name"]): o["metadata"]["resourceVersion"]
                      for p in ("virtualservices", "realservers") for o in api.list(p, BENCH_NS)})
-        prev = rvs()
+        try:
+            _wait("the end of the operator's first pass", says(FIRST_PASS), timeout, 0.5)
+        except (TimeoutError, RuntimeError) as e:
+            row["change_writes"] = R.error(str(e)[:300])
+            return row, details
         quiet_deadline = time.perf_counter() + timeout
+        prev, t_prev = None, t_start
         while True:
+            writes, t_window = op.text().count(WRITES), time.perf_counter()
             time.sleep(5)
-            cur = rvs()
-            if cur == prev:
-                break
-            prev = cur
+            if op.text().count(WRITES) != writes:
+                prev = None
+            else:
+                cur = rvs()
+                if cur == prev:
+                    break
+                prev, t_prev = cur, t_window
             if time.perf_counter() > quiet_deadline:
                 row["change_writes"] = R.error(f"operator still writing after {timeout:.0f}s")
                 return row, details
-        row["to_quiet"] = time.perf_counter() - t_start - 5
+        row["to_quiet"] = t_prev - t_start
         log(f"N={n}: operator quiet (statuses written) after {row['to_quiet']:.1f}s")
         before, others_before = prev
         k = n // 2
@@ -425,11 +462,14 @@ STANDING_NOTES = [
     "VirtualService i = 10.1.(i>>8).(i&255):80 wlc nat, health checks off",
     "create (not the metric): the first tenth of the objects by one kubectl apply of a multi-document "
     "file, the rest by the kubernetes Python client from 8 threads",
-    "operator start to all NodeStates: lvs-operator (its ServiceAccount) spawned with every object "
-    "present, until a full list of NodeStates has N x directors objects, each with the right service "
-    "and dests (polled; resolution = the poll interval, >= 0.25 s)",
-    "start to quiet: until no NodeState, VirtualService or RealServer changed over 5 s (the operator "
-    "writes every status after the NodeStates); the change is made only then",
+    "operator start to all NodeStates: lvs-operator (its ServiceAccount, kopf for the process, its own "
+    "list+watch caches) spawned with every object present, until its log says the NodeStates are "
+    "written (log polled every 0.1 s); then one full list must show N x directors NodeStates, each "
+    "with the right service and dests (else lists are polled until it does)",
+    "start to quiet: until the operator's first pass has ended, no pass wrote anything for 5 s and "
+    "a full list of NodeStates, VirtualServices and RealServers showed no resourceVersion changed "
+    "across that window (the operator writes every status after the NodeStates); the change is "
+    "made only then",
     "1 change: one RealServer's weight patched; NodeState writes = resourceVersion changes over a full "
     "list before and 5 s after (target: one per director); other writes = VirtualService/RealServer "
     "objects the operator rewrote (statuses); latency = patch until every affected NodeState shows it "

@@ -407,10 +407,11 @@ class Reconciler:
         with ThreadPoolExecutor(self.WORKERS) as pool:
             list(pool.map(lambda b: put("create", b), w.create))
             list(pool.map(lambda b: put("replace", b), w.replace))
+            if not few:
+                log.info("NodeStates: %d created, %d updated; %d status(es) to write",
+                         len(w.create), len(w.replace), len(w.status))
             list(pool.map(lambda d: delete(*d), w.delete))
             list(pool.map(lambda st: status(*st), w.status))
-        if not few:
-            log.info("NodeStates: %d created, %d updated", len(w.create), len(w.replace))
         for ev in w.events:
             try:
                 self.post_event(api, ev)
