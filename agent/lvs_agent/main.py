@@ -69,6 +69,7 @@ class Agent:
         self._dirty: set[str] | None = None
         self._dirty_lock = threading.Lock()
         self._status_inputs: StatusInputs | None = None
+        self._cache_dirty, self._cache_saved = False, 0.0
         self._parsed: dict = {}  # object name -> nodestate.Parsed, reused while unchanged
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,10 +101,22 @@ class Agent:
         except (FileNotFoundError, ValueError):
             pass
 
-    def _save_cache(self) -> None:
+    CACHE_EVERY = 5.0  # seconds: at 10k objects the cache is megabytes of JSON
+
+    def _save_cache(self, now: bool = True) -> None:
+        """Write the objects for a start without the API server; ``now=False``:
+        only if the last write is CACHE_EVERY old (the loop writes the rest)."""
+        self._cache_dirty = True
+        if not now and time.monotonic() - self._cache_saved < self.CACHE_EVERY:
+            return
+        self._cache_dirty = False
+        self._cache_saved = time.monotonic()
         tmp = self.cache_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.objects))
         os.replace(tmp, self.cache_path)
+
+    def _until_cache(self) -> float:
+        return max(0.0, self.CACHE_EVERY - (time.monotonic() - self._cache_saved))
 
     def _watch_forever(self) -> None:
         """List then watch, in a thread; relists after any error, with backoff."""
@@ -134,12 +147,15 @@ class Agent:
                     if kind == "ERROR":
                         break
                     name = obj["metadata"]["name"]
+                    before = self.objects.get(name)
                     if kind == "DELETED":
                         self.objects.pop(name, None)
                     else:
                         self.objects[name] = obj
+                    if kind != "DELETED" and only_status_changed(before, obj):
+                        continue  # our own status write coming back: nothing to program
                     self._touch(name)
-                    self._save_cache()
+                    self._save_cache(now=False)
                     self.wake()
             except Exception as e:  # noqa: BLE001 - any API failure means: back off, keep the kernel
                 delay = backoff.next()
@@ -244,14 +260,29 @@ class Agent:
             # Woken by a watch event or a health flip: incremental. The first
             # reconcile, and one every `resync` seconds whatever happens, is
             # full: that is what finds and repairs drift.
+            timeout = self._until_full() if self.synced else self.resync
+            if self._cache_dirty:
+                timeout = min(timeout, self._until_cache())
             try:
-                await asyncio.wait_for(self._wake.wait(), self._until_full() if self.synced else self.resync)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
+            woken = self._wake.is_set()
             self._wake.clear()
-            if self.synced and not self.stopping:
+            if self.synced and not self.stopping and (woken or self._until_full() == 0.0):
                 await self.reconcile_once(full=self._until_full() == 0.0)
+            if self._cache_dirty and self._until_cache() == 0.0:
+                await asyncio.to_thread(self._save_cache)
         await self.checker.stop()
+
+
+def only_status_changed(old: dict | None, new: dict) -> bool:
+    """Whether a watch event changes nothing but status (and bookkeeping)."""
+    if old is None:
+        return False
+    skip = ("resourceVersion", "managedFields")
+    meta = lambda o: {k: v for k, v in (o.get("metadata") or {}).items() if k not in skip}  # noqa: E731
+    return old.get("spec") == new.get("spec") and meta(old) == meta(new)
 
 
 def _without_conns(status: dict | None) -> dict:

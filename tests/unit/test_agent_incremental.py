@@ -215,3 +215,28 @@ def test_effective_spec_keeps_services_without_failed_servers():
     eff = effective_spec(spec, verdicts)
     assert eff.services[0].dests[0].weight == 0 and eff.services[1] is s2
     assert eff.services[0] == dc_replace(s1, dests=(dc_replace(s1.dests[0], weight=0),))
+
+
+def test_only_status_changed():
+    from lvs_agent.main import only_status_changed
+    a = dict(obj("o1", "10.0.0.1"), status={"services": []})
+    b = dict(obj("o1", "10.0.0.1"), status={"services": [{"programmed": True}]})
+    b["metadata"] = dict(b["metadata"], resourceVersion="9", managedFields=[{"manager": "lvs-agent"}])
+    assert only_status_changed(a, b)  # our own status write coming back
+    assert not only_status_changed(None, b)  # new object
+    assert not only_status_changed(a, obj("o1", "10.0.0.1", weight=3))  # spec
+    c = dict(b, metadata=dict(b["metadata"], labels={"x": "y"}))
+    assert not only_status_changed(a, c)  # labels
+
+
+def test_cache_writes_are_spaced_but_never_lost(tmp_path):
+    import json
+    a, _, _ = agent(tmp_path)
+    a._save_cache()
+    assert set(json.loads((tmp_path / "cache.json").read_text())) == {"o1", "o2", "o3"}
+    a.objects["o4"] = obj("o4", "10.0.0.4")
+    a._save_cache(now=False)  # within CACHE_EVERY of the last write: deferred
+    assert "o4" not in json.loads((tmp_path / "cache.json").read_text()) and a._cache_dirty
+    a._cache_saved -= a.CACHE_EVERY
+    a._save_cache(now=False)
+    assert "o4" in json.loads((tmp_path / "cache.json").read_text()) and not a._cache_dirty
