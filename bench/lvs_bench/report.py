@@ -68,6 +68,9 @@ def fmt_seconds(x: float) -> str:
 
 
 def fmt_ratio(x: float) -> str:
+    """Two decimals, or two significant digits below 0.1 (0.0034x, not 0.00x)."""
+    if 0 < x < 0.1:
+        return f"{x:.2g}x"
     return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
 
 

@@ -245,3 +245,9 @@ def test_rerender_from_json(tmp_path):
     md = (tmp_path / "latest.md").read_text()
     assert "| date | d |" in md and "details" not in md and "warm_up" not in md
     assert "## Summary" in md and "programming 1,000 dests" in md
+
+
+def test_small_ratios_keep_two_significant_digits():
+    from lvs_bench.report import fmt_ratio
+    assert [fmt_ratio(x) for x in (0.00113, 0.0342, 0.53, 1.0, 250.4)] == ["0.0011x", "0.034x", "0.53x", "1.00x",
+                                                                            "250x"]
