@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .health import HealthChecker, effective_spec
-from .nodestate import (GROUP, PLURAL, VERSION, StatusInputs, build_status, merge, node_selector, stale_statuses,
+from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, stale_statuses,
                         status_changed)
 
 log = logging.getLogger("lvs-agent")
@@ -70,7 +70,7 @@ class Agent:
         self._dirty_lock = threading.Lock()
         self._status_inputs: StatusInputs | None = None
         self._cache_dirty, self._cache_saved = False, 0.0
-        self._parsed: dict = {}  # object name -> nodestate.Parsed, reused while unchanged
+        self._merged: Merged | None = None  # the last merge: unchanged objects are not parsed again
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
@@ -153,7 +153,10 @@ class Agent:
                     else:
                         self.objects[name] = obj
                     if kind != "DELETED" and only_status_changed(before, obj):
-                        continue  # our own status write coming back: nothing to program
+                        # Our own status write coming back: nothing to program. Keeping
+                        # the equal spec mapping keeps its parse (nodestate.parse_object).
+                        obj["spec"] = before.get("spec")
+                        continue
                     self._touch(name)
                     self._save_cache(now=False)
                     self.wake()
@@ -168,8 +171,7 @@ class Agent:
         engine re-plans only the services changed since the last reconcile
         (watch events, health flips); a full one also repairs drift."""
         dirty = self._take_dirty()  # before the merge: later events stay marked for the next pass
-        merged = merge(self.objects, self.node, self._parsed)
-        self._parsed = merged.parsed
+        merged = self._merged = merge(self.objects, self.node, self._merged)
         self.checker.update(merged.spec)
         programmed = effective_spec(merged.spec, self.checker.verdicts)
         started = time.monotonic()

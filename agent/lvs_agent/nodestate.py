@@ -6,7 +6,7 @@ what it programmed and how its real servers are doing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION, label_value
@@ -38,6 +38,7 @@ class Merged:
     errors: dict[str, list[FieldError]] = field(default_factory=dict)  # object name -> errors
     owner: dict[ServiceKey, str] = field(default_factory=dict)  # service -> object name
     parsed: dict[str, Parsed] = field(default_factory=dict)  # object name -> its parse, for the next merge
+    index: dict[ServiceKey, int] = field(default_factory=dict)  # service -> position in spec.services
 
 
 def parse_object(obj: Mapping[str, Any], previous: Parsed | None = None) -> Parsed:
@@ -53,14 +54,54 @@ def parse_object(obj: Mapping[str, Any], previous: Parsed | None = None) -> Pars
     return Parsed(source, spec, tuple(errors), tuple(s.key for s in spec.services))
 
 
+_NODE_FIELDS = tuple(f.name for f in fields(NodeSpec) if f.name not in ("node", "services", "uplink"))
+
+
+def _node_level(spec: NodeSpec) -> tuple:
+    return tuple(getattr(spec, f) for f in _NODE_FIELDS)
+
+
+def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Merged) -> Merged | None:
+    """The previous merge with the changed objects' services swapped in place,
+    or None when anything else could move: the same object names, each changed
+    object with the same service keys, no errors before or after, the same
+    node-level fields (director addresses, sysctls, ...). A weight change at
+    10k objects then costs a pass over identities, not a new merge."""
+    if prev.spec.node != node or objects.keys() != prev.parsed.keys():
+        return None
+    parsed, services = prev.parsed, None
+    for name, obj in list(objects.items()):  # a snapshot: the watch thread may add meanwhile
+        old = prev.parsed[name]
+        new = parse_object(obj, old)
+        if new is old:
+            continue
+        if (new.errors or old.errors or new.keys != old.keys or len(set(new.keys)) != len(new.keys)
+                or any(prev.owner.get(k) != name for k in new.keys) or _node_level(new.spec) != _node_level(old.spec)):
+            return None
+        if services is None:
+            services, parsed = list(prev.spec.services), dict(prev.parsed)
+        for svc in new.spec.services:
+            services[prev.index[svc.key]] = svc
+        parsed[name] = new
+    if services is None:
+        return prev
+    return Merged(replace(prev.spec, services=tuple(services)), prev.errors, prev.owner, parsed, prev.index)
+
+
 def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
-          previous: Mapping[str, Parsed] | None = None) -> Merged:
+          previous: Merged | Mapping[str, Parsed] | None = None) -> Merged:
     """Merge NodeState objects (name -> object) into one spec for `node`.
 
     A bad object, or a service declared by two objects, is reported against
     that object and never stops the rest (first name in sort order wins).
-    ``previous``: the ``parsed`` of the last merge, reused for unchanged objects.
+    ``previous``: the last merge (changed objects swapped in when nothing else
+    can move), or its ``parsed`` (reused for unchanged objects).
     """
+    if isinstance(previous, Merged):
+        fast = _merge_changed(objects, node, previous)
+        if fast is not None:
+            return fast
+        previous = previous.parsed
     services: list = []
     sysctls: dict[str, str] = {}
     lists: dict[str, list] = {f.name: [] for f in fields(NodeSpec)
@@ -84,6 +125,7 @@ def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
             m.errors[name] = errors
     m.spec = NodeSpec(node=node, services=tuple(services), sysctls=tuple(sorted(sysctls.items())),
                       **{k: tuple(dict.fromkeys(v)) for k, v in lists.items()})
+    m.index = {svc.key: i for i, svc in enumerate(m.spec.services)}
     return m
 
 
@@ -106,9 +148,12 @@ def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: 
     gen = int(obj.get("metadata", {}).get("generation", 0))
     prev = (obj.get("status") or {}).get("conditions") or []
     services, dests = [], []
-    for s in merged.spec.services:
-        if merged.owner.get(s.key) != name:
+    own = merged.parsed[name].spec.services if name in merged.parsed else ()
+    seen: set[ServiceKey] = set()
+    for s in own:  # this object's services only: a scan of all of them per object is O(n^2)
+        if merged.owner.get(s.key) != name or s.key in seen:
             continue
+        seen.add(s.key)
         err = service_errors.get(s.key, "")
         services.append({"key": str(s.key), "programmed": not err, "error": err})
         live = programmed.service(s.key)

@@ -8,6 +8,8 @@ must not stop the other services on the node.
 """
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
@@ -185,7 +187,15 @@ class NodeSpec:
     reply_routes: tuple["ReplyRoute", ...] = ()
 
     def service(self, key: ServiceKey) -> Service | None:
-        return next((s for s in self.services if s.key == key), None)
+        return self._by_key.get(key)
+
+    @functools.cached_property
+    def _by_key(self) -> dict[ServiceKey, Service]:
+        """First service per key (a lookup per status at 10k services must not scan)."""
+        out: dict[ServiceKey, Service] = {}
+        for s in self.services:
+            out.setdefault(s.key, s)
+        return out
 
 
 # --------------------------------------------------------------------------

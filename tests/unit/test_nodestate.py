@@ -69,3 +69,41 @@ def test_merge_carries_every_node_level_list_and_service_flags():
     assert m.spec.services[0].snat is True
     assert [v.address for v in m.spec.backend_vips] == ["192.168.1.3"]
     assert [(r.address, r.port) for r in m.spec.reply_routes] == [("10.0.0.51", 80)]
+
+
+def test_status_lists_only_the_objects_own_services_once():
+    objs = {"d1-a-web": obj("d1-a-web", [WEB, {**WEB, "scheduler": "wlc"}]),  # the same key twice
+            "d1-b-dns": obj("d1-b-dns", [DNS]),
+            "d1-z-dup": obj("d1-z-dup", [WEB])}  # loses the key to d1-a-web
+    m = merge(objs, "d1")
+    st = {n: build_status(n, o, m, m.spec, {}, {}, set(), {}, "T") for n, o in objs.items()}
+    assert [s["key"] for s in st["d1-a-web"]["services"]] == ["tcp:192.168.0.30:80"]
+    assert [d["address"] for d in st["d1-a-web"]["dests"]] == ["10.0.0.51", "10.0.0.52"]
+    assert [s["key"] for s in st["d1-b-dns"]["services"]] == ["udp:192.168.0.31:53"]
+    assert st["d1-z-dup"]["services"] == [] and st["d1-z-dup"]["conditions"][0]["status"] == "False"
+    assert m.spec.service(m.spec.services[1].key) is m.spec.services[1]
+
+
+def test_merge_swaps_changed_objects_in_place_and_falls_back_when_anything_else_moves():
+    objs = {"d1-a-web": obj("d1-a-web", [WEB], directorAddresses=["192.168.0.30"]),
+            "d1-b-dns": obj("d1-b-dns", [DNS])}
+    first = merge(objs, "d1")
+
+    def same_as_fresh(m, objects):
+        fresh = merge(objects, "d1")
+        return (m.spec, m.errors, m.owner, m.index) == (fresh.spec, fresh.errors, fresh.owner, fresh.index)
+
+    assert merge(dict(objs), "d1", first) is first  # nothing changed
+    heavier = {**objs, "d1-b-dns": obj("d1-b-dns", [{**DNS, "dests": [{"address": "10.0.0.53", "weight": 9}]}])}
+    fast = merge(heavier, "d1", first)
+    assert same_as_fresh(fast, heavier)
+    assert fast.spec.services[0] is first.spec.services[0]  # the unchanged service is the same object
+    assert fast.owner is first.owner  # the fast path: nothing re-derived
+    for changed in ({**objs, "d1-b-dns": obj("d1-b-dns", [{**DNS, "port": 54}])},  # another key
+                    {**objs, "d1-b-dns": obj("d1-b-dns", [DNS], sysctls={"net.ipv4.vs.conntrack": "1"})},
+                    {**objs, "d1-c-new": obj("d1-c-new", [{**DNS, "port": 55}])},  # a new object
+                    {"d1-a-web": objs["d1-a-web"]},  # one gone
+                    {**objs, "d1-b-dns": obj("d1-b-dns", [{**DNS, "port": -1}])},  # now invalid
+                    {**objs, "d1-b-dns": obj("d1-b-dns", [WEB])}):  # now a duplicate of d1-a-web's
+        m = merge(changed, "d1", first)
+        assert m.owner is not first.owner and same_as_fresh(m, changed)
