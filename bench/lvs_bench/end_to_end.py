@@ -384,7 +384,16 @@ def run(sizes: list[int], changes: int, workdir: Path | None = None) -> tuple[R.
         for k, n in enumerate(sizes):
             if k:  # the previous size's namespace must be gone from the kernel first
                 from lvs_e2e.system import wait_until
-                wait_until("previous services gone", lambda: bench_services_in_kernel(s) == 0, 600, 2)
+                try:
+                    wait_until("previous services gone", lambda: bench_services_in_kernel(s) == 0, 600, 2)
+                    # And the namespace itself: applying it while it still terminates is a
+                    # no-op, and every create would then fail with NotFound.
+                    wait_until("previous namespace gone", lambda: not s.kubectl(
+                        "get", "namespace", NS, "--ignore-not-found", "-o", "name").strip(), 600, 1)
+                except Exception as e:  # noqa: BLE001 - an error row, the other sizes' rows kept
+                    rows.append({**{c.key: None for c in columns()}, "services": n, "changes": changes,
+                                 "seen": R.error(f"not run: {e}"[:400])})
+                    continue
             r, d = measure(s, n, changes)
             rows.append(r)
             details.append(d)

@@ -221,8 +221,9 @@ def create_many(api: Api, items: list[tuple[str, str, dict]], threads: int = 8) 
             except Exception as e:  # noqa: BLE001
                 if getattr(e, "status", None) == 409:
                     return
-                if attempt == 4:
-                    errors.append(f"{body['metadata']['name']}: {e}")
+                if attempt == 4 or getattr(e, "status", None) == 404:  # no namespace: retrying cannot help
+                    errors.append(f"{body['metadata']['name']}: {e}"[:300])
+                    return
                 time.sleep(0.5 * (attempt + 1))
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(one, items, chunksize=16))
