@@ -284,6 +284,10 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
     t = by_id.get("end_to_end")
     if t and t.status == "ok":
         for r in t.rows:
+            if is_error(r.get("seen")):
+                out.append(f"end to end with {fmt_cell(r.get('services'), 'int')} services: not measured "
+                           "(error below the table)")
+                continue
             out.append(f"end to end with {fmt_cell(r.get('services'), 'int')} services: kubectl patch to kernel "
                        f"p50 {fmt_cell(r.get('p50'), 'sec')}, p99 {fmt_cell(r.get('p99'), 'sec')} over "
                        f"{fmt_cell(r.get('seen'), 'count')} changes (kube-proxy IPVS, kubernetes#73382: "

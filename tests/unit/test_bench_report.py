@@ -251,3 +251,12 @@ def test_small_ratios_keep_two_significant_digits():
     from lvs_bench.report import fmt_ratio
     assert [fmt_ratio(x) for x in (0.00113, 0.0342, 0.53, 1.0, 250.4)] == ["0.0011x", "0.034x", "0.53x", "1.00x",
                                                                             "250x"]
+
+
+def test_summary_names_an_end_to_end_row_that_failed():
+    from lvs_bench import end_to_end as E
+    ok = {c.key: None for c in E.columns()} | {"services": 1000, "changes": 100, "seen": 100, "p50": 0.5, "p99": 3.6}
+    bad = {c.key: None for c in E.columns()} | {"services": 10000, "changes": 100, "seen": R.error("race")}
+    lines = R.summary_lines([E.build_table([ok, bad], [])])
+    assert lines[0].startswith("end to end with 1,000 services: kubectl patch to kernel p50 500.0 ms, p99 3.60 s")
+    assert lines[1] == "end to end with 10,000 services: not measured (error below the table)"
