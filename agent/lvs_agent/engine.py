@@ -203,8 +203,12 @@ class Engine:
                              conn=self.applier.batch_conn())
 
     def connections(self) -> dict[tuple[ServiceKey, str, int], tuple[int, int]]:
-        """(service key, dest address, dest port) -> (active, inactive)."""
-        t = self.table()
+        """(service key, dest address, dest port) -> (active, inactive).
+
+        Read through a socket of its own, without the engine's lock: at 10k
+        services the read takes seconds in the VM, and a reconcile must not
+        wait for it (the agent's status thread calls this)."""
+        t = read_ipvs(self.netns, fast=self.applier.use_batch)
         return {(k, dk.address, dk.port): (rt.active, rt.inactive)
                 for (k, dk), rt in t.dest_runtime.items()}
 

@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from .health import HealthChecker, effective_spec
 from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, stale_statuses,
                         status_changed)
+from .status_writer import StatusWriter
 
 log = logging.getLogger("lvs-agent")
 
@@ -48,9 +50,21 @@ class Backoff:
         self.delay = self.first
 
 
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """What one pass's statuses are built from; the status thread builds
+    them later, while the loop goes on."""
+
+    merged: Merged
+    programmed: Any  # NodeSpec: the spec as programmed (health verdicts applied)
+    errors: dict
+    verdicts: dict
+    checked: set
+
+
 class Agent:
     def __init__(self, node: str, namespace: str, engine: Any, api: Any, cache_path: Path,
-                 resync: float = 30.0, conn_status_interval: float = 30.0):
+                 resync: float = 30.0, conn_status_interval: float = 30.0, status_workers: int = 4):
         self.node, self.namespace, self.engine, self.api = node, namespace, engine, api
         self.cache_path = cache_path
         self.resync, self.conn_status_interval = resync, conn_status_interval
@@ -61,6 +75,10 @@ class Agent:
         self.reconcile_errors = 0
         self.last_duration = 0.0
         self._last_status_write: dict[str, float] = {}
+        # The last status handed to the status writer per object (queued, being
+        # written or written): what the next one is compared with.
+        self._sent: dict[str, dict] = {}
+        self._conns_due = True  # the status thread reads connection counts first
         self._last_full: float | None = None  # monotonic time of the last full reconcile
         self._conns: dict = {}
         self._conns_at: float | None = None
@@ -74,6 +92,8 @@ class Agent:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
+        self.status: StatusWriter[StatusSnapshot] = StatusWriter(self._build_statuses, self._patch_status,
+                                                                 self._status_done, workers=status_workers)
 
     # -- events --------------------------------------------------------------
     def wake(self) -> None:
@@ -128,6 +148,7 @@ class Agent:
                 listed = self.api.list_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, PLURAL, label_selector=selector)
                 self.objects = {o["metadata"]["name"]: o for o in listed["items"]}
+                self._sent.clear()  # compare with what the API server holds now
                 self._touch()
                 self.synced = True
                 self._save_cache()
@@ -152,6 +173,8 @@ class Agent:
                         self.objects.pop(name, None)
                     else:
                         self.objects[name] = obj
+                    if kind != "MODIFIED":  # gone, or a new object of that name
+                        self._sent.pop(name, None)
                     if kind != "DELETED" and only_status_changed(before, obj):
                         # Our own status write coming back: nothing to program. Keeping
                         # the equal spec mapping keeps its parse (nodestate.parse_object).
@@ -207,11 +230,7 @@ class Agent:
         now = time.monotonic()
         fresh_conns = full or self._conns_at is None or now - self._conns_at >= self.conn_status_interval
         if fresh_conns:
-            try:
-                self._conns = await asyncio.to_thread(self.engine.connections)
-            except Exception:  # noqa: BLE001 - keep the last counts
-                log.debug("connection counts not read", exc_info=True)
-            self._conns_at = now
+            self._conns_at, self._conns_due = now, True
         checked = self.checker.checked_services()
         inputs = StatusInputs(dict(merged.owner), errors, dict(merged.errors),
                               {k: v.state for k, v in self.checker.verdicts.items()})
@@ -220,29 +239,51 @@ class Agent:
         else:
             names = None  # all
         self._status_inputs = inputs
-        await asyncio.to_thread(self._write_statuses, merged, programmed, errors, checked, self._conns, names)
+        self.status.submit(StatusSnapshot(merged, programmed, errors, dict(self.checker.verdicts), set(checked)),
+                           names)
 
-    def _write_statuses(self, merged, programmed, errors, checked, conns, names: set[str] | None = None) -> None:
-        """Write the statuses of ``names`` (None: every object) that changed."""
-        now = time.monotonic()
-        for name, obj in list(self.objects.items()):
-            if names is not None and name not in names:
-                continue
-            status = build_status(name, obj, merged, programmed, errors, self.checker.verdicts, checked, conns, _now())
-            old = obj.get("status")
+    # -- statuses (the status writer's threads) -------------------------------
+    def _build_statuses(self, snap: StatusSnapshot, names: set[str] | None) -> dict[str, dict]:
+        """The statuses of ``names`` (None: every object) worth writing."""
+        if self._conns_due:
+            self._conns_due = False
+            try:
+                self._conns = self.engine.connections()
+            except Exception:  # noqa: BLE001 - keep the last counts
+                log.debug("connection counts not read", exc_info=True)
+        now, stamp, out = time.monotonic(), _now(), {}
+        for name in list(self.objects) if names is None else names:
+            obj = self.objects.get(name)
+            parsed = snap.merged.parsed.get(name)
+            if obj is None or parsed is None or parsed.source is not (obj.get("spec") or parsed.source):
+                continue  # changed since that merge: the next pass has it (the watch marked it)
+            status = build_status(name, obj, snap.merged, snap.programmed, snap.errors, snap.verdicts,
+                                  snap.checked, self._conns, stamp)
+            old = self._sent[name] if name in self._sent else obj.get("status")
             if not status_changed(old, status):
                 continue
             only_conns = not status_changed(_without_conns(old), _without_conns(status))
             if only_conns and now - self._last_status_write.get(name, 0) < self.conn_status_interval:
                 continue
-            try:
-                self.api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, self.namespace, PLURAL, name, {"status": status})
+            self._sent[name] = status
+            self._last_status_write[name] = now
+            out[name] = status
+        return out
+
+    def _patch_status(self, name: str, status: dict) -> None:
+        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, name,
+                                                       {"status": status})
+
+    def _status_done(self, name: str, status: dict, error: BaseException | None) -> None:
+        if error is None:
+            obj = self.objects.get(name)
+            if obj is not None:
                 obj["status"] = status
-                self._last_status_write[name] = now
-            except Exception as e:  # noqa: BLE001
-                log.warning("status of %s not written: %s", name, e)
-                self._touch(name)  # retried on the next pass
+            return
+        log.warning("status of %s not written: %s", name, error)
+        if self._sent.get(name) is status:
+            del self._sent[name]
+        self._touch(name)  # retried on the next pass
 
     def _until_full(self) -> float:
         if self._last_full is None:
@@ -276,6 +317,7 @@ class Agent:
             if self._cache_dirty and self._until_cache() == 0.0:
                 await asyncio.to_thread(self._save_cache)
         await self.checker.stop()
+        self.status.stop()
 
 
 def only_status_changed(old: dict | None, new: dict) -> bool:

@@ -76,6 +76,12 @@ def obj(name: str, vip: str, weight: int = 1, generation: int = 1) -> dict:
                                    "dests": [{"address": "10.1.0.1", "port": 80, "weight": weight}]}]}}
 
 
+async def settled(a: Agent, full: bool) -> None:
+    """One pass, and its statuses built and written (the status threads)."""
+    await a.reconcile_once(full=full)
+    assert await asyncio.to_thread(a.status.wait_idle, 10)
+
+
 def agent(tmp_path: Path) -> tuple[Agent, FakeEngine, FakeApi]:
     eng, api = FakeEngine(), FakeApi()
     a = Agent("n1", "kube-lvs-system", eng, api, tmp_path / "cache.json", resync=30.0,
@@ -89,26 +95,26 @@ def test_full_then_incremental_passes_touch_only_what_changed(tmp_path):
     a, eng, api = agent(tmp_path)
 
     async def go():
-        await a.reconcile_once(full=True)
+        await settled(a, full=True)
         assert eng.calls == [False] and eng.conn_reads == 1
         assert sorted(api.patched) == ["o1", "o2", "o3"]  # first statuses: all
         api.patched.clear()
         # A watch event changes o2: incremental, no table read, only o2's status.
         a.objects["o2"] = obj("o2", "10.0.0.2", weight=5, generation=2)
         a._touch("o2")
-        await a.reconcile_once(full=False)
+        await settled(a, full=False)
         assert eng.calls == [False, True] and eng.conn_reads == 1
         assert api.patched == ["o2"]
         api.patched.clear()
         # The engine now fails o3's service: o3's status, though nobody touched o3.
         eng.fail_for = {"10.0.0.3"}
-        await a.reconcile_once(full=False)
+        await settled(a, full=False)
         assert api.patched == ["o3"] and eng.conn_reads == 1
         st = a.objects["o3"]["status"]
         assert st["services"][0]["programmed"] is False and "EEXIST" in st["services"][0]["error"]
         api.patched.clear()
         # A resync: full, connection counts read, every status looked at (none changed).
-        await a.reconcile_once(full=True)
+        await settled(a, full=True)
         assert eng.calls[-1] is False and eng.conn_reads == 2 and api.patched == []
     asyncio.run(go())
 
@@ -118,10 +124,10 @@ def test_failed_status_write_is_retried_on_the_next_pass(tmp_path):
 
     async def go():
         api.broken = {"o1"}
-        await a.reconcile_once(full=True)
+        await settled(a, full=True)
         assert sorted(api.patched) == ["o2", "o3"]
         api.broken, api.patched = set(), []
-        await a.reconcile_once(full=False)
+        await settled(a, full=False)
         assert api.patched == ["o1"]
     asyncio.run(go())
 
@@ -130,7 +136,7 @@ def test_event_during_a_reconcile_is_not_lost(tmp_path):
     a, eng, api = agent(tmp_path)
 
     async def go():
-        await a.reconcile_once(full=True)
+        await settled(a, full=True)
         api.patched.clear()
 
         def event():  # the watch thread, while the engine works on the previous merge
@@ -138,8 +144,8 @@ def test_event_during_a_reconcile_is_not_lost(tmp_path):
             a._touch("o1")
             eng.during = None
         eng.during = event
-        await a.reconcile_once(full=False)
-        await a.reconcile_once(full=False)
+        await settled(a, full=False)
+        await settled(a, full=False)
         assert a.objects["o1"]["status"]["observedGeneration"] == 7
         assert api.patched == ["o1"]
     asyncio.run(go())
@@ -150,8 +156,8 @@ def test_connection_counts_refresh_at_most_every_interval(tmp_path):
     a.conn_status_interval = 0.0
 
     async def go():
-        await a.reconcile_once(full=True)
-        await a.reconcile_once(full=False)
+        await settled(a, full=True)
+        await settled(a, full=False)
         assert eng.conn_reads == 2  # interval passed: read again, even incrementally
     asyncio.run(go())
 
