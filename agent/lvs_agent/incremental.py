@@ -97,9 +97,10 @@ def remember(spec: NodeSpec, uplink: str, owned_sig: tuple | None,
 
 
 def advance(mem: Memory, d: Delta, spec: NodeSpec, owned_sig: tuple | None,
-            retry: frozenset[ServiceKey]) -> Memory:
-    """Memory after an incremental reconcile of ``spec`` (``d = delta(mem, spec, ...)``)."""
-    return Memory(spec, mem.uplink, owned_sig, retry, d.index, d.profile)
+            retry: frozenset[ServiceKey], uplink: str | None = None) -> Memory:
+    """Memory after an incremental reconcile of ``spec`` (``d = delta(mem, spec, ...)``;
+    ``uplink``: as resolved again by a sweep that checked the node side)."""
+    return Memory(spec, mem.uplink if uplink is None else uplink, owned_sig, retry, d.index, d.profile)
 
 
 def same_service(a: Service, b: Service) -> bool:
@@ -134,8 +135,11 @@ def _positional_diff(old: tuple[Service, ...], new: tuple[Service, ...]) -> tupl
     return gone, came
 
 
-def delta(mem: Memory | None, spec: NodeSpec, owned_sig: tuple | None) -> Delta:
-    """The services to re-plan for ``spec``, or the reason for a full reconcile."""
+def delta(mem: Memory | None, spec: NodeSpec, owned_sig: tuple | None,
+          check: Iterable[ServiceKey] = ()) -> Delta:
+    """The services to re-plan for ``spec``, or the reason for a full reconcile.
+    ``check``: more services to re-read and repair though unchanged (a sweep
+    slice: drift is found a slice at a time instead of by a full reconcile)."""
     if mem is None:
         return Delta(full="no previous reconcile to build on")
     if owned_sig is None or owned_sig != mem.owned_sig:
@@ -155,6 +159,7 @@ def delta(mem: Memory | None, spec: NodeSpec, owned_sig: tuple | None) -> Delta:
     index.update(came)
     keys = frozenset(changed) | mem.retry
     touched = [s for k in keys for s in (mem.index.get(k), index.get(k)) if s is not None]
+    keys |= frozenset(check)
     if any(s.snat for s in touched):
         return Delta(full="a changed service does SNAT (the nftables table)")
     profile = Counter(mem.profile)
@@ -180,23 +185,27 @@ def retry_after(p: Plan, results: list[tuple[O.Op, str | None]]) -> frozenset[Se
     return frozenset(keys)
 
 
-def restrict_owned(own: Ownership, keys: Iterable[ServiceKey]) -> Ownership:
-    """The IPVS records of ``keys`` only (every other record empty)."""
+def restrict_owned(own: Ownership, keys: Iterable[ServiceKey], node: bool = False) -> Ownership:
+    """The IPVS records of ``keys`` only; every other record empty, or with
+    ``node`` the node-side records (links, addresses, ...) as they are."""
     keys = set(keys)
-    return Ownership(services={k for k in keys if k in own.services},
-                     dests={k: set(own.dests[k]) for k in keys if k in own.dests})
+    side = (own.addresses, own.links, own.sysctls, own.rules, own.routes, own.nft_tables) if node else ()
+    return Ownership({k for k in keys if k in own.services}, {k: set(own.dests[k]) for k in keys if k in own.dests},
+                     *side).copy()
 
 
-def merge_owned(full: Ownership, part: Ownership, keys: Iterable[ServiceKey]) -> Ownership:
-    """``full`` with the IPVS records of ``keys`` replaced by ``part``'s.
+def merge_owned(full: Ownership, part: Ownership, keys: Iterable[ServiceKey], node: bool = False) -> Ownership:
+    """``full`` with the IPVS records of ``keys`` replaced by ``part``'s (and
+    with ``node`` its node-side records too).
 
     Unchanged services' dest sets are shared, not copied: every function that
     changes a record (claim, settle) works on a copy."""
     keys = set(keys)
     dests = {k: v for k, v in full.dests.items() if k not in keys}
     dests.update({k: v for k, v in part.dests.items() if k in keys})
-    return Ownership((full.services - keys) | (part.services & keys), dests, full.addresses, full.links,
-                     full.sysctls, full.rules, full.routes, full.nft_tables)
+    side = part if node else full
+    return Ownership((full.services - keys) | (part.services & keys), dests, side.addresses, side.links,
+                     side.sysctls, side.rules, side.routes, side.nft_tables)
 
 
 __all__ = ["Memory", "Delta", "node_side", "service_profile", "same_service", "remember", "advance", "delta",

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -80,6 +81,9 @@ class Agent:
         self._sent: dict[str, dict] = {}
         self._conns_due = True  # the status thread reads connection counts first
         self._last_full: float | None = None  # monotonic time of the last full reconcile
+        self._swept_at: float | None = None  # monotonic time up to which the sweep has advanced
+        self._pass_at = 0.0  # monotonic time of the last pass
+        self._programmed = None  # the last spec handed to the engine (health verdicts applied)
         self._conns: dict = {}
         self._conns_at: float | None = None
         # Statuses to rebuild: objects the watch changed (None: all of them),
@@ -189,24 +193,44 @@ class Agent:
                 time.sleep(delay)
 
     # -- reconcile -----------------------------------------------------------
-    async def reconcile_once(self, full: bool = True) -> None:
-        """One reconcile and the statuses it may change. ``full=False``: the
-        engine re-plans only the services changed since the last reconcile
-        (watch events, health flips); a full one also repairs drift."""
+    SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice
+
+    def _sweep_size(self, services: int, now: float) -> int:
+        """How many services this pass re-checks: the sweep advances with the
+        clock so that every service is re-checked once per ``resync`` seconds
+        (one more: an empty spec still gets its node side checked)."""
+        since, self._swept_at = self._swept_at, now
+        if since is None or self.resync <= 0:
+            return 0
+        return math.ceil((services + 1) * min(1.0, (now - since) / self.resync))
+
+    async def reconcile_once(self, full: bool = False, woken: bool = True) -> None:
+        """One pass: the services changed since the last one (watch events,
+        health flips) and a slice of the sweep that re-checks every service
+        for drift once per ``resync`` seconds, then the statuses that may
+        change. ``full``: the engine's full reconcile instead (the first
+        pass). ``woken=False``: nothing changed, only the sweep moves on."""
         dirty = self._take_dirty()  # before the merge: later events stay marked for the next pass
-        merged = self._merged = merge(self.objects, self.node, self._merged)
-        self.checker.update(merged.spec)
-        programmed = effective_spec(merged.spec, self.checker.verdicts)
-        started = time.monotonic()
+        if woken or self._merged is None or self._programmed is None or dirty is None or dirty:
+            merged = self._merged = merge(self.objects, self.node, self._merged)
+            self.checker.update(merged.spec)
+            programmed = self._programmed = effective_spec(merged.spec, self.checker.verdicts)
+        else:
+            merged, programmed = self._merged, self._programmed
+        started = self._pass_at = time.monotonic()
+        sweep = 0
         if full:
             # Even if it fails: the engine goes full by itself after a failure,
             # and the loop must not spin on a failing reconcile.
-            self._last_full = started
+            self._last_full = self._swept_at = started
+        else:
+            sweep = self._sweep_size(len(merged.spec.services), started)
         try:
             if full:
                 report = await asyncio.to_thread(self.engine.reconcile, programmed)
             else:
-                report = await asyncio.to_thread(self.engine.reconcile, programmed, incremental=True)
+                report = await asyncio.to_thread(self.engine.reconcile, programmed, incremental=True,
+                                                 sweep=sweep)
             self.reconciles += 1
         except Exception:  # noqa: BLE001
             self.reconcile_errors += 1
@@ -232,7 +256,7 @@ class Agent:
         if fresh_conns:
             self._conns_at, self._conns_due = now, True
         checked = self.checker.checked_services()
-        inputs = StatusInputs(dict(merged.owner), errors, dict(merged.errors),
+        inputs = StatusInputs(merged.owner, errors, dict(merged.errors),
                               {k: v.state for k, v in self.checker.verdicts.items()})
         if dirty is not None and not fresh_conns and self._status_inputs is not None:
             names: set[str] | None = dirty | stale_statuses(self._status_inputs, inputs)
@@ -285,11 +309,6 @@ class Agent:
             del self._sent[name]
         self._touch(name)  # retried on the next pass
 
-    def _until_full(self) -> float:
-        if self._last_full is None:
-            return 0.0
-        return max(0.0, self.resync - (time.monotonic() - self._last_full))
-
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -299,11 +318,13 @@ class Agent:
             await asyncio.sleep(2)
             if not self.synced:
                 self._load_cache()
+        tick = min(self.SWEEP_TICK, self.resync) if self.resync > 0 else self.SWEEP_TICK
         while not self.stopping:
-            # Woken by a watch event or a health flip: incremental. The first
-            # reconcile, and one every `resync` seconds whatever happens, is
-            # full: that is what finds and repairs drift.
-            timeout = self._until_full() if self.synced else self.resync
+            # The first pass is a full reconcile. Then a pass when woken (a
+            # watch event, a health flip: the changed services) and at least
+            # every tick (a slice of the drift sweep).
+            until_tick = max(0.0, tick - (time.monotonic() - self._pass_at))
+            timeout = until_tick if self.synced else self.resync
             if self._cache_dirty:
                 timeout = min(timeout, self._until_cache())
             try:
@@ -312,8 +333,9 @@ class Agent:
                 pass
             woken = self._wake.is_set()
             self._wake.clear()
-            if self.synced and not self.stopping and (woken or self._until_full() == 0.0):
-                await self.reconcile_once(full=self._until_full() == 0.0)
+            due = time.monotonic() - self._pass_at >= tick
+            if self.synced and not self.stopping and (woken or due):
+                await self.reconcile_once(full=self._last_full is None, woken=woken)
             if self._cache_dirty and self._until_cache() == 0.0:
                 await asyncio.to_thread(self._save_cache)
         await self.checker.stop()
@@ -346,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uplink", default=os.environ.get("KUBE_LVS_UPLINK", ""))
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     p.add_argument("--resync", type=float, default=30.0,
-                   help="seconds between full reconciles (drift checks); watch events in between "
-                        "reconcile only the services they change")
+                   help="seconds in which every service is re-checked for drift (a slice every "
+                        "half second); watch events reconcile only the services they change")
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("KUBE_LVS_METRICS_PORT", "9477")),
                    help="Prometheus port; 0 disables")
     p.add_argument("--metrics-address", default="0.0.0.0")

@@ -688,14 +688,16 @@ def write_sysctl(name: str, value: str, netns: str | None = None) -> None:
 def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None, ipr=None,
             with_stats: bool = False, fast: bool = True, need_net: bool = True,
             conn=None, runtime: bool = True, need_routing: tuple[int, int] | None = None,
-            nft_tables: Iterable[tuple[str, str]] = ()) -> tuple[Observed, IPVSTable]:
+            nft_tables: Iterable[tuple[str, str]] = (), ipvs_table: bool = True) -> tuple[Observed, IPVSTable]:
     """The kernel as it is now: (Observed for the planner, the full IPVS table).
 
     ``need_net=False`` skips links and addresses (the planner only looks at
     them when the spec or the ownership record names some). ``need_routing``
     (lo, hi): also read policy rules and the default routes of tables lo..hi-1;
-    ``nft_tables``: the (family, name) nftables tables to read."""
-    table = read_ipvs(netns, with_stats=with_stats, ipvs=ipvs, fast=fast, conn=conn, runtime=runtime)
+    ``nft_tables``: the (family, name) nftables tables to read.
+    ``ipvs_table=False``: everything but IPVS (the caller reads the services it needs)."""
+    table = (read_ipvs(netns, with_stats=with_stats, ipvs=ipvs, fast=fast, conn=conn, runtime=runtime)
+             if ipvs_table else IPVSTable())
     links: dict[str, LinkState] = {}
     addrs: set[tuple[str, str]] = set()
     if need_net:

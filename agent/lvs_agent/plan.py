@@ -135,7 +135,12 @@ class Plan:
         return bool(self.ops)
 
 
-def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = "") -> Plan:
+def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = "",
+         services: Iterable[Service] | None = None) -> Plan:
+    """``services``: plan IPVS for these only (their keys are all that
+    ``observed.services`` and the IPVS records of ``owned`` hold: a sweep
+    slice); None: every service of ``desired``. The node side is always
+    planned from the whole of ``desired``."""
     p = Plan()
     removals: list[O.Op] = []
 
@@ -207,7 +212,7 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
         removals.append(O.DelNftTable(*tkey))
 
     # IPVS services and their dests.
-    sp = plan_services(desired.services, observed.services, owned)
+    sp = plan_services(desired.services if services is None else services, observed.services, owned)
     p.ops.extend(sp.ops)
     p.problems.update(sp.problems)
 
@@ -256,14 +261,15 @@ def plan_services(desired: Iterable[Service], observed: Mapping[ServiceKey, Serv
     return p
 
 
-def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, uplink: str = "") -> Ownership:
+def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, uplink: str = "",
+          services: Iterable[Service] | None = None) -> Ownership:
     """Ownership to persist *before* applying: everything the plan may create.
 
     Recording first means a crash mid-apply still knows its strays; a create
     that then fails is dropped again by `settle`. Records of objects that are
     neither wanted nor in the kernel any more are forgotten here.
     """
-    own = _forget_services(owned.copy(), desired.services, observed)
+    own = _forget_services(owned.copy(), desired.services if services is None else services, observed)
     want_sysctl = effective_sysctls(desired, uplink)
     for n, original in list(own.sysctls.items()):
         if n not in want_sysctl and (original is None or observed.sysctls.get(n) == original):

@@ -234,3 +234,45 @@ def test_pyroute2_path_reads_only_the_changed_services_too(tmp_path):
             assert "-a -u 10.10.0.2:53 -r 10.20.0.5:53 -g -w 4" in ipvsadm(lab, ns, "-Sn")
             converged_full(e, with_weight(OURS, 1, 1, 4))
             reconcile_ok(e, {})
+
+
+def test_sweep_repairs_drift_a_slice_at_a_time(bare, reads):
+    """Passes with sweep=1 re-read one unchanged service each (get + dest
+    dump, never the whole table), the node side with the first slice of each
+    round: a hand-deleted dest, a hand-changed weight, a hand-reset sysctl
+    and a hand-deleted VIP address are repaired within one round; a foreign
+    service and a foreign dest in ours are never touched. (Strays of ours:
+    the unit property test, a sweep round == a full reconcile.)"""
+    from lvs_model.nodespec import DIRECTOR_DEVICE, effective_sysctls
+    lab, ns, e = bare
+    doc = {**OURS, "directorAddresses": ["10.10.0.1"]}
+    reconcile_ok(e, doc)
+    ks = keys(doc)
+    ipvsadm(lab, ns, "-A", "-t", "172.31.0.1:80", "-s", "rr")  # foreign
+    ipvsadm(lab, ns, "-a", "-t", "10.10.0.1:80", "-r", "10.99.0.1:80", "-m")  # foreign dest in ours
+    ipvsadm(lab, ns, "-d", "-u", "10.10.0.2:53", "-r", "10.20.0.5:53")
+    ipvsadm(lab, ns, "-e", "-t", "10.10.0.1:80", "-r", "10.20.0.1:8080", "-m", "-w", "9")
+    sysctl = [n for n, v in sorted(effective_sysctls(spec(doc), "").items()) if v != "0"][0]
+    path = "/proc/sys/" + sysctl.replace(".", "/")
+    lab.run(ns, "sh", "-c", f"echo 0 > {path}")
+    lab.run(ns, "ip", "addr", "del", "10.10.0.1/32", "dev", DIRECTOR_DEVICE)
+    assert e.reconcile(spec(doc), incremental=True).ops == []  # no sweep: nothing looked at
+    seen, done = [], []
+    for _ in range(len(ks)):
+        reads.reset()
+        r = e.reconcile(spec(doc), incremental=True, sweep=1)
+        assert r.swept == 1 and reads["dump"] == 0 and len(reads.keys) == 1
+        seen.append(reads.keys[0])
+        done.append(r.round_done)
+    assert seen == ks and done == [False, False, True]
+    table = ipvsadm(lab, ns, "-Sn")
+    assert "-a -u 10.10.0.2:53 -r 10.20.0.5:53 -g -w 1" in table  # dest back
+    assert "-a -t 10.10.0.1:80 -r 10.20.0.1:8080 -m -w 2" in table  # weight back
+    assert "-A -t 172.31.0.1:80 -s rr" in table and "10.99.0.1:80" in table  # foreign kept
+    assert "10.10.0.1/32" in lab.run(ns, "ip", "-o", "addr", "show", "dev", DIRECTOR_DEVICE).stdout
+    assert lab.run(ns, "cat", path).stdout.strip() != "0"
+    converged_full(e, doc)
+    reads.reset()
+    e.reconcile(spec(doc), incremental=True, sweep=5)  # the next round starts over
+    assert sorted(reads.keys) == sorted(ks)
+    ipvsadm(lab, ns, "-D", "-t", "172.31.0.1:80")

@@ -43,12 +43,14 @@ class FakeEngine:
 
     def __init__(self):
         self.calls: list[bool] = []
+        self.sweeps: list[int] = []
         self.conn_reads = 0
         self.fail_for: set = set()
         self.during = None  # called inside reconcile (an event arriving meanwhile)
 
-    def reconcile(self, spec, incremental: bool = False):
+    def reconcile(self, spec, incremental: bool = False, sweep: int = 0):
         self.calls.append(incremental)
+        self.sweeps.append(sweep)
         if self.during is not None:
             self.during()
         errs = {s.key: "EEXIST: File exists" for s in spec.services if s.address in self.fail_for}
@@ -162,28 +164,38 @@ def test_connection_counts_refresh_at_most_every_interval(tmp_path):
     asyncio.run(go())
 
 
-def test_loop_first_pass_is_full_then_wakeups_are_incremental(tmp_path):
+def test_loop_first_pass_is_full_then_incremental_passes_sweep_with_the_clock(tmp_path):
+    """After the full first pass, every pass is incremental, woken or not, and
+    sweeps a slice sized so that all services (3 here, +1) are re-checked once
+    per resync period: 2 s here, a pass every 0.5 s, so 1 service per pass."""
     a, eng, _ = agent(tmp_path)
     a.synced = True
-    a.resync = 3600.0
+    a.resync = 2.0
 
     async def go():
         task = asyncio.create_task(a.run())
-        while not eng.calls:
+        while len(eng.calls) < 4:
             await asyncio.sleep(0.01)
         a.wake()
-        while len(eng.calls) < 2:
-            await asyncio.sleep(0.01)
-        a._last_full -= 3600  # a resync is due
-        a.wake()
-        while len(eng.calls) < 3:
+        while len(eng.calls) < 6:
             await asyncio.sleep(0.01)
         a.stopping = True
         a.wake()
         await asyncio.wait_for(task, 5)
     a._watch_forever = lambda: None  # no API server here
     asyncio.run(go())
-    assert eng.calls[:3] == [False, True, False]
+    assert eng.calls[0] is False and all(eng.calls[1:])
+    assert eng.sweeps[0] == 0 and all(1 <= n <= 2 for n in eng.sweeps[1:4]), eng.sweeps
+
+
+def test_sweep_slice_follows_the_clock(tmp_path):
+    a, _, _ = agent(tmp_path)
+    a.resync = 30.0
+    assert a._sweep_size(9999, 100.0) == 0  # no sweep before the first pass
+    assert a._sweep_size(9999, 100.5) == 167  # half a second of a 30 s round of 10,000
+    assert a._sweep_size(9999, 100.5) == 0  # no time passed
+    assert a._sweep_size(9999, 200.0) == 10000  # a long pass: the whole round, no more
+    assert a._sweep_size(0, 200.5) == 1  # an empty spec: the node side still gets checked
 
 
 # ---- reuse: unchanged objects keep their parse and their service objects --------------

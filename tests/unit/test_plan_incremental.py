@@ -322,3 +322,94 @@ def test_foreign_key_is_retried_until_it_is_free():
     p, results, owned = reconcile_services(spec, kernel, owned, d.keys)
     assert [type(op) for op in p.ops] == [O.AddService, O.AddDest]
     assert foreign_key in owned.services and retry_after(p, results) == frozenset()
+
+
+# ---- the sweep: unchanged services re-checked a slice at a time ------------------------
+
+def test_checked_keys_are_replanned_without_forcing_full():
+    spec = base()
+    spec = replace(spec, services=(replace(spec.services[0], snat=True),) + spec.services[1:])
+    snat_key, other = spec.services[0].key, spec.services[1].key
+    d = delta(remember(spec), spec, SIG, [snat_key, other])
+    assert not d.full and d.keys == {snat_key, other}  # an unchanged SNAT service: no full
+    assert [s.key for s in d.want] == sorted([snat_key, other])
+    stray = nat_service(99).key  # owned, no longer desired: checked, nothing to want
+    d = delta(remember(spec), reweighted(spec, 2, 7), SIG, [stray])
+    assert d.keys == {stray, spec.services[2].key} and [s.key for s in d.want] == [spec.services[2].key]
+
+
+def test_restrict_and_merge_with_the_node_side():
+    own = owned_three()
+    k = nat_service(81).key
+    part = restrict_owned(own, {k}, node=True)
+    assert part == Ownership(services={k}, dests={k: {DestKey("10.0.0.51", 80)}}, addresses=own.addresses,
+                             links=own.links, sysctls=own.sysctls)
+    part.addresses.add(("lo", "10.9.9.9"))
+    assert ("lo", "10.9.9.9") not in own.addresses  # a copy
+    m = merge_owned(own, part, {k}, node=True)
+    assert ("lo", "10.9.9.9") in m.addresses and m.services == own.services
+    assert ("lo", "10.9.9.9") not in merge_owned(own, part, {k}).addresses  # without node: kept
+
+
+def sweep_round(spec: NodeSpec, kernel: Observed, owned: Ownership, slice_size: int) -> Ownership:
+    """What Engine._sweep_slice + _reconcile_services do over one round, on the
+    simulated kernel: desired keys then owned strays, the first slice with
+    the node side."""
+    from lvs_agent.plan import claim, plan
+    index = [s.key for s in spec.services]
+    order = index + [k for k in owned.services if k not in set(index)]
+    for i in range(0, max(1, len(order)), slice_size):
+        keys = set(order[i:i + slice_size])
+        want = tuple(sorted((s for s in spec.services if s.key in keys), key=lambda s: s.key))
+        if i == 0:
+            part = restrict_owned(owned, keys, node=True)
+            obs = replace(kernel, services={k: s for k, s in kernel.services.items() if k in keys})
+            p = plan(spec, obs, part, UPLINK, services=want)
+            claimed = claim(part, p, obs, spec, UPLINK, services=want)
+            owned = merge_owned(owned, settle(claimed, simulate(kernel, p.ops)), keys, node=True)
+        else:
+            p, results, owned = reconcile_services(spec, kernel, owned, keys)
+    return owned
+
+
+drift_st = st.lists(st.tuples(st.sampled_from(["del_service", "del_dest", "weight", "address", "sysctl",
+                                               "stray"]), st.integers(0, 3)), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(services_st, drift_st, st.integers(1, 3))
+def test_a_sweep_round_repairs_what_a_full_reconcile_repairs(services, drift, slice_size):
+    from test_plan import simulate as _  # noqa: F401 - same simulated kernel
+    spec = NodeSpec(services=services, director_addresses=(LocalAddress("192.168.0.30", device="lvs0"),))
+    worlds = []
+    for _w in range(2):
+        k = foreign_kernel()
+        _, own = reconcile(spec, k, Ownership(), UPLINK)
+        # Drift: by hand, in both worlds alike.
+        for what, i in drift:
+            ours = sorted(own.services)
+            if what == "del_service" and ours:
+                k.services.pop(ours[i % len(ours)], None)
+            elif what in ("del_dest", "weight") and ours:
+                key = ours[i % len(ours)]
+                s = k.services.get(key)
+                if s is not None and s.dests:
+                    d0 = s.dests[0]
+                    rest = s.dests[1:] if what == "del_dest" else (replace(d0, weight=d0.weight + 5),) + s.dests[1:]
+                    k.services[key] = replace(s, dests=rest)
+            elif what == "address":
+                k.addresses = {a for a in k.addresses if a[1] != "192.168.0.30" or a[0] != "lvs0"}
+            elif what == "sysctl":
+                for name in list(k.sysctls)[:1]:
+                    k.sysctls[name] = "7"
+            elif what == "stray":  # a service of ours the spec no longer has (a crash mid-change)
+                stray = Service(address="192.168.0.30", port=9000 + i, scheduler="rr")
+                k.services[stray.key] = stray
+                own.services.add(stray.key)
+                own.dests[stray.key] = set()
+        worlds.append((k, own))
+    (full_k, full_own), (sw_k, sw_own) = worlds
+    _, full_own = reconcile(spec, full_k, full_own, UPLINK)
+    sw_own = sweep_round(spec, sw_k, sw_own, slice_size)
+    assert sw_k == full_k
+    assert sw_own == full_own
