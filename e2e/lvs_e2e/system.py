@@ -173,12 +173,13 @@ class System:
         assert self.ctl is not None
         self.ctl.signal(f"server-{kind}-{host}")
 
-    def start_agent(self, node: str, netns: str, metrics_port: int = 0) -> None:
+    def start_agent(self, node: str, netns: str, metrics_port: int = 0, resync: float = 5) -> None:
+        """``resync``: 5 s (the tests wait for drift repair), not the product's 30."""
         assert self.ctl is not None and self.agent_kubeconfig is not None
         self.ctl.spawn(f"agent-{node}", [
             f"{self.bin}/lvs-agent", "--node", node, "--netns", netns,
             "--kubeconfig", str(self.agent_kubeconfig), "--state-dir", f"{GUEST_RUN}/agent-{node}",
-            "--resync", "5", "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
+            "--resync", str(resync), "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
             log=f"{GUEST_RUN}/agent-{node}.log")
 
     def stop_agent(self, node: str, sig: int = 15) -> int | None:
