@@ -271,7 +271,9 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
         for r in t.rows:
             out.append(f"drift repair in {fmt_cell(r.get('dests'), 'int')} dests: ours "
                        f"{fmt_cell(r.get('ours_ops'), 'count')} op(s), {fmt_cell(r.get('ours'), 'sec')} = "
-                       f"{_ratio_text(r, 'ours/ipvsadm_save', 'ipvsadm -Sn reading the table')}")
+                       f"{_ratio_text(r, 'ours/ipvsadm_save', 'ipvsadm -Sn reading the table')}; "
+                       f"as the agent finds it, a sweep round {fmt_cell(r.get('ours_sweep'), 'sec')}, "
+                       f"largest slice {fmt_cell(r.get('ours_slice'), 'sec')}")
     t = by_id.get("operator_scale")
     if t and t.status == "ok":
         for r in t.rows:

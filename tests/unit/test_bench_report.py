@@ -139,7 +139,8 @@ def test_kernel_tables_have_every_column_even_with_errors():
             "keepalived": 0.2, "ours_apply": 0.05, "ours_build": 0.01, "ours_path": "batch"}
     chg = {"dests": 20, "ours": 0.01, "ours_ops": 1, "ours_full": 0.05, "ipvsadm_restore": 0.3,
            "keepalived": None, "ours_read": 0.001, "ours_observe": 0.005}
-    dft = {"dests": 20, "ours": 0.02, "ours_ops": 1, "ipvsadm_save": 0.01, "ours_observe": 0.01}
+    dft = {"dests": 20, "ours": 0.02, "ours_ops": 1, "ipvsadm_save": 0.01, "ours_observe": 0.01,
+           "ours_sweep": 0.03, "ours_slice": 0.001}
     tables = K.build_tables([prog], [chg], [dft], K.STANDING_NOTES)
     assert [t.id for t in tables] == ["program", "change", "drift", "operator_scale", "end_to_end"]
     for t in tables[:3]:
@@ -223,7 +224,8 @@ def test_summary_lines():
             "keepalived": R.error("x"), "ours_apply": 0.3, "ours_build": 0.1, "ours_path": "batch"}
     chg = {"dests": 1000, "ours": 0.2, "ours_ops": 1, "ours_full": 0.8, "ipvsadm_restore": 1.0,
            "keepalived": 0.1, "ours_read": 0.01, "ours_observe": 0.15}
-    dft = {"dests": 1000, "ours": 0.3, "ours_ops": 1, "ipvsadm_save": 0.1, "ours_observe": 0.2}
+    dft = {"dests": 1000, "ours": 0.3, "ours_ops": 1, "ipvsadm_save": 0.1, "ours_observe": 0.2,
+           "ours_sweep": 0.4, "ours_slice": 0.01}
     tables = K.build_tables([prog], [chg], [dft], {})
     lines = R.summary_lines(tables)
     assert lines[0] == ("programming 1,000 dests from empty: ours 500.0 ms = 0.50x ipvsadm-restore, "
