@@ -138,6 +138,7 @@ class HealthChecker:
         self._tasks: dict[tuple[ServiceKey, DestKey], tuple[HealthCheck, asyncio.Task]] = {}
         self._on_change = on_change or (lambda: None)
         self._pool = netns_executor(netns)
+        self._spec: NodeSpec | None = None  # the spec of the last update
 
     def checked(self, skey: ServiceKey) -> bool:
         return any(k[0] == skey for k in self._tasks)
@@ -148,6 +149,9 @@ class HealthChecker:
 
     def update(self, spec: NodeSpec) -> None:
         """Start, restart or stop checks to match the spec (call in the event loop)."""
+        if spec is self._spec:  # the very same spec: a walk over 10k services for nothing
+            return
+        self._spec = spec
         want: dict[tuple[ServiceKey, DestKey], tuple[HealthCheck, Dest]] = {}
         for s in spec.services:
             if s.health.type != "none":

@@ -146,7 +146,10 @@ def delta(mem: Memory | None, spec: NodeSpec, owned_sig: tuple | None,
         return Delta(full="the ownership record changed on disk")
     if _non_service_fields(spec) != _non_service_fields(mem.spec):
         return Delta(full="a non-service part of the spec changed")
-    gone_l, came_l = _positional_diff(tuple(mem.spec.services), tuple(spec.services))
+    if spec.services is mem.spec.services:  # the very same spec again (a sweep-only pass)
+        gone_l, came_l = [], []
+    else:
+        gone_l, came_l = _positional_diff(tuple(mem.spec.services), tuple(spec.services))
     gone = {s.key: s for s in gone_l}
     came = {s.key: s for s in came_l}
     if len(came) != len(came_l) or any(k in mem.index and k not in gone for k in came):

@@ -82,6 +82,9 @@ class Agent:
         self._conns_due = True  # the status thread reads connection counts first
         self._last_full: float | None = None  # monotonic time of the last full reconcile
         self._swept_at: float | None = None  # monotonic time up to which the sweep has advanced
+        self._sweep_cost: float | None = None  # engine seconds per swept service (moving average)
+        self._round_started: float | None = None
+        self.sweep_round_seconds = 0.0  # how long the last complete sweep round took
         self._pass_at = 0.0  # monotonic time of the last pass
         self._programmed = None  # the last spec handed to the engine (health verdicts applied)
         self._conns: dict = {}
@@ -194,15 +197,35 @@ class Agent:
 
     # -- reconcile -----------------------------------------------------------
     SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice
+    SWEEP_BUDGET = 0.2  # the largest share of the agent's time the sweep may take
 
     def _sweep_size(self, services: int, now: float) -> int:
         """How many services this pass re-checks: the sweep advances with the
         clock so that every service is re-checked once per ``resync`` seconds
-        (one more: an empty spec still gets its node side checked)."""
+        (one more: an empty spec still gets its node side checked), but takes
+        at most SWEEP_BUDGET of the time at the cost measured so far: on a
+        machine too slow for the table a round takes longer (the metric
+        kube_lvs_agent_sweep_round_seconds shows how long) instead of
+        crowding out the changes."""
         since, self._swept_at = self._swept_at, now
         if since is None or self.resync <= 0:
             return 0
-        return math.ceil((services + 1) * min(1.0, (now - since) / self.resync))
+        n = math.ceil((services + 1) * min(1.0, (now - since) / self.resync))
+        if self._sweep_cost:
+            n = min(n, max(1, int((now - since) * self.SWEEP_BUDGET / self._sweep_cost)))
+        return n
+
+    def _sweep_done(self, report: Any, now: float, learn: bool = True) -> None:
+        """Time the sweep's rounds; ``learn``: a pass of the sweep alone (no
+        change in it), whose time is the sweep's cost."""
+        swept = getattr(report, "swept", 0) or 0
+        if swept and learn:
+            cost = getattr(report, "duration", 0.0) / swept
+            self._sweep_cost = cost if self._sweep_cost is None else 0.8 * self._sweep_cost + 0.2 * cost
+        if getattr(report, "round_done", False):
+            if self._round_started is not None:
+                self.sweep_round_seconds = now - self._round_started
+            self._round_started = now
 
     async def reconcile_once(self, full: bool = False, woken: bool = True) -> None:
         """One pass: the services changed since the last one (watch events,
@@ -239,6 +262,7 @@ class Agent:
             return
         finally:
             self.last_duration = time.monotonic() - started
+        self._sweep_done(report, time.monotonic(), learn=not woken)
         n_ops = len(getattr(report, "ops", []) or [])
         if self.reconciles == 1:
             log.info("first reconcile done: %d services, %d ops", len(merged.spec.services), n_ops)

@@ -30,6 +30,13 @@ class AgentCollector(Collector):
                                 value=a.last_duration)
         yield GaugeMetricFamily(f"{PREFIX}_nodestates", "NodeState objects this agent holds",
                                 value=len(a.objects))
+        yield GaugeMetricFamily(f"{PREFIX}_sweep_round_seconds",
+                                "How long the last round of the drift sweep took (every service re-checked once)",
+                                value=getattr(a, "sweep_round_seconds", 0.0))
+        status = getattr(a, "status", None)
+        if status is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_status_writes_pending", "NodeState statuses waiting to be written",
+                                    value=status.pending)
         yield from self._ipvs()
 
     def _ipvs(self) -> Iterable:

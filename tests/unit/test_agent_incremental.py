@@ -258,3 +258,22 @@ def test_cache_writes_are_spaced_but_never_lost(tmp_path):
     a._cache_saved -= a.CACHE_EVERY
     a._save_cache(now=False)
     assert "o4" in json.loads((tmp_path / "cache.json").read_text()) and not a._cache_dirty
+
+
+def test_sweep_keeps_to_its_budget_on_a_slow_machine(tmp_path):
+    """At 10 ms per service (a TCG VM at 10k services) the sweep may take 20 %
+    of the time: 10 services per half second, not 167; the round takes longer
+    and its length is measured."""
+    a, _, _ = agent(tmp_path)
+    a.resync = 30.0
+    a._sweep_size(9999, 100.0)
+    # A change's pass teaches nothing (its time is not the sweep's).
+    a._sweep_done(SimpleNamespace(swept=100, duration=5.0, round_done=False), 100.0, learn=False)
+    assert a._sweep_cost is None
+    a._sweep_done(SimpleNamespace(swept=100, duration=1.0, round_done=True), 100.0)
+    assert a._sweep_cost == 0.01 and a.sweep_round_seconds == 0.0  # the first round's start
+    assert a._sweep_size(9999, 100.5) == 10
+    a._sweep_done(SimpleNamespace(swept=10, duration=0.1, round_done=True), 160.0)
+    assert a.sweep_round_seconds == 60.0
+    a._sweep_cost = 1e-5  # a fast machine: the clock decides
+    assert a._sweep_size(9999, 101.0) == 167
