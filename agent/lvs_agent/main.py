@@ -89,6 +89,7 @@ class Agent:
         self._programmed = None  # the last spec handed to the engine (health verdicts applied)
         self._conns: dict = {}
         self._conns_at: float | None = None
+        self._conns_cost = 0.0  # seconds the last read of the counts took
         # Statuses to rebuild: objects the watch changed (None: all of them),
         # and the inputs the last statuses were built from.
         self._dirty: set[str] | None = None
@@ -276,13 +277,14 @@ class Agent:
         # Connection counts take a read of the whole table: on full
         # reconciles, else at most every conn_status_interval.
         now = time.monotonic()
-        fresh_conns = full or self._conns_at is None or now - self._conns_at >= self.conn_status_interval
+        every = max(self.conn_status_interval, self._conns_cost / self.SWEEP_BUDGET)
+        fresh_conns = full or self._conns_at is None or now - self._conns_at >= every
         if fresh_conns:
             self._conns_at, self._conns_due = now, True
         checked = self.checker.checked_services()
         inputs = StatusInputs(merged.owner, errors, dict(merged.errors),
                               {k: v.state for k, v in self.checker.verdicts.items()})
-        if dirty is not None and not fresh_conns and self._status_inputs is not None:
+        if dirty is not None and self._status_inputs is not None:
             names: set[str] | None = dirty | stale_statuses(self._status_inputs, inputs)
         else:
             names = None  # all
@@ -294,11 +296,22 @@ class Agent:
     def _build_statuses(self, snap: StatusSnapshot, names: set[str] | None) -> dict[str, dict]:
         """The statuses of ``names`` (None: every object) worth writing."""
         if self._conns_due:
+            # A read of the whole table (seconds at 10k services in the VM: at most
+            # SWEEP_BUDGET of the time); only the objects whose counts moved are rebuilt.
             self._conns_due = False
+            started = time.monotonic()
             try:
-                self._conns = self.engine.connections()
+                conns = self.engine.connections()
             except Exception:  # noqa: BLE001 - keep the last counts
                 log.debug("connection counts not read", exc_info=True)
+            else:
+                if names is not None:
+                    owner = snap.merged.owner
+                    moved = {k[0] for k in conns.keys() ^ self._conns.keys()}
+                    moved |= {k[0] for k, v in conns.items() if self._conns.get(k, v) != v}
+                    names = names | {owner[k] for k in moved if k in owner}
+                self._conns = conns
+            self._conns_cost = time.monotonic() - started
         now, stamp, out = time.monotonic(), _now(), {}
         for name in list(self.objects) if names is None else names:
             obj = self.objects.get(name)

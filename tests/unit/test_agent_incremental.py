@@ -58,7 +58,7 @@ class FakeEngine:
 
     def connections(self):
         self.conn_reads += 1
-        return {}
+        return dict(getattr(self, "conns", {}))
 
 
 class FakeApi:
@@ -277,3 +277,20 @@ def test_sweep_keeps_to_its_budget_on_a_slow_machine(tmp_path):
     assert a.sweep_round_seconds == 60.0
     a._sweep_cost = 1e-5  # a fast machine: the clock decides
     assert a._sweep_size(9999, 101.0) == 167
+
+
+def test_moved_connection_counts_rebuild_only_their_objects(tmp_path):
+    a, eng, api = agent(tmp_path)
+    a.conn_status_interval = 0.0
+
+    async def go():
+        await settled(a, full=True)
+        api.patched.clear()
+        eng.conns = {(K2, "10.1.0.1", 80): (3, 1)}
+        await settled(a, full=False)
+        assert api.patched == ["o2"]
+        assert a.objects["o2"]["status"]["dests"][0]["activeConns"] == 3
+        api.patched.clear()
+        await settled(a, full=False)  # read again, nothing moved: nothing written
+        assert api.patched == [] and eng.conn_reads == 3
+    asyncio.run(go())
