@@ -146,55 +146,99 @@ class Agent:
     def _until_cache(self) -> float:
         return max(0.0, self.CACHE_EVERY - (time.monotonic() - self._cache_saved))
 
+    def _relist(self, selector: str) -> str:
+        """List this node's objects; the resourceVersion to watch from.
+
+        Objects the list shows unchanged keep their dicts (and so their parse:
+        re-parsing 10k objects is seconds in the VM), a spec that only looks
+        new keeps its mapping; only what changed is marked."""
+        listed = self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
+                                                        label_selector=selector)
+        first = not self.synced
+        fresh: dict[str, dict] = {}
+        changed: list[str] = []
+        for o in listed["items"]:
+            name = o["metadata"]["name"]
+            old = self.objects.get(name)
+            if old is not None and (old.get("metadata") or {}).get("resourceVersion") == o["metadata"].get(
+                    "resourceVersion"):
+                fresh[name] = old
+                continue
+            fresh[name] = o
+            if old is not None and only_status_changed(old, o):
+                o["spec"] = old.get("spec")
+                continue
+            changed.append(name)
+        changed += [n for n in self.objects if n not in fresh]
+        self.objects = fresh
+        if first:
+            self._sent.clear()
+            self._touch()
+        for name in changed:
+            self._sent.pop(name, None)
+            self._touch(name)
+        self.synced = True
+        self._save_cache()
+        self.wake()
+        return listed["metadata"]["resourceVersion"]
+
+    WATCH_SECONDS = 300  # the server ends a watch after this; it is resumed, not relisted
+
     def _watch_forever(self) -> None:
-        """List then watch, in a thread; relists after any error, with backoff."""
+        """List then watch, in a thread. A watch the server ends is resumed
+        from the last resourceVersion seen (bookmarks keep it fresh); only an
+        expired one (410) or an error relists, the latter with backoff."""
         from kubernetes import watch
+        from kubernetes.client.rest import ApiException
         backoff = Backoff()
         selector = node_selector(self.node)
         while not self.stopping:
             try:
-                listed = self.api.list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, label_selector=selector)
-                self.objects = {o["metadata"]["name"]: o for o in listed["items"]}
-                self._sent.clear()  # compare with what the API server holds now
-                self._touch()
-                self.synced = True
-                self._save_cache()
-                self.wake()
+                rv = self._relist(selector)
                 backoff.reset()
-                rv = listed["metadata"]["resourceVersion"]
-                w = watch.Watch()
-                for ev in w.stream(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
-                                   PLURAL, label_selector=selector, resource_version=rv,
-                                   timeout_seconds=300, allow_watch_bookmarks=True):
-                    if self.stopping:
-                        w.stop()
-                        break
-                    obj, kind = ev["object"], ev["type"]
-                    if kind == "BOOKMARK":
-                        continue
-                    if kind == "ERROR":
-                        break
-                    name = obj["metadata"]["name"]
-                    before = self.objects.get(name)
-                    if kind == "DELETED":
-                        self.objects.pop(name, None)
-                    else:
-                        self.objects[name] = obj
-                    if kind != "MODIFIED":  # gone, or a new object of that name
-                        self._sent.pop(name, None)
-                    if kind != "DELETED" and only_status_changed(before, obj):
-                        # Our own status write coming back: nothing to program. Keeping
-                        # the equal spec mapping keeps its parse (nodestate.parse_object).
-                        obj["spec"] = before.get("spec")
-                        continue
-                    self._touch(name)
-                    self._save_cache(now=False)
-                    self.wake()
+                while not self.stopping:
+                    w = watch.Watch()
+                    for ev in w.stream(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                       PLURAL, label_selector=selector, resource_version=rv,
+                                       timeout_seconds=self.WATCH_SECONDS, allow_watch_bookmarks=True,
+                                       _request_timeout=(10, self.WATCH_SECONDS + 60)):
+                        if self.stopping:
+                            w.stop()
+                            break
+                        self._on_event(ev)
+                    rv = w.resource_version or rv
+            except ApiException as e:
+                if e.status == 410:
+                    log.info("watch expired (410 Gone): listing again")
+                    continue
+                delay = backoff.next()
+                log.warning("API server: %s; keeping kernel state, retrying in %.1fs", e, delay)
+                time.sleep(delay)
             except Exception as e:  # noqa: BLE001 - any API failure means: back off, keep the kernel
                 delay = backoff.next()
                 log.warning("API server: %s; keeping kernel state, retrying in %.1fs", e, delay)
                 time.sleep(delay)
+
+    def _on_event(self, ev: dict) -> None:
+        obj, kind = ev["object"], ev["type"]
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
+            return  # BOOKMARK: only moves the resourceVersion
+        name = obj["metadata"]["name"]
+        before = self.objects.get(name)
+        if kind == "DELETED":
+            self.objects.pop(name, None)
+        else:
+            self.objects[name] = obj
+        if kind != "MODIFIED":  # gone, or a new object of that name
+            self._sent.pop(name, None)
+        if kind != "DELETED" and only_status_changed(before, obj):
+            # Our own status write coming back: nothing to program. Keeping
+            # the equal spec mapping keeps its parse (nodestate.parse_object).
+            obj["spec"] = before.get("spec")
+            return
+        self._touch(name)
+        self._save_cache(now=False)
+        self.wake()
 
     # -- reconcile -----------------------------------------------------------
     SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice

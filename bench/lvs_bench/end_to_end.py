@@ -261,6 +261,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
             if time.perf_counter() > deadline:
                 row["seen"] = R.error(f"only {last[0]} of {services} services complete in the kernel "
                                       f"after {initial_timeout:.0f}s")
+                _agent_log_tail(system, director, details)
                 return row, details
             time.sleep(poll)
         row["initial"] = time.perf_counter() - t0
@@ -305,6 +306,8 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
                 missed.append(f"vs{i}-rs{j} weight {w}")
             else:
                 lat.append((t_host, seen_at))
+        if missed:
+            _agent_log_tail(system, director, details)
         off2, err2 = clock_offset(system)
         off = (off1 + off2) / 2
         details.update(offset_before=off1, offset_after=off2, offset_err=max(err1, err2))
@@ -355,6 +358,17 @@ STANDING_NOTES = [
     "endpoint change with ~4,000 endpoints (kubernetes#73382); issue 7's target is p99 < 1 s at 10k "
     "services",
 ]
+
+
+def _agent_log_tail(system, director: str, details: dict) -> None:
+    """The agent's last log lines, in the details and the bench log: what it
+    was doing when a change went missing."""
+    try:
+        tail = system.guest_log(f"agent-{director}.log", 60)
+    except Exception as e:  # noqa: BLE001
+        tail = f"(agent log not read: {e})"
+    details["agent_log_tail"] = tail
+    log("agent log tail:\n" + tail)
 
 
 def build_table(rows: list[dict], notes: list[str]) -> R.Table:
