@@ -143,6 +143,10 @@ class HealthChecker:
     def checked(self, skey: ServiceKey) -> bool:
         return any(k[0] == skey for k in self._tasks)
 
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
     def checked_services(self) -> set[ServiceKey]:
         """Every service with a check running (one pass, not one per service)."""
         return {k[0] for k in self._tasks}

@@ -280,8 +280,9 @@ class Agent:
         pass). ``woken=False``: nothing changed, only the sweep moves on."""
         dirty = self._take_dirty()  # before the merge: later events stay marked for the next pass
         if woken or self._merged is None or self._programmed is None or dirty is None or dirty:
-            merged = self._merged = merge(self.objects, self.node, self._merged)
-            self.checker.update(merged.spec)
+            merged = self._merged = merge(self.objects, self.node, self._merged, dirty)
+            if merged.health_checked or self.checker.running:
+                self.checker.update(merged.spec)
             programmed = self._programmed = effective_spec(merged.spec, self.checker.verdicts)
         else:
             merged, programmed = self._merged, self._programmed

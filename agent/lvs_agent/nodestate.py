@@ -7,7 +7,7 @@ what it programmed and how its real servers are doing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION, label_value
 from lvs_model.errors import FieldError
@@ -39,6 +39,11 @@ class Merged:
     owner: dict[ServiceKey, str] = field(default_factory=dict)  # service -> object name
     parsed: dict[str, Parsed] = field(default_factory=dict)  # object name -> its parse, for the next merge
     index: dict[ServiceKey, int] = field(default_factory=dict)  # service -> position in spec.services
+    health_checked: int = 0  # services with a health check (none: no walk over 10k for the checker)
+
+
+def _checked(services) -> int:
+    return sum(1 for s in services if s.health.type != "none")
 
 
 def parse_object(obj: Mapping[str, Any], previous: Parsed | None = None) -> Parsed:
@@ -61,17 +66,23 @@ def _node_level(spec: NodeSpec) -> tuple:
     return tuple(getattr(spec, f) for f in _NODE_FIELDS)
 
 
-def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Merged) -> Merged | None:
+def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Merged,
+                   changed: Iterable[str] | None = None) -> Merged | None:
     """The previous merge with the changed objects' services swapped in place,
     or None when anything else could move: the same object names, each changed
     object with the same service keys, no errors before or after, the same
     node-level fields (director addresses, sysctls, ...). A weight change at
-    10k objects then costs a pass over identities, not a new merge."""
+    10k objects then costs a pass over identities, not a new merge;
+    ``changed``: the only objects that may have changed (the watch marks
+    them), not even that pass."""
     if prev.spec.node != node or objects.keys() != prev.parsed.keys():
         return None
-    parsed, services = prev.parsed, None
-    for name, obj in list(objects.items()):  # a snapshot: the watch thread may add meanwhile
-        old = prev.parsed[name]
+    parsed, services, checked = prev.parsed, None, prev.health_checked
+    names = list(objects) if changed is None else list(changed)  # a snapshot: the watch thread adds meanwhile
+    for name in names:
+        obj, old = objects.get(name), prev.parsed.get(name)
+        if obj is None or old is None:
+            return None
         new = parse_object(obj, old)
         if new is old:
             continue
@@ -82,23 +93,26 @@ def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Me
             services, parsed = list(prev.spec.services), dict(prev.parsed)
         for svc in new.spec.services:
             services[prev.index[svc.key]] = svc
+        checked += _checked(new.spec.services) - _checked(old.spec.services)
         parsed[name] = new
     if services is None:
         return prev
-    return Merged(replace(prev.spec, services=tuple(services)), prev.errors, prev.owner, parsed, prev.index)
+    return Merged(replace(prev.spec, services=tuple(services)), prev.errors, prev.owner, parsed, prev.index,
+                  checked)
 
 
 def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
-          previous: Merged | Mapping[str, Parsed] | None = None) -> Merged:
+          previous: Merged | Mapping[str, Parsed] | None = None, changed: Iterable[str] | None = None) -> Merged:
     """Merge NodeState objects (name -> object) into one spec for `node`.
 
     A bad object, or a service declared by two objects, is reported against
     that object and never stops the rest (first name in sort order wins).
     ``previous``: the last merge (changed objects swapped in when nothing else
-    can move), or its ``parsed`` (reused for unchanged objects).
+    can move), or its ``parsed`` (reused for unchanged objects); ``changed``:
+    with a Merged, the names of the only objects that may differ from it.
     """
     if isinstance(previous, Merged):
-        fast = _merge_changed(objects, node, previous)
+        fast = _merge_changed(objects, node, previous, changed)
         if fast is not None:
             return fast
         previous = previous.parsed
@@ -118,6 +132,7 @@ def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
                 continue
             m.owner[key] = name
             services.append(s)
+            m.health_checked += s.health.type != "none"
         for field_name, acc in lists.items():  # director addresses, backend VIPs, reply routes, ...
             acc.extend(getattr(spec, field_name))
         sysctls.update(dict(spec.sysctls))

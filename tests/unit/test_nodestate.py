@@ -107,3 +107,19 @@ def test_merge_swaps_changed_objects_in_place_and_falls_back_when_anything_else_
                     {**objs, "d1-b-dns": obj("d1-b-dns", [WEB])}):  # now a duplicate of d1-a-web's
         m = merge(changed, "d1", first)
         assert m.owner is not first.owner and same_as_fresh(m, changed)
+
+
+def test_merge_looks_only_at_the_objects_marked_changed_and_counts_health_checks():
+    objs = {"d1-a-web": obj("d1-a-web", [WEB]), "d1-b-dns": obj("d1-b-dns", [DNS])}
+    first = merge(objs, "d1")
+    assert first.health_checked == 1  # WEB has a TCP check, DNS none
+    checked_dns = {**DNS, "healthCheck": {"type": "tcp", "interval": 1, "timeout": 0.5}}
+    both = {**objs, "d1-b-dns": obj("d1-b-dns", [checked_dns], gen=2)}
+    # Marked: seen, and the count follows. Not marked: not even looked at.
+    m = merge(both, "d1", first, changed={"d1-b-dns"})
+    assert m.spec.services[1].health.type == "tcp" and m.health_checked == 2
+    assert merge(both, "d1", first, changed={"d1-a-web"}) is first
+    assert merge(both, "d1", first, changed=set()) is first
+    # A marked name that is gone, or a new one: the full merge.
+    fresh = merge({"d1-a-web": objs["d1-a-web"]}, "d1", first, changed={"d1-b-dns"})
+    assert fresh.health_checked == 1 and len(fresh.spec.services) == 1
