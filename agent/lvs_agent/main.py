@@ -100,8 +100,13 @@ class Agent:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
-        self.status: StatusWriter[StatusSnapshot] = StatusWriter(self._build_statuses, self._patch_status,
-                                                                 self._status_done, workers=status_workers)
+        # Set while no pass runs: status threads wait for it (at most STATUS_YIELD
+        # seconds), so a burst of statuses never slows programming the kernel.
+        self._idle = threading.Event()
+        self._idle.set()
+        self.status: StatusWriter[StatusSnapshot] = StatusWriter(
+            self._build_statuses, self._patch_status, self._status_done, workers=status_workers,
+            gate=lambda: self._idle.wait(self.STATUS_YIELD))
 
     # -- events --------------------------------------------------------------
     def wake(self) -> None:
@@ -242,6 +247,7 @@ class Agent:
 
     # -- reconcile -----------------------------------------------------------
     SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice
+    STATUS_YIELD = 2.0  # seconds a status build or write waits at most for a pass to end
     SWEEP_BUDGET = 0.2  # the largest share of the agent's time the sweep may take
 
     def _sweep_size(self, services: int, now: float) -> int:
@@ -278,6 +284,13 @@ class Agent:
         for drift once per ``resync`` seconds, then the statuses that may
         change. ``full``: the engine's full reconcile instead (the first
         pass). ``woken=False``: nothing changed, only the sweep moves on."""
+        self._idle.clear()
+        try:
+            await self._pass(full, woken)
+        finally:
+            self._idle.set()
+
+    async def _pass(self, full: bool, woken: bool) -> None:
         dirty = self._take_dirty()  # before the merge: later events stay marked for the next pass
         if woken or self._merged is None or self._programmed is None or dirty is None or dirty:
             merged = self._merged = merge(self.objects, self.node, self._merged, dirty)

@@ -28,13 +28,16 @@ S = TypeVar("S")  # a snapshot of the status inputs
 class StatusWriter(Generic[S]):
     """``build(snapshot, names)`` returns {object name: status} to write
     (``names`` None: every object); ``write(name, status)`` sends one and
-    raises on failure; ``done(name, status, error)`` runs after each write."""
+    raises on failure; ``done(name, status, error)`` runs after each write;
+    ``gate()`` runs before each build and write: it may wait, to let work
+    that matters more go first (the agent's: programming the kernel; the
+    threads share one interpreter lock)."""
 
     def __init__(self, build: Callable[[S, set[str] | None], dict[str, Any]],
                  write: Callable[[str, Any], None],
                  done: Callable[[str, Any, BaseException | None], None] = lambda n, s, e: None,
-                 workers: int = 4):
-        self._build, self._write, self._done = build, write, done
+                 workers: int = 4, gate: Callable[[], Any] = lambda: None):
+        self._build, self._write, self._done, self._gate = build, write, done, gate
         self._cv = threading.Condition()
         self._snapshot: S | None = None
         self._names: set[str] | None = set()
@@ -94,6 +97,7 @@ class StatusWriter(Generic[S]):
                 snapshot, names = self._snapshot, self._names
                 self._has_job, self._names, self._building = False, set(), True
             try:
+                self._gate()
                 statuses = self._build(snapshot, names)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - a bad build must not stop later ones
                 log.exception("building statuses failed")
@@ -121,6 +125,7 @@ class StatusWriter(Generic[S]):
                 self._inflight.add(name)
             error: BaseException | None = None
             try:
+                self._gate()
                 self._write(name, status)
             except Exception as e:  # noqa: BLE001 - reported to done(), retried by the agent
                 error = e

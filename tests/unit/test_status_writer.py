@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 
+from lvs_agent.main import Agent
 from lvs_agent.status_writer import StatusWriter
 
 from test_agent_incremental import agent, obj
@@ -131,3 +132,48 @@ def test_reconcile_loop_does_not_wait_for_status_writes(tmp_path):
     assert sorted(n for n, _ in written if n != "o1") == ["o2", "o3"]
     assert [g for n, g in written if n == "o1"][-1] == 3
     assert a.objects["o1"]["status"]["observedGeneration"] == 3
+
+
+def test_builds_and_writes_wait_at_the_gate():
+    """The agent's gate: while a pass programs the kernel, statuses wait."""
+    idle = threading.Event()
+    rec = Recorder()
+    built = []
+    w = StatusWriter(lambda snap, names: built.append(snap) or {"o": 1}, rec.write, gate=idle.wait)
+    w.submit("s", None)
+    time.sleep(0.2)
+    assert built == [] and rec.writes == []
+    idle.set()
+    assert w.wait_idle(5) and rec.writes == [("o", 1)]
+    w.stop()
+
+
+def test_agent_status_threads_wait_while_a_pass_runs(tmp_path):
+    a, eng, api = agent(tmp_path)
+    a.status.stop()
+    a = Agent("n1", "kube-lvs-system", eng, api, tmp_path / "cache2.json", status_workers=1)
+    a.objects = {f"o{i}": obj(f"o{i}", f"10.0.0.{i}") for i in range(1, 4)}
+    writes: list[float] = []
+    hold: list[float] = []
+    real = api.patch_namespaced_custom_object_status
+
+    def patch(*args):  # 0.2 s each, one at a time: the last two are due during the hold
+        writes.append(time.monotonic())
+        time.sleep(0.2)
+        real(*args)
+    api.patch_namespaced_custom_object_status = patch
+
+    def busy():  # the engine holds the next pass a while
+        hold.append(time.monotonic())
+        time.sleep(0.3)
+        hold.append(time.monotonic())
+
+    async def go():
+        await a.reconcile_once(full=True)  # 3 statuses submitted at its end
+        eng.during = busy
+        await a.reconcile_once(full=False)
+        assert await asyncio.to_thread(a.status.wait_idle, 10)
+    asyncio.run(go())
+    assert len(writes) == 3
+    # A write already past the gate may finish; none starts while the pass runs.
+    assert not [t for t in writes if hold[0] + 0.05 < t < hold[1]]
