@@ -254,7 +254,7 @@ class Engine:
                 report, p, uplink = self._reconcile_full(spec, owned)
                 self._round, self._round_pos = [], 0  # a full reconcile is a whole round
             else:
-                report, p, uplink = self._reconcile_services(spec, d, owned, mem, node_side)
+                report, p, uplink = self._reconcile_services(spec, d, owned, mem, node_side or bool(d.node))
                 report.swept, report.round_done = len(check), done
             retry = I.retry_after(p, report.results)
             sig = self._owned[0] if self._owned else None

@@ -5,10 +5,13 @@ the lab VM, for a change of one weight. The engine therefore remembers the
 last spec it reconciled (``Memory``) and, for the next spec, re-plans only the
 services that were added, removed or changed since, plus those that were not
 fine last time (failed ops, planner problems: they are retried as a full
-reconcile would). Anything else that may have to change falls back to a full
-reconcile: a non-service part of the spec, whatever the spec derives for the
-node beyond IPVS (sysctls, addresses, reply routes, the SNAT table), a changed
-service that does SNAT, a changed ownership record file.
+reconcile would). When the node side may have to change too (a non-service
+part of the spec such as the director addresses, whatever the services
+derive for the node: sysctls, reply routes, the SNAT table), the delta says
+so (``node``) and the engine re-reads and re-plans the node side whole, still
+without reading the IPVS table: at 10k VirtualServices each one brings its
+VIP, and a full reconcile per new VIP kept a director busy for minutes. Only
+no memory, a changed ownership record file or a key listed twice mean full.
 
 Deciding must not cost a walk over the whole spec either (100k dests: a
 second in the VM): keys are computed only for services that are not the very
@@ -17,8 +20,8 @@ unchanged NodeState objects), and what the services imply for the node is
 judged by counts kept in the memory (``service_profile``).
 
 Incremental mode trusts the kernel to still hold what was applied: drift in
-services nobody changed (a dest deleted by hand) is found by the next full
-reconcile only, which the agent runs periodically.
+services nobody changed (a dest deleted by hand) is found by the sweep
+(``check``: the agent re-checks a slice of the services on every pass).
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ class Delta:
     keys: frozenset[ServiceKey] = frozenset()
     want: tuple[Service, ...] = ()
     full: str = ""
+    node: str = ""  # why the node side must be re-planned too (read and planned whole), if it must
     index: Mapping[ServiceKey, Service] = field(default_factory=dict)
     profile: Mapping[str, int] = field(default_factory=dict)
 
@@ -144,8 +148,9 @@ def delta(mem: Memory | None, spec: NodeSpec, owned_sig: tuple | None,
         return Delta(full="no previous reconcile to build on")
     if owned_sig is None or owned_sig != mem.owned_sig:
         return Delta(full="the ownership record changed on disk")
+    node = ""
     if _non_service_fields(spec) != _non_service_fields(mem.spec):
-        return Delta(full="a non-service part of the spec changed")
+        node = "a non-service part of the spec changed"
     if spec.services is mem.spec.services:  # the very same spec again (a sweep-only pass)
         gone_l, came_l = [], []
     else:
@@ -164,14 +169,14 @@ def delta(mem: Memory | None, spec: NodeSpec, owned_sig: tuple | None,
     touched = [s for k in keys for s in (mem.index.get(k), index.get(k)) if s is not None]
     keys |= frozenset(check)
     if any(s.snat for s in touched):
-        return Delta(full="a changed service does SNAT (the nftables table)")
+        node = node or "a changed service does SNAT (the nftables table)"
     profile = Counter(mem.profile)
     profile.subtract(_profile_of(mem.index[k] for k in changed if k in mem.index))
     profile.update(_profile_of(index[k] for k in changed if k in index))
     if {p for p, n in profile.items() if n > 0} != {p for p, n in mem.profile.items() if n > 0}:
-        return Delta(full="the services change what the node needs besides IPVS")
+        node = node or "the services change what the node needs besides IPVS"
     want = tuple(index[k] for k in sorted(keys) if k in index)
-    return Delta(keys=keys, want=want, index=index, profile=+profile)
+    return Delta(keys=keys, want=want, index=index, profile=+profile, node=node)
 
 
 def retry_after(p: Plan, results: list[tuple[O.Op, str | None]]) -> frozenset[ServiceKey] | None:

@@ -169,11 +169,13 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
 
     # Addresses: present anywhere counts (the seed's NAT VIP sits on the uplink).
     wanted_addrs = {(a.device, a.address): a for a in local_addresses(desired)}
+    held: dict[str, list[str]] = {}  # address -> devices holding it (10k VIPs: no scan per VIP)
+    for d2, a2 in observed.addresses:
+        held.setdefault(a2, []).append(d2)
     for (dev, addr), a in sorted(wanted_addrs.items()):
         # Held where wanted, or by someone else: fine. Held only at a placement of
         # ours that is going away (a VIP moving from lo to tunl0): add it anew.
-        if not any(a2 == addr and ((d2, a2) not in owned.addresses or (d2, a2) in wanted_addrs)
-                   for d2, a2 in observed.addresses):
+        if not any((d2, addr) not in owned.addresses or (d2, addr) in wanted_addrs for d2 in held.get(addr, ())):
             p.ops.append(O.AddAddress(dev, addr, a.prefixlen))
     for dev, addr in sorted(owned.addresses):
         if (dev, addr) not in wanted_addrs and (dev, addr) in observed.addresses:

@@ -14,7 +14,7 @@ from lvs_agent.incremental import (advance, delta, merge_owned, node_side, remem
                                    restrict_owned, retry_after, same_service)
 from lvs_agent.plan import Plan, claim_services, plan_services, settle
 from lvs_agent.state import Observed, Ownership
-from lvs_model.nodespec import BackendVip, Dest, DestKey, LocalAddress, NodeSpec, ReplyRoute, Service
+from lvs_model.nodespec import BackendVip, effective_sysctls, Dest, DestKey, LocalAddress, NodeSpec, ReplyRoute, Service
 
 from test_plan import foreign_kernel, nat_service, reconcile, simulate
 
@@ -139,10 +139,11 @@ def test_ownership_file_changed_is_full(sig):
     {"reply_routes": (ReplyRoute("10.0.0.51", 80, "tcp", ("10.0.0.1",)),)},
     {"node": "n2"},
 ])
-def test_non_service_change_is_full(change):
+def test_non_service_change_replans_the_node_side(change):
     spec = base()
     new = replace(reweighted(spec, 0, 3), **change)
-    assert "non-service" in delta(remember(spec), new, SIG).full
+    d = delta(remember(spec), new, SIG)
+    assert not d.full and "non-service" in d.node and d.keys == {spec.services[0].key}
 
 
 def test_duplicate_service_key_is_full():
@@ -152,30 +153,32 @@ def test_duplicate_service_key_is_full():
 
 
 @pytest.mark.parametrize("old_snat,new_snat", [(True, False), (False, True), (True, True)])
-def test_changed_snat_service_is_full(old_snat, new_snat):
+def test_changed_snat_service_replans_the_node_side(old_snat, new_snat):
     spec = base()
     old = replace(spec, services=(replace(spec.services[0], snat=old_snat),) + spec.services[1:])
     new = replace(reweighted(old, 0, 7), services=(replace(reweighted(old, 0, 7).services[0], snat=new_snat),)
                   + spec.services[1:])
-    assert "SNAT" in delta(remember(old), new, SIG).full
+    d = delta(remember(old), new, SIG)
+    assert not d.full and "SNAT" in d.node
 
 
 def test_unchanged_snat_service_does_not_force_full():
     spec = base()
     spec = replace(spec, services=(replace(spec.services[0], snat=True),) + spec.services[1:])
     d = delta(remember(spec), reweighted(spec, 2, 9), SIG)
-    assert not d.full and d.keys == {spec.services[2].key}
+    assert not d.full and not d.node and d.keys == {spec.services[2].key}
 
 
-def test_service_change_that_changes_sysctls_is_full():
+def test_service_change_that_changes_sysctls_replans_the_node_side():
     # Only DR dests: no ip_forward. The first NAT dest needs it: full.
     dr = replace(nat_service(80), dests=(Dest("10.0.0.51", 80, method="dr"),))
     spec = NodeSpec(services=(dr,))
     new = NodeSpec(services=(replace(dr, dests=(Dest("10.0.0.51", 80, method="nat"),)),))
-    assert "besides IPVS" in delta(remember(spec), new, SIG).full
-    # The first service ever (expire_nodest_conn) and the last one gone: full too.
-    assert delta(remember(NodeSpec()), NodeSpec(services=(dr,)), SIG).full
-    assert delta(remember(spec), NodeSpec(), SIG).full
+    assert "besides IPVS" in delta(remember(spec), new, SIG).node
+    # The first service ever (expire_nodest_conn) and the last one gone: the node side too.
+    assert delta(remember(NodeSpec()), NodeSpec(services=(dr,)), SIG).node
+    assert delta(remember(spec), NodeSpec(), SIG).node
+    assert not delta(remember(spec), replace(spec, services=(replace(dr, scheduler="wlc"),)), SIG).node
 
 
 def test_memory_keeps_its_uplink():
@@ -248,9 +251,20 @@ def test_merge_of_restricted_is_identity_and_replaces_only_keys():
 
 # ---- property: incremental == full on a simulated kernel ------------------------------
 
-def reconcile_services(spec: NodeSpec, kernel: Observed, owned: Ownership, keys):
-    """What Engine._reconcile_services does, on the simulated kernel."""
+def reconcile_services(spec: NodeSpec, kernel: Observed, owned: Ownership, keys, node: bool = False):
+    """What Engine._reconcile_services does, on the simulated kernel (``node``:
+    with the node side read and planned whole)."""
     want = tuple(s for s in spec.services if s.key in keys)
+    if node:
+        from lvs_agent.plan import claim, plan
+        for name in effective_sysctls(spec, UPLINK):  # the simulated kernel has every sysctl
+            kernel.sysctls.setdefault(name, "0")
+        part = restrict_owned(owned, keys, node=True)
+        obs = replace(kernel, services={k: s for k, s in kernel.services.items() if k in keys})
+        p = plan(spec, obs, part, UPLINK, services=want)
+        claimed = claim(part, p, obs, spec, UPLINK, services=want)
+        results = simulate(kernel, p.ops)
+        return p, results, merge_owned(owned, settle(claimed, results), keys, node=True)
     obs = Observed(services={k: s for k, s in kernel.services.items() if k in keys})
     part = restrict_owned(owned, keys)
     p = plan_services(want, obs.services, part)
@@ -289,11 +303,13 @@ def test_incremental_gives_what_full_gives_and_touches_only_changed_keys(seq):
             p, inc_own = reconcile(spec, inc_k, inc_own, UPLINK)
             results = [(op, None) for op in p.ops]  # the simulated kernel refuses nothing here
         else:
-            # The counts decided that nothing beyond IPVS changes: check against the real derivations.
-            assert node_side(spec, UPLINK) == node_side(mem.spec, UPLINK)
+            # Without `node`, the counts decided that nothing beyond IPVS changes: check
+            # that against the real derivations.
+            assert d.node or node_side(spec, UPLINK) == node_side(mem.spec, UPLINK)
             assert d.want == tuple(sorted((s for s in spec.services if s.key in d.keys), key=lambda s: s.key))
-            p, results, inc_own = reconcile_services(spec, inc_k, inc_own, d.keys)
-            assert {O.service_key(op) for op in p.ops} <= d.keys
+            p, results, inc_own = reconcile_services(spec, inc_k, inc_own, d.keys, node=bool(d.node))
+            assert {O.service_key(op) for op in p.ops} - {None} <= d.keys  # None: node-side ops
+            assert d.node or all(O.service_key(op) for op in p.ops)
         assert inc_k == full_k  # services, sysctls, addresses, links ...
         assert inc_own == full_own
         for k, s in foreign.items():
