@@ -219,6 +219,7 @@ def _apply_sysctl(op: O.SetSysctl, netns: str | None) -> None:
 
 RTPROT_KUBE_LVS = 76  # protocol tag of our rules and routes (unused in iproute2's rt_protos)
 _PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE, RTM_DELRULE = 24, 25, 32, 33
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 
@@ -252,14 +253,34 @@ def route_message(r) -> bytes:
     return body
 
 
+def address_message(index: int, addr: str, plen: int) -> bytes:
+    """ifaddrmsg + IFA_LOCAL/IFA_ADDRESS for ``ip addr add|del ADDR/PLEN dev``."""
+    ip = ipaddress.ip_address(addr)
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    body = struct.pack("=BBBBI", fam, plen, IFA_F_NODAD if ip.version == 6 else 0, 0, index)
+    return body + _nla(2, ip.packed) + _nla(1, ip.packed)
+
+
 class RtnlWriter:
-    """One rtnetlink request at a time, each acked (error -> OSError)."""
+    """One rtnetlink request at a time, each acked (error -> OSError).
+
+    Addresses go this way too: at 10k VIPs, pyroute2's per-address lookup and
+    decode took minutes in the lab VM."""
 
     def __init__(self, netns: str | None = None):
+        self.netns = netns
         self.sock = netlink_socket(netns, 0)
         self.sock.bind((0, 0))
         self.sock.settimeout(30)
         self.seq = 0
+        self._ifindex: dict[str, int] | None = None  # read at the first address op (after link ops)
+
+    def ifindex(self, name: str) -> int | None:
+        if self._ifindex is None or name not in self._ifindex:
+            from .observe import RtnlReader
+            with RtnlReader(self.netns) as r:
+                self._ifindex = {n: i for i, n in r.links()[1].items()}
+        return self._ifindex.get(name)
 
     def close(self) -> None:
         self.sock.close()
@@ -292,6 +313,15 @@ class RtnlWriter:
                 self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, route_message(r))
             case O.DelRoute(r):
                 self.request(RTM_DELROUTE, 0, route_message(r))
+            case O.AddAddress(dev, addr, plen):
+                index = self.ifindex(dev)
+                if index is None:
+                    raise OSError(errno.ENODEV, f"no device {dev}")
+                self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, address_message(index, addr, plen))
+            case O.DelAddress(dev, addr, plen):
+                index = self.ifindex(dev)
+                if index is not None:
+                    self.request(RTM_DELADDR, 0, address_message(index, addr, plen))
             case _:
                 raise TypeError(op)
 
@@ -381,13 +411,13 @@ class Applier:
                 try:
                     if isinstance(op, O.SetSysctl):
                         _apply_sysctl(op, self.netns)
-                    elif isinstance(op, O.ROUTING_OPS):
+                    elif isinstance(op, (*O.ROUTING_OPS, O.AddAddress, O.DelAddress)):
                         if rtnl is None:
                             rtnl = RtnlWriter(self.netns)
                         rtnl.apply(op)
                     elif isinstance(op, O.NFT_OPS):
                         _apply_nft(op, self.netns)
-                    elif isinstance(op, (O.AddLink, O.SetLinkUp, O.DelLink, O.AddAddress, O.DelAddress)):
+                    elif isinstance(op, (O.AddLink, O.SetLinkUp, O.DelLink)):
                         if ipr is None:
                             ipr = open_iproute(self.netns)
                         _apply_link_addr(ipr, op)

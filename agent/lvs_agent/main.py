@@ -283,8 +283,11 @@ class Agent:
         health flips) and a slice of the sweep that re-checks every service
         for drift once per ``resync`` seconds, then the statuses that may
         change. ``full``: the engine's full reconcile instead (the first
-        pass). ``woken=False``: nothing changed, only the sweep moves on."""
-        self._idle.clear()
+        pass). ``woken=False``: nothing changed, only the sweep moves on.
+        Status threads wait while a change is programmed, not for the sweep
+        (both are background work)."""
+        if woken or full:
+            self._idle.clear()
         try:
             await self._pass(full, woken)
         finally:
