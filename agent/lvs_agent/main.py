@@ -96,6 +96,7 @@ class Agent:
         self._dirty_lock = threading.Lock()
         self._status_inputs: StatusInputs | None = None
         self._cache_dirty, self._cache_saved = False, 0.0
+        self._cache_thread: threading.Thread | None = None
         self._merged: Merged | None = None  # the last merge: unchanged objects are not parsed again
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,9 +145,20 @@ class Agent:
             return
         self._cache_dirty = False
         self._cache_saved = time.monotonic()
+        # Without managedFields (most of each object's bytes): json.dumps holds the
+        # interpreter lock for the whole call, seconds at 10k objects in the VM.
+        slim = {n: {**o, "metadata": {k: v for k, v in (o.get("metadata") or {}).items() if k != "managedFields"}}
+                for n, o in list(self.objects.items())}
         tmp = self.cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.objects))
+        tmp.write_text(json.dumps(slim))
         os.replace(tmp, self.cache_path)
+
+    def _save_cache_soon(self) -> None:
+        """The loop's cache write, in a thread of its own: a change never waits for it."""
+        if self._cache_thread is not None and self._cache_thread.is_alive():
+            return
+        self._cache_thread = threading.Thread(target=self._save_cache, daemon=True)
+        self._cache_thread.start()
 
     def _until_cache(self) -> float:
         return max(0.0, self.CACHE_EVERY - (time.monotonic() - self._cache_saved))
@@ -242,7 +254,7 @@ class Agent:
             obj["spec"] = before.get("spec")
             return
         self._touch(name)
-        self._save_cache(now=False)
+        self._cache_dirty = True  # written by the loop's cache thread, never before the wake
         self.wake()
 
     # -- reconcile -----------------------------------------------------------
@@ -435,7 +447,7 @@ class Agent:
             if self.synced and not self.stopping and (woken or due):
                 await self.reconcile_once(full=self._last_full is None, woken=woken)
             if self._cache_dirty and self._until_cache() == 0.0:
-                await asyncio.to_thread(self._save_cache)
+                self._save_cache_soon()
         await self.checker.stop()
         self.status.stop()
 

@@ -294,3 +294,17 @@ def test_moved_connection_counts_rebuild_only_their_objects(tmp_path):
         await settled(a, full=False)  # read again, nothing moved: nothing written
         assert api.patched == [] and eng.conn_reads == 3
     asyncio.run(go())
+
+
+def test_watch_event_wakes_without_writing_the_cache_and_the_cache_is_slim(tmp_path):
+    import json
+    a, _, _ = agent(tmp_path)
+    o = obj("o9", "10.0.0.9")
+    o["metadata"]["managedFields"] = [{"manager": "lvs-operator", "fieldsV1": {"f:spec": {}}}]
+    a._on_event({"type": "ADDED", "object": o})
+    assert a._cache_dirty and not a.cache_path.exists()  # the loop writes it, in its own thread
+    a._save_cache_soon()
+    a._cache_thread.join(5)
+    cached = json.loads(a.cache_path.read_text())
+    assert cached["o9"]["spec"] == o["spec"] and "managedFields" not in cached["o9"]["metadata"]
+    assert a.objects["o9"]["metadata"]["managedFields"]  # the live object keeps them
