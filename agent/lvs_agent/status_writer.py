@@ -109,20 +109,19 @@ class StatusWriter(Generic[S]):
                     self._queue.move_to_end(name)
                 self._cv.notify_all()
 
-    def _next(self) -> tuple[str, Any] | None:
-        for name in self._queue:
-            if name not in self._inflight:
-                return name, self._queue.pop(name)
-        return None
+    def _ready(self) -> str | None:
+        """The first queued object not being written now."""
+        return next((n for n in self._queue if n not in self._inflight), None)
 
     def _writer(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._stopping or self._next_ready())
+                self._cv.wait_for(lambda: self._stopping or self._ready() is not None)
                 if self._stopping:
                     return
-                name, status = self._next()  # type: ignore[misc]
-                self._inflight.add(name)
+                name = self._ready()
+                status = self._queue.pop(name)  # type: ignore[arg-type]
+                self._inflight.add(name)  # type: ignore[arg-type]
             error: BaseException | None = None
             try:
                 self._gate()
@@ -140,9 +139,6 @@ class StatusWriter(Generic[S]):
                 else:
                     self.failed += 1
                 self._cv.notify_all()
-
-    def _next_ready(self) -> bool:
-        return any(n not in self._inflight for n in self._queue)
 
 
 __all__ = ["StatusWriter"]
