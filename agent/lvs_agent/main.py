@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from typing import Any
 from .health import HealthChecker, effective_spec
 from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, stale_statuses,
                         status_changed)
+from .object_cache import ObjectCache
 from .status_writer import StatusWriter
 
 log = logging.getLogger("lvs-agent")
@@ -68,6 +68,7 @@ class Agent:
                  resync: float = 30.0, conn_status_interval: float = 30.0, status_workers: int = 4):
         self.node, self.namespace, self.engine, self.api = node, namespace, engine, api
         self.cache_path = cache_path
+        self.cache = ObjectCache(cache_path)
         self.resync, self.conn_status_interval = resync, conn_status_interval
         self.objects: dict[str, dict] = {}
         self.synced = False
@@ -128,12 +129,11 @@ class Agent:
             return dirty
 
     def _load_cache(self) -> None:
-        try:
-            self.objects = json.loads(self.cache_path.read_text())
+        cached = self.cache.load()
+        if cached is not None:
+            self.objects = cached
             self.synced = True
             log.info("API server unreachable at start: using %d cached objects", len(self.objects))
-        except (FileNotFoundError, ValueError):
-            pass
 
     CACHE_EVERY = 5.0  # seconds: at 10k objects the cache is megabytes of JSON
 
@@ -145,13 +145,7 @@ class Agent:
             return
         self._cache_dirty = False
         self._cache_saved = time.monotonic()
-        # Without managedFields (most of each object's bytes): json.dumps holds the
-        # interpreter lock for the whole call, seconds at 10k objects in the VM.
-        slim = {n: {**o, "metadata": {k: v for k, v in (o.get("metadata") or {}).items() if k != "managedFields"}}
-                for n, o in list(self.objects.items())}
-        tmp = self.cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(slim))
-        os.replace(tmp, self.cache_path)
+        self.cache.save(self.objects)
 
     def _save_cache_soon(self) -> None:
         """The loop's cache write, in a thread of its own: a change never waits for it."""
