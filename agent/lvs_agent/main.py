@@ -100,6 +100,7 @@ class Agent:
         self._cache_thread: threading.Thread | None = None
         self._merged: Merged | None = None  # the last merge: unchanged objects are not parsed again
         self._wake: asyncio.Event | None = None
+        self._woken_at: float | None = None  # the first wake since the last pass began
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
         # Set while no pass runs: status threads wait for it (at most STATUS_YIELD
@@ -112,6 +113,8 @@ class Agent:
 
     # -- events --------------------------------------------------------------
     def wake(self) -> None:
+        if self._woken_at is None:
+            self._woken_at = time.monotonic()
         if self._loop and self._wake:
             self._loop.call_soon_threadsafe(self._wake.set)
 
@@ -300,6 +303,7 @@ class Agent:
             self._idle.set()
 
     async def _pass(self, full: bool, woken: bool) -> None:
+        began, woken_at, self._woken_at = time.monotonic(), self._woken_at, None
         dirty = self._take_dirty()  # before the merge: later events stay marked for the next pass
         if woken or self._merged is None or self._programmed is None or dirty is None or dirty:
             merged = self._merged = merge(self.objects, self.node, self._merged, dirty)
@@ -335,7 +339,11 @@ class Agent:
         if self.reconciles == 1:
             log.info("first reconcile done: %d services, %d ops", len(merged.spec.services), n_ops)
         if n_ops:
-            log.info("reconciled: %d ops, %d failed", n_ops, len(getattr(report, "failed", []) or []))
+            # Where a change's time went: waiting for the loop, the merge (parse,
+            # health verdicts), the engine (read, plan, apply).
+            log.info("reconciled: %d ops, %d failed in %.3fs (waited %.3fs, merge %.3fs, engine %.3fs)",
+                     n_ops, len(getattr(report, "failed", []) or []), time.monotonic() - began,
+                     began - woken_at if woken_at is not None else 0.0, started - began, self.last_duration)
         else:
             log.debug("reconciled: nothing to do")
         errors = dict(getattr(report, "service_errors", {}) or {})

@@ -194,7 +194,7 @@ def ensure_director(system, director: str = NETNS) -> None:
 def _services_in_kernel(system, m: int, director: str = NETNS) -> int:
     raw = system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out
     want = {hexkey(vip(i), 80) for i in range(m)}
-    cur, svc, n = {}, None, 0
+    cur, svc = {}, None
     for line in raw.splitlines():
         p = line.split()
         if len(p) >= 2 and p[0] == "TCP":
@@ -280,7 +280,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         system.ctl.spawn(WATCH_NAME, ["ip", "netns", "exec", director, system.python, "-c", WATCHER,
                                       guest_log, target, "0.01"], log=f"/tmp/e2e/{WATCH_NAME}.err")
         watching = True
-        from lvs_e2e.system import wait_until
+        from lvs_e2e.system import GUEST_RUN, wait_until
 
         def grep(pattern: str) -> str | None:
             r = system.ctl.run(["grep", "-m1", "-e", pattern, guest_log])
@@ -288,6 +288,9 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         off1, err1 = clock_offset(system)
         lat: list[float] = []
         missed: list[str] = []
+        trace: list[dict] = []  # per change: host times, for the breakdown against the logs
+        op_log = system.workdir / "operator.log"
+        op_from = op_log.stat().st_size if op_log.exists() else 0
         for c in range(changes):
             i, j, w = (c * 37) % services, c % 2, 2 + c
             # Point the watcher at the service about to change; once it logged the
@@ -298,6 +301,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
             t_host = time.time()
             system.kubectl("patch", "realservers.lvs.kube-lvs.io", "-n", NS, f"vs{i}-rs{j}", "--type", "merge",
                            "-p", '{"spec":{"weight":%d}}' % w)
+            trace.append({"vs": f"vs{i}", "patch": round(t_host, 4), "kubectl_done": round(time.time(), 4)})
             seen_at = None
             end = time.perf_counter() + change_timeout
             while time.perf_counter() < end:
@@ -315,8 +319,13 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
                     break
             else:
                 lat.append((t_host, seen_at))
+                trace[-1]["seen_guest"] = round(seen_at, 4)
         off2, err2 = clock_offset(system)
         off = (off1 + off2) / 2
+        details["trace"] = trace
+        details["operator_log"] = _lines(op_log.read_bytes()[op_from:].decode(errors="replace"), "NodeState")
+        details["agent_log"] = _lines(system.ctl.run(["grep", "-e", "reconciled:", "-e", "WARN", "-e", "ERROR",
+                                                      f"{GUEST_RUN}/agent-{director}.log"]).out, "", 400)
         details.update(offset_before=off1, offset_after=off2, offset_err=max(err1, err2))
         xs = [g - off - h for h, g in lat]
         details["latencies"] = [round(x, 4) for x in xs]
@@ -367,6 +376,12 @@ STANDING_NOTES = [
     "endpoint change with ~4,000 endpoints (kubernetes#73382); issue 7's target is p99 < 1 s at 10k "
     "services",
 ]
+
+
+def _lines(text: str, needle: str, last: int = 400) -> list[str]:
+    """The last lines of a log that hold ``needle``: kept with the results, so a
+    slow change can be traced through operator and agent afterwards."""
+    return [ln for ln in text.splitlines() if needle in ln][-last:]
 
 
 def _agent_log_tail(system, director: str, details: dict) -> None:

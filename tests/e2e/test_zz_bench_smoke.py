@@ -36,6 +36,10 @@ def test_end_to_end_smoke(system):
     assert t.errors() == [], t.errors()
     assert row["seen"] == 5 and len(details["latencies"]) == 5
     assert t.missing_columns() == []
+    # What a slow change is traced with: host times, operator writes, agent passes.
+    assert len(details["trace"]) == 5 and all("seen_guest" in c for c in details["trace"])
+    assert any("updated NodeState" in line for line in details["operator_log"])
+    assert any("reconciled: " in line and "waited" in line for line in details["agent_log"])
     for c in t.columns:
         v = row[c.key]
         assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{c.key} = {v!r}"
