@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 import uuid
@@ -218,6 +219,7 @@ class Reconciler:
         self.overlay: dict[tuple[str, str, str], tuple[dict | None, float]] = {}
         self.passes = 0
         self.writes = 0
+        self._pass_ended = -math.inf  # monotonic end of the last pass
         self.first_pass_pending = True  # log the first full pass after (re)gaining leadership
         self.last_error = ""
         self.last_ok = 0.0
@@ -296,14 +298,23 @@ class Reconciler:
                 stopper.cancel()
                 if stop.is_set():
                     break
-                await asyncio.sleep(self.debounce)
+                # At most one pass per debounce window, from its leading edge: a
+                # change after a quiet spell is compiled at once (a fixed sleep
+                # was most of a single change's latency at 10k objects); a burst's
+                # later events gather while that pass runs and the window ends.
+                wait = self.debounce - (time.monotonic() - self._pass_ended)
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 self.dirty.clear()
                 if self.caches is None or not self.is_leader():
                     continue
                 snap = self.snapshot()
                 scope, self.scope = self.scope, set()
                 try:
-                    n = await asyncio.to_thread(self.reconcile_once, snap, scope)
+                    try:
+                        n = await asyncio.to_thread(self.reconcile_once, snap, scope)
+                    finally:
+                        self._pass_ended = time.monotonic()
                     self.passes += 1
                     self.last_ok = time.time()
                     self.last_error = ""

@@ -1,6 +1,7 @@
 """The operator's shell without a cluster: Lease election, cache overlays, memoised compiles."""
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import pytest
@@ -181,3 +182,32 @@ def test_memo_follows_resource_versions():
     moved = compile_cluster(vss, rss, POOLS, NODES)
     assert moved.nodestates["d1-team-a-web"]["spec"]["services"][0]["port"] == 8080
     assert [d["port"] for d in moved.nodestates["d1-team-a-web"]["spec"]["services"][0]["dests"]] == [8080, 8080]
+
+
+# --------------------------------------------------------------------------
+# The loop's pacing: a change after a quiet spell is compiled at once, a burst
+# waits for the rest of the window
+# --------------------------------------------------------------------------
+
+def test_a_change_after_quiet_is_compiled_at_once_and_a_burst_is_paced():
+    r = Reconciler("kube-lvs-system", api_factory=lambda: None, debounce=30.0, resync=1e9)
+    r.caches = {}
+    passes: list[object] = []
+    r.reconcile_once = lambda snap, scope: passes.append(scope) or 0  # type: ignore[method-assign]
+
+    async def go():
+        stop = asyncio.Event()
+        loop = asyncio.create_task(r.run(stop))
+        r.scope = {("ns", "a")}
+        r.kick()
+        for _ in range(200):  # far less than the 30 s window
+            if passes:
+                break
+            await asyncio.sleep(0.01)
+        assert passes == [{("ns", "a")}]
+        r.scope = {("ns", "b")}  # a change within the window: waits for its end
+        r.kick()
+        await asyncio.sleep(0.5)
+        assert len(passes) == 1 and r.scope == {("ns", "b")}  # kept for the window's end
+        loop.cancel()
+    asyncio.run(go())
