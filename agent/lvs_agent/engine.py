@@ -216,13 +216,16 @@ class Engine:
             return read_ipvs(self.netns, with_stats=with_stats, fast=self.applier.use_batch,
                              conn=self.applier.batch_conn())
 
-    def connections(self) -> dict[tuple[ServiceKey, str, int], tuple[int, int]]:
+    def connections(self, pause: Callable[[], object] | None = None,
+                    ) -> dict[tuple[ServiceKey, str, int], tuple[int, int]]:
         """(service key, dest address, dest port) -> (active, inactive).
 
         Read through a socket of its own, without the engine's lock: at 10k
         services the read takes seconds in the VM, and a reconcile must not
-        wait for it (the agent's status thread calls this)."""
-        t = read_ipvs(self.netns, fast=self.applier.use_batch)
+        wait for it (the agent's status thread calls this). ``pause`` is
+        called between slices of the read: the agent's waits while a change
+        is programmed, so the two do not share the interpreter meanwhile."""
+        t = read_ipvs(self.netns, fast=self.applier.use_batch, pause=pause)
         return {(k, dk.address, dk.port): (rt.active, rt.inactive)
                 for (k, dk), rt in t.dest_runtime.items()}
 

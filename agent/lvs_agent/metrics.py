@@ -33,6 +33,13 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_sweep_round_seconds",
                                 "How long the last round of the drift sweep took (every service re-checked once)",
                                 value=getattr(a, "sweep_round_seconds", 0.0))
+        pauses = getattr(a, "gc", None)
+        if pauses is not None:
+            yield CounterMetricFamily(f"{PREFIX}_gc_slow_collections",
+                                      "Garbage collections that held the interpreter 0.1 s or longer",
+                                      value=pauses.slow)
+            yield GaugeMetricFamily(f"{PREFIX}_gc_longest_pause_seconds",
+                                    "The longest garbage collection so far", value=pauses.longest)
         status = getattr(a, "status", None)
         if status is not None:
             yield GaugeMetricFamily(f"{PREFIX}_status_writes_pending", "NodeState statuses waiting to be written",

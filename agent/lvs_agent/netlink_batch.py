@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from lvs_model import kernel as K
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
@@ -582,17 +582,24 @@ class IPVSConnection:
                 if span:
                     out.append(parse_service(buf, span[0], span[1], with_stats))
 
+    PAUSE_EVERY = 64  # services between two calls of a dump's ``pause``
+
     def dump_dests(self, keys: list[tuple[bytes, int]], with_stats: bool = False,
-                   runtime: bool = True) -> list[list[tuple[Dest, DestRuntime | None]]]:
+                   runtime: bool = True, pause: Callable[[], object] | None = None,
+                   ) -> list[list[tuple[Dest, DestRuntime | None]]]:
         """Dests of many services, one dump each. ``keys``: (service key
-        attrs as the kernel sent them, family code).
+        attrs as the kernel sent them, family code). ``pause``: called every
+        PAUSE_EVERY services; it may wait (a background read of the whole
+        table lets a reconcile go first).
 
         Dumps cannot be pipelined on one socket: the kernel finishes a dump
         (NLMSG_DONE) only from the reader's next recvmsg, and answers EBUSY
         to a second dump started before that. So: send, read to DONE, next.
         """
         out: list[list[tuple[Dest, DestRuntime]]] = []
-        for key_attrs, af in keys:
+        for i, (key_attrs, af) in enumerate(keys):
+            if pause is not None and i % self.PAUSE_EVERY == 0:
+                pause()
             body = nest(CMD_ATTR_SERVICE, key_attrs)
             seq = self._request(CMD_GET_DEST, body, NLM_F_REQUEST | NLM_F_DUMP)
             dests: list[tuple[Dest, DestRuntime]] = []
@@ -645,9 +652,11 @@ class IPVSConnection:
         dests = self.dump_dests([(ka, K.FAMILIES[svc.family]) for svc, _, _, ka in found], runtime=False)
         return {svc.key: _with_dests(svc, ds) for (svc, _, _, _), ds in zip(found, dests)}
 
-    def dump(self, with_stats: bool = False, runtime: bool = True) -> IPVSTable:
+    def dump(self, with_stats: bool = False, runtime: bool = True,
+             pause: Callable[[], object] | None = None) -> IPVSTable:
         """The whole table. ``runtime=False`` skips per-dest counters (the
-        reconcile loop only needs the configuration)."""
+        reconcile loop only needs the configuration); ``pause``: as in
+        dump_dests."""
         table = IPVSTable()
         if runtime or with_stats:
             try:
@@ -655,7 +664,7 @@ class IPVSConnection:
             except OSError:
                 pass
         svcs = self.dump_services(with_stats)
-        dests = self.dump_dests([(k, K.FAMILIES[s.family]) for s, _, _, k in svcs], with_stats, runtime)
+        dests = self.dump_dests([(k, K.FAMILIES[s.family]) for s, _, _, k in svcs], with_stats, runtime, pause)
         for (svc, st, pe, _), ds in zip(svcs, dests):
             key = svc.key
             table.services[key] = _with_dests(svc, ds)

@@ -26,7 +26,7 @@ import struct
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from lvs_model import kernel as K
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
@@ -346,12 +346,13 @@ def read_ipvs_pyroute2(ipvs, with_stats: bool = False) -> IPVSTable:
 
 
 def read_ipvs(netns: str | None = None, *, with_stats: bool = False, ipvs=None,
-              fast: bool = True, conn=None, runtime: bool = True) -> IPVSTable:
+              fast: bool = True, conn=None, runtime: bool = True,
+              pause: Callable[[], object] | None = None) -> IPVSTable:
     """The IPVS table. Uses the raw generic-netlink reader of netlink_batch
     when it loads (a pyroute2 decode of 100k dests takes minutes in the VM),
-    else pyroute2."""
+    else pyroute2. ``pause``: see IPVSConnection.dump_dests (fast path only)."""
     if conn is not None:
-        return conn.dump(with_stats=with_stats, runtime=runtime)
+        return conn.dump(with_stats=with_stats, runtime=runtime, pause=pause)
     if fast:
         try:
             from . import netlink_batch
@@ -360,7 +361,7 @@ def read_ipvs(netns: str | None = None, *, with_stats: bool = False, ipvs=None,
         if netlink_batch is not None and hasattr(netlink_batch, "IPVSConnection"):
             conn = netlink_batch.IPVSConnection(netns)
             try:
-                return conn.dump(with_stats=with_stats, runtime=runtime)
+                return conn.dump(with_stats=with_stats, runtime=runtime, pause=pause)
             finally:
                 conn.close()
     own = ipvs is None

@@ -277,3 +277,20 @@ def test_sweep_repairs_drift_a_slice_at_a_time(bare, reads):
     e.reconcile(spec(doc), incremental=True, sweep=5)  # the next round starts over
     assert sorted(reads.keys) == sorted(ks)
     ipvsadm(lab, ns, "-D", "-t", "172.31.0.1:80")
+
+
+def test_connection_counts_read_in_slices_with_pauses_between(bare, monkeypatch):
+    """The agent's background read of every dest's counters calls ``pause``
+    between slices of services (it waits there while a change is programmed):
+    every service is still read, each slice once."""
+    lab, ns, e = bare
+    reconcile_ok(e, {**OURS, "services": [*OURS["services"], EXTRA]})
+    monkeypatch.setattr(netlink_batch.IPVSConnection, "PAUSE_EVERY", 3)
+    pauses = []
+    conns = e.connections(pause=lambda: pauses.append(len(pauses)))
+    assert pauses == [0, 1]  # 4 services in slices of 3
+    assert {(a, p) for (_, a, p) in conns} == {
+        ("10.20.0.1", 8080), ("10.20.0.2", 8080), ("10.20.0.3", 53), ("10.20.0.5", 53), ("10.20.0.4", 0),
+        ("10.20.0.6", 443), ("10.20.0.7", 443)}
+    assert all(v == (0, 0) for v in conns.values())
+    reconcile_ok(e, {})

@@ -56,7 +56,7 @@ class FakeEngine:
         errs = {s.key: "EEXIST: File exists" for s in spec.services if s.address in self.fail_for}
         return SimpleNamespace(ops=[], failed=[], service_errors=errs, problems={})
 
-    def connections(self):
+    def connections(self, pause=None):
         self.conn_reads += 1
         return dict(getattr(self, "conns", {}))
 
@@ -308,3 +308,49 @@ def test_watch_event_wakes_without_writing_the_cache_and_the_cache_is_slim(tmp_p
     cached = json.loads(a.cache_path.read_text())
     assert cached["o9"]["spec"] == o["spec"] and "managedFields" not in cached["o9"]["metadata"]
     assert a.objects["o9"]["metadata"]["managedFields"]  # the live object keeps them
+
+
+def test_a_change_pass_sweeps_nothing_unless_the_sweep_is_starved(tmp_path):
+    """A slice swept in the pass that programs a change delays the change by
+    the slice; the next tick's slice catches up instead (it covers the time
+    since the last slice). Changes arriving faster than the tick for
+    SWEEP_STARVED seconds still sweep, so drift is never ignored."""
+    a, _, _ = agent(tmp_path)
+    a.resync = 30.0
+    a._sweep_size(9999, 100.0)
+    assert a._sweep_size(9999, 100.4, change=True) == 0
+    assert a._sweep_size(9999, 100.5) == 167  # the tick: half a second's slice, nothing lost
+    assert a._sweep_size(9999, 100.9, change=True) == 0
+    assert a._sweep_size(9999, 101.0 + a.SWEEP_STARVED, change=True) == 834  # starved: 2.5 s of round
+
+
+def test_gc_pauses_freeze_the_heap_as_the_objects_grow(monkeypatch):
+    import gc
+
+    from lvs_agent.gcpause import GCPauses
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    p = GCPauses()
+    assert not p.settle(10)  # a few objects: a full collection is cheap
+    assert p.settle(100) and calls == ["collect", "freeze"]  # garbage first, then freeze
+    assert not p.settle(124)  # grown by less than a quarter
+    assert p.settle(125) and p.freezes == 2
+    assert not p.settle(100)  # shrinking never freezes
+
+
+def test_gc_pauses_count_slow_collections(caplog):
+    import logging
+
+    from lvs_agent.gcpause import GCPauses
+    caplog.set_level(logging.INFO, logger="lvs_agent.gcpause")
+    p = GCPauses().install()
+    try:
+        p.SLOW = 0.0
+        import gc
+        gc.collect()
+    finally:
+        p.uninstall()
+    assert p.slow >= 1 and p.longest > 0
+    assert "garbage collection of generation 2 took" in caplog.text
+    assert p._timer not in gc.callbacks
