@@ -121,6 +121,51 @@ def percentile(xs: list[float], p: float) -> float | None:
     return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
 
 
+def _log_time(line: str) -> float | None:
+    """The UTC epoch of a log line that starts with ``[YYYY-mm-dd HH:MM:SS,mmm]``
+    (the operator's) or ``YYYY-mm-dd HH:MM:SS,mmm`` (the agent's)."""
+    import calendar
+    text = line.lstrip("[")[:23]
+    try:
+        base = calendar.timegm(time.strptime(text[:19], "%Y-%m-%d %H:%M:%S"))
+        return base + int(text[20:23]) / 1000
+    except ValueError:
+        return None
+
+
+def breakdown(trace: list[dict], operator_log: list[str], agent_log: list[str], offset: float,
+              nodestate_prefix: str = f"{NETNS}-{NS}-") -> list[dict]:
+    """Where each change's time went, from the host's trace and the two logs:
+    ``operator`` from the patch (kubectl start) to the operator's log of the
+    NodeState write, ``agent`` from that write to the weight seen in the
+    kernel, split in turn at the agent's wake (the watch event: its log line
+    of the pass says how long the pass took and waited) into ``delivery`` and
+    ``pass``. The agent names the objects that woke a pass; its clock is the
+    guest's (``offset``: guest - host). Parts whose lines are missing are None."""
+    import re
+    op_lines = [(t, ln) for ln in operator_log if (t := _log_time(ln)) is not None]
+    passes = []
+    for ln in agent_log:
+        m = re.search(r"reconciled: .* in ([\d.]+)s \(waited ([\d.]+)s", ln)
+        if m and (t := _log_time(ln)) is not None:
+            passes.append((t - offset - float(m.group(1)) - float(m.group(2)), ln))
+    out = []
+    for tr in trace:
+        name = nodestate_prefix + tr["vs"]
+        seen = tr["seen_guest"] - offset if tr.get("seen_guest") is not None else None
+        wrote = next((t for t, ln in op_lines if t >= tr["patch"] - 0.01 and ln.endswith(" " + name)), None)
+        row = {"vs": tr["vs"], "operator": None, "agent": None, "delivery": None, "pass": None}
+        if wrote is not None:
+            row["operator"] = round(wrote - tr["patch"], 4)
+            if seen is not None:
+                row["agent"] = round(seen - wrote, 4)
+                woke = next((t for t, ln in passes if t >= wrote - 0.2 and re.search(rf"[;,] {name}\b", ln)), None)
+                if woke is not None:
+                    row["delivery"], row["pass"] = round(woke - wrote, 4), round(seen - woke, 4)
+        out.append(row)
+    return out
+
+
 def columns() -> list[R.Column]:
     return [
         R.Column("services", "VirtualServices", "int"),
@@ -129,6 +174,10 @@ def columns() -> list[R.Column]:
         R.Column("p50", "p50", "sec"),
         R.Column("p99", "p99", "sec"),
         R.Column("max", "max", "sec"),
+        R.Column("op_p50", "patch to NodeState write p50", "sec"),
+        R.Column("op_max", "patch to NodeState write max", "sec"),
+        R.Column("agent_p50", "write to kernel p50", "sec"),
+        R.Column("agent_max", "write to kernel max", "sec"),
         R.Column("clock_err", "clock offset ±", "sec"),
         R.Column("initial", "all services in kernel", "sec"),
         R.Column("settled", "statuses settled", "sec"),
@@ -332,6 +381,12 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         row["seen"] = len(xs) if not missed else R.error(f"{len(missed)} change(s) never seen within "
                                                           f"{change_timeout:.0f}s, e.g. {missed[:3]}")
         row["p50"], row["p99"], row["max"] = percentile(xs, 50), percentile(xs, 99), (max(xs) if xs else None)
+        parts = breakdown(trace, details["operator_log"], details["agent_log"], off)
+        details["breakdown"] = parts
+        for key in ("operator", "agent"):
+            got = [p[key] for p in parts if p[key] is not None]
+            short = "op" if key == "operator" else key
+            row[f"{short}_p50"], row[f"{short}_max"] = percentile(got, 50), (max(got) if got else None)
         row["clock_err"] = max(err1, err2) + abs(off2 - off1) / 2
         if not missed:
             _agent_log_tail(system, director, details)  # what the agent did meanwhile
@@ -370,6 +425,9 @@ STANDING_NOTES = [
     "VirtualService resourceVersion moved over 5 s)",
     "path of one change: operator (watch -> compile of the one VirtualService -> NodeState replace), "
     "agent (watch -> incremental reconcile: that service re-read and re-planned, not the table)",
+    "patch to NodeState write: from the patch (kubectl process start) to the operator's log line of "
+    "the NodeState replace; write to kernel: from that line to the weight seen in the kernel (watch "
+    "delivery into the VM and the agent's pass); each change's split is in the JSON's details.breakdown",
     "agent with the product's default --resync 30: every service re-checked for drift once per 30 s, a "
     "slice every 0.5 s between changes; statuses built and written by threads of their own",
     "context only, not a side-by-side peer: kube-proxy in IPVS mode was reported at ~20 s per "

@@ -262,3 +262,30 @@ def test_summary_names_an_end_to_end_row_that_failed():
     lines = R.summary_lines([E.build_table([ok, bad], [])])
     assert lines[0].startswith("end to end with 1,000 services: kubectl patch to kernel p50 500.0 ms, p99 3.60 s")
     assert lines[1] == "end to end with 10,000 services: not measured (error below the table)"
+
+
+def test_end_to_end_breakdown_splits_each_change_at_the_nodestate_write():
+    import calendar
+    import time as _t
+
+    from lvs_bench import end_to_end as E
+    t0 = calendar.timegm(_t.strptime("2026-12-01 07:00:00", "%Y-%m-%d %H:%M:%S"))
+    trace = [{"vs": "vs1", "patch": t0 + 0.1, "seen_guest": t0 + 0.9 - 2.0},  # guest clock 2 s behind
+             {"vs": "vs11", "patch": t0 + 5.0, "seen_guest": None},  # never seen
+             {"vs": "vs2", "patch": t0 + 9.0}]  # no operator line
+    op_log = ["[2026-12-01 07:00:00,050] lvs_operator [INFO    ] updated NodeState nat-director-bench-e2e-vs1",
+              "[2026-12-01 07:00:00,400] lvs_operator [INFO    ] updated NodeState nat-director-bench-e2e-vs1",
+              "[2026-12-01 07:00:05,300] lvs_operator [INFO    ] updated NodeState nat-director-bench-e2e-vs11",
+              "garbage"]
+    # Guest clock: the pass that programmed vs1 woke at 07:00:00.6 host = 06:59:58.6 guest,
+    # waited 0.05 s and took 0.2 s: its line is logged at 06:59:58.85 guest.
+    agent_log = ["2026-12-01 06:59:58,850 INFO lvs-agent: reconciled: 1 ops, 0 failed in 0.200s (waited 0.050s, "
+                 "merge 0.010s, engine 0.190s, swept 0; nat-director-bench-e2e-vs1)",
+                 "2026-12-01 06:59:58,900 INFO lvs-agent: reconciled: 1 ops, 0 failed in 0.100s (waited 0.000s, "
+                 "merge 0.010s, engine 0.090s, swept 0; nat-director-bench-e2e-vs11)"]
+    got = E.breakdown(trace, op_log, agent_log, offset=-2.0)
+    # The line before the patch is an earlier write; vs1 does not match vs11's line.
+    assert got[0] == {"vs": "vs1", "operator": 0.3, "agent": 0.5, "delivery": 0.2, "pass": 0.3}
+    assert got[1] == {"vs": "vs11", "operator": 0.3, "agent": None, "delivery": None, "pass": None}
+    assert got[2] == {"vs": "vs2", "operator": None, "agent": None, "delivery": None, "pass": None}
+    assert E._log_time("2026-12-01 07:00:00,250 INFO lvs-agent: reconciled") == t0 + 0.25
