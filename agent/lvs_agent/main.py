@@ -259,6 +259,10 @@ class Agent:
     # -- reconcile -----------------------------------------------------------
     SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice
     STATUS_YIELD = 2.0  # seconds a status build or write waits at most for a pass to end
+    # Seconds each slice of the connection-count read waits at most for a
+    # change's pass (a slice per 64 services: a longer wait held every status
+    # back for minutes while a burst of new objects kept the loop busy).
+    CONNS_YIELD = 0.25
     SWEEP_BUDGET = 0.2  # the largest share of the agent's time the sweep may take
     SWEEP_STARVED = 2.0  # seconds: after this long without a slice, a change's pass sweeps too
 
@@ -380,7 +384,8 @@ class Agent:
         self._status_inputs = inputs
         self.status.submit(StatusSnapshot(merged, programmed, errors, dict(self.checker.verdicts), set(checked)),
                            names)
-        self.gc.settle(len(self.objects))
+        if not woken:  # a pass that programmed no change: a change never waits for this
+            self.gc.settle()
 
     # -- statuses (the status writer's threads) -------------------------------
     def _build_statuses(self, snap: StatusSnapshot, names: set[str] | None) -> dict[str, dict]:
@@ -391,7 +396,7 @@ class Agent:
             self._conns_due = False
             started = time.monotonic()
             try:
-                conns = self.engine.connections(pause=lambda: self._idle.wait(self.STATUS_YIELD))
+                conns = self.engine.connections(pause=lambda: self._idle.wait(self.CONNS_YIELD))
             except Exception:  # noqa: BLE001 - keep the last counts
                 log.debug("connection counts not read", exc_info=True)
             else:

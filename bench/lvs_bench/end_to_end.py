@@ -373,7 +373,8 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         off = (off1 + off2) / 2
         details["trace"] = trace
         details["operator_log"] = _lines(op_log.read_bytes()[op_from:].decode(errors="replace"), "NodeState")
-        details["agent_log"] = _lines(system.ctl.run(["grep", "-e", "reconciled:", "-e", "WARN", "-e", "ERROR",
+        details["agent_log"] = _lines(system.ctl.run(["grep", "-e", "reconciled:", "-e", "garbage collection",
+                                                      "-e", "WARN", "-e", "ERROR",
                                                       f"{GUEST_RUN}/agent-{director}.log"]).out, "", 400)
         details.update(offset_before=off1, offset_after=off2, offset_err=max(err1, err2))
         xs = [g - off - h for h, g in lat]
@@ -381,7 +382,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         row["seen"] = len(xs) if not missed else R.error(f"{len(missed)} change(s) never seen within "
                                                           f"{change_timeout:.0f}s, e.g. {missed[:3]}")
         row["p50"], row["p99"], row["max"] = percentile(xs, 50), percentile(xs, 99), (max(xs) if xs else None)
-        parts = breakdown(trace, details["operator_log"], details["agent_log"], off)
+        parts = breakdown(trace, details["operator_log"], details["agent_log"], off, f"{director}-{NS}-")
         details["breakdown"] = parts
         for key in ("operator", "agent"):
             got = [p[key] for p in parts if p[key] is not None]

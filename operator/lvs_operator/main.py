@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-leader-election", action="store_true",
                     help="write without holding the Lease (a single replica only)")
     ap.add_argument("--debounce", type=float, default=0.3, help="seconds to batch changes before compiling")
-    ap.add_argument("--resync", type=float, default=300.0, help="seconds between full reconciles")
+    ap.add_argument("--resync", type=float, default=300.0, help="seconds in which every VirtualService is recompiled (in 60 slices)")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--debug", action="store_true")
     return ap

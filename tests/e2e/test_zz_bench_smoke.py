@@ -40,6 +40,9 @@ def test_end_to_end_smoke(system):
     assert len(details["trace"]) == 5 and all("seen_guest" in c for c in details["trace"])
     assert any("updated NodeState" in line for line in details["operator_log"])
     assert any("reconciled: " in line and "waited" in line for line in details["agent_log"])
+    # Each change split at the operator's write and the agent's wake, from those lines.
+    assert len(details["breakdown"]) == 5
+    assert all(None not in b.values() for b in details["breakdown"]), details["breakdown"]
     for c in t.columns:
         v = row[c.key]
         assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{c.key} = {v!r}"

@@ -324,19 +324,37 @@ def test_a_change_pass_sweeps_nothing_unless_the_sweep_is_starved(tmp_path):
     assert a._sweep_size(9999, 101.0 + a.SWEEP_STARVED, change=True) == 834  # starved: 2.5 s of round
 
 
-def test_gc_pauses_freeze_the_heap_as_the_objects_grow(monkeypatch):
+def test_gc_pauses_freeze_what_survived_at_most_every_settle_period_and_reclaim_hourly(monkeypatch):
     import gc
 
     from lvs_agent.gcpause import GCPauses
     calls = []
-    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    for name in ("freeze", "unfreeze"):
+        monkeypatch.setattr(gc, name, lambda name=name: calls.append(name))
     monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
-    p = GCPauses()
-    assert not p.settle(10)  # a few objects: a full collection is cheap
-    assert p.settle(100) and calls == ["collect", "freeze"]  # garbage first, then freeze
-    assert not p.settle(124)  # grown by less than a quarter
-    assert p.settle(125) and p.freezes == 2
-    assert not p.settle(100)  # shrinking never freezes
+    now = [1000.0]
+    p = GCPauses(clock=lambda: now[0])
+    assert p.settle() and calls == ["collect", "freeze"]  # garbage first: it must not be frozen
+    now[0] += p.SETTLE_EVERY - 1
+    assert not p.settle() and len(calls) == 2
+    now[0] += 1
+    assert p.settle() and calls[2:] == ["collect", "freeze"]
+    now[0] += p.RECLAIM_EVERY
+    assert p.settle() and calls[4:] == ["unfreeze", "collect", "freeze"] and p.reclaims == 1
+
+
+def test_agent_settles_the_heap_only_in_passes_without_a_change(tmp_path):
+    a, _, _ = agent(tmp_path)
+    settled_in = []
+    a.gc.settle = lambda: settled_in.append(True)
+
+    async def go():
+        await settled(a, full=True)
+        await a.reconcile_once(woken=True)
+        assert settled_in == []
+        await a.reconcile_once(woken=False)
+        assert settled_in == [True]
+    asyncio.run(go())
 
 
 def test_gc_pauses_count_slow_collections(caplog):

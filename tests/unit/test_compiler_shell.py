@@ -186,14 +186,21 @@ def test_memo_follows_resource_versions():
 
 # --------------------------------------------------------------------------
 # The loop's pacing: a change after a quiet spell is compiled at once, a burst
-# waits for the rest of the window
+# waits as long as the last pass took (at most the debounce window)
 # --------------------------------------------------------------------------
 
-def test_a_change_after_quiet_is_compiled_at_once_and_a_burst_is_paced():
+def test_a_change_after_quiet_is_compiled_at_once_and_a_burst_is_paced_by_the_pass_time():
+    import time as _time
     r = Reconciler("kube-lvs-system", api_factory=lambda: None, debounce=30.0, resync=1e9)
     r.caches = {}
-    passes: list[object] = []
-    r.reconcile_once = lambda snap, scope: passes.append(scope) or 0  # type: ignore[method-assign]
+    passes: list[tuple[object, float]] = []
+    took = [0.4]
+
+    def slow_pass(snap, scope):
+        passes.append((scope, _time.monotonic()))
+        _time.sleep(took[0])
+        return 0
+    r.reconcile_once = slow_pass  # type: ignore[method-assign]
 
     async def go():
         stop = asyncio.Event()
@@ -204,10 +211,24 @@ def test_a_change_after_quiet_is_compiled_at_once_and_a_burst_is_paced():
             if passes:
                 break
             await asyncio.sleep(0.01)
-        assert passes == [{("ns", "a")}]
-        r.scope = {("ns", "b")}  # a change within the window: waits for its end
+        assert [p[0] for p in passes] == [{("ns", "a")}]
+        r.scope = {("ns", "b")}  # a change during that pass: waits 0.4 s after its end
         r.kick()
+        took[0] = 0.0
         await asyncio.sleep(0.5)
-        assert len(passes) == 1 and r.scope == {("ns", "b")}  # kept for the window's end
+        assert len(passes) == 1 and r.scope == {("ns", "b")}  # gathered, not yet compiled
+        for _ in range(100):
+            if len(passes) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [p[0] for p in passes] == [{("ns", "a")}, {("ns", "b")}]
+        assert passes[1][1] - passes[0][1] >= 0.8 - 0.05  # the pass's 0.4 s, then as long again
+        r.scope = {("ns", "c")}  # after a pass that took no time: at once, not after 30 s
+        r.kick()
+        for _ in range(100):
+            if len(passes) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(passes) == 3
         loop.cancel()
     asyncio.run(go())

@@ -149,3 +149,38 @@ def test_caches_report_changes_only_after_the_first_list_and_diff_a_relist():
 def test_kind_paths():
     assert Kind("nodes").path() == "/api/v1/nodes"
     assert Kind("nodestates", C.GROUP, C.VERSION, NS).path() == f"/apis/{C.GROUP}/{C.VERSION}/namespaces/{NS}/nodestates"
+
+
+def test_resync_recompiles_every_virtualservice_once_per_round_in_scoped_slices():
+    """The periodic resync: RESYNC_SLICES scoped passes per round (a full pass at
+    10k services held a change up for seconds). The round covers every
+    VirtualService and every one a NodeState names: a NodeState whose
+    VirtualService is gone is deleted by its slice; a hand-edited NodeState is
+    written back by its slice."""
+    snap = converged(cluster(n=24))
+    orphan = dict(snap["nodestates"][0], metadata=dict(
+        snap["nodestates"][0]["metadata"], name="d1-team-a-gone",
+        annotations={**snap["nodestates"][0]["metadata"]["annotations"], C.ANNOTATION_VIRTUALSERVICE: "team-a/gone"}))
+    edited = dict(snap["nodestates"][2], spec={"services": []})
+    snap["nodestates"] = [orphan, edited] + [o for i, o in enumerate(snap["nodestates"]) if i != 2]
+    r = Recorder()
+    r.RESYNC_SLICES = 5
+    r.caches = {kind: {(o["metadata"].get("namespace") or "", o["metadata"]["name"]): o for o in objs}
+                for kind, objs in snap.items()}
+    r.reconcile_once(converged(cluster(n=24)), None)  # the first, full pass (entangled: none)
+    r.executed.clear()
+    seen = []
+    for _ in range(5):
+        r.scope = set()
+        r.resync_tick()
+        assert r.dirty.is_set() and len(r.scope) == 5  # 25 VirtualServices (24 + gone) / 5 slices
+        seen += sorted(r.scope)
+        r.reconcile_once(snap, r.scope)
+    assert sorted(seen) == sorted([("team-a", f"web{i}") for i in range(24)] + [("team-a", "gone")])
+    assert r.full_passes == 1  # every slice was a scoped pass
+    deleted = [name for w in r.executed for name, _ in w.delete]
+    replaced = [b["metadata"]["name"] for w in r.executed for b in w.replace]
+    assert deleted == ["d1-team-a-gone"] and replaced == [edited["metadata"]["name"]]
+    r.scope = None
+    r.resync_tick()  # a full pass already due stays full
+    assert r.scope is None and r._round_pos == 5  # the next round has begun
