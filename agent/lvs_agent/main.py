@@ -16,12 +16,13 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .gcpause import GCPauses
 from .health import HealthChecker, effective_spec
@@ -142,21 +143,23 @@ class Agent:
 
     CACHE_EVERY = 5.0  # seconds: at 10k objects the cache is megabytes of JSON
 
-    def _save_cache(self, now: bool = True) -> None:
+    def _save_cache(self, now: bool = True, pause: Callable[[], object] | None = None) -> None:
         """Write the objects for a start without the API server; ``now=False``:
-        only if the last write is CACHE_EVERY old (the loop writes the rest)."""
+        only if the last write is CACHE_EVERY old (the loop writes the rest);
+        ``pause``: see ObjectCache.save."""
         self._cache_dirty = True
         if not now and time.monotonic() - self._cache_saved < self.CACHE_EVERY:
             return
         self._cache_dirty = False
         self._cache_saved = time.monotonic()
-        self.cache.save(self.objects)
+        self.cache.save(self.objects, pause)
 
     def _save_cache_soon(self) -> None:
         """The loop's cache write, in a thread of its own: a change never waits for it."""
         if self._cache_thread is not None and self._cache_thread.is_alive():
             return
-        self._cache_thread = threading.Thread(target=self._save_cache, daemon=True)
+        self._cache_thread = threading.Thread(target=self._save_cache, daemon=True,
+                                              kwargs={"pause": lambda: self._idle.wait(self.CONNS_YIELD)})
         self._cache_thread.start()
 
     def _until_cache(self) -> float:
@@ -259,9 +262,9 @@ class Agent:
     # -- reconcile -----------------------------------------------------------
     SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice
     STATUS_YIELD = 2.0  # seconds a status build or write waits at most for a pass to end
-    # Seconds each slice of the connection-count read waits at most for a
-    # change's pass (a slice per 64 services: a longer wait held every status
-    # back for minutes while a burst of new objects kept the loop busy).
+    # Seconds each slice of background work (the connection-count read, the
+    # object cache's write) waits at most for a change's pass (a longer wait
+    # held every status back for minutes while new objects kept the loop busy).
     CONNS_YIELD = 0.25
     SWEEP_BUDGET = 0.2  # the largest share of the agent's time the sweep may take
     SWEEP_STARVED = 2.0  # seconds: after this long without a slice, a change's pass sweeps too
@@ -519,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-address", default="0.0.0.0")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A thread back from a syscall waits up to this long for the interpreter
+    # while a background thread computes; a pass makes dozens of netlink
+    # calls, and the default 5 ms each added up to tenths of a second in the VM.
+    sys.setswitchinterval(0.001)
     if not args.node:
         p.error("--node (or env NODE_NAME from the downward API) is required")
 

@@ -6,7 +6,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def slim(obj: dict) -> dict:
@@ -27,7 +27,7 @@ class ObjectCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        # name -> (the object, its status, its resourceVersion, its text). The
+        # name -> (the object, its status, its resourceVersion, its '"name": {...}' text). The
         # references are kept so that ``is`` can tell an object (or a status the
         # agent wrote into it) is the same one, never a new one at a reused id.
         self._texts: dict[str, tuple[dict, Any, Any, str]] = {}
@@ -40,18 +40,24 @@ class ObjectCache:
             return None
         return objects if isinstance(objects, dict) else None
 
-    def save(self, objects: dict[str, dict]) -> None:
+    PAUSE_EVERY = 256  # objects between two calls of save's ``pause``
+
+    def save(self, objects: dict[str, dict], pause: Callable[[], object] | None = None) -> None:
+        """``pause``: called every PAUSE_EVERY objects; it may wait (the agent's
+        waits while a change is programmed: both need the interpreter)."""
         with self._lock:
             texts: dict[str, tuple[dict, Any, Any, str]] = {}
-            for name, obj in list(objects.items()):
+            for i, (name, obj) in enumerate(list(objects.items())):
+                if pause is not None and i % self.PAUSE_EVERY == 0:
+                    pause()
                 status, rv = obj.get("status"), (obj.get("metadata") or {}).get("resourceVersion")
                 old = self._texts.get(name)
                 if old is not None and old[0] is obj and old[1] is status and old[2] == rv:
                     texts[name] = old
                 else:
-                    texts[name] = (obj, status, rv, json.dumps(slim(obj)))
+                    texts[name] = (obj, status, rv, f"{json.dumps(name)}: {json.dumps(slim(obj))}")
             self._texts = texts
-            body = "{" + ", ".join(f"{json.dumps(n)}: {t[3]}" for n, t in texts.items()) + "}"
+            body = "{" + ", ".join(t[3] for t in texts.values()) + "}"
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(body)
             os.replace(tmp, self.path)

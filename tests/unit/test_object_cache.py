@@ -55,3 +55,15 @@ def test_concurrent_saves_leave_a_whole_file(tmp_path):
     for t in threads:
         t.join()
     assert set(json.loads((tmp_path / "cache.json").read_text())) == set(objects)
+
+
+def test_save_pauses_between_slices_of_objects(tmp_path):
+    """The agent's background cache write lets a change's pass go first: it
+    calls ``pause`` (which waits while a pass runs) every PAUSE_EVERY objects."""
+    c = ObjectCache(tmp_path / "cache.json")
+    c.PAUSE_EVERY = 2
+    pauses = []
+    objects = {f"o{i}": obj(f"o{i}", str(i)) for i in range(5)}
+    c.save(objects, pause=lambda: pauses.append(len(pauses)))
+    assert pauses == [0, 1, 2]  # before objects 0, 2 and 4
+    assert set(json.loads((tmp_path / "cache.json").read_text())) == set(objects)
