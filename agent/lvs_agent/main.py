@@ -268,6 +268,7 @@ class Agent:
     CONNS_YIELD = 0.25
     SWEEP_BUDGET = 0.2  # the largest share of the agent's time the sweep may take
     SWEEP_STARVED = 2.0  # seconds: after this long without a slice, a change's pass sweeps too
+    SWEEP_SLICE_MAX = 0.1  # seconds of sweeping in one pass at most: what a change may wait for it
 
     def _sweep_size(self, services: int, now: float, change: bool = False) -> int:
         """How many services this pass re-checks: the sweep advances with the
@@ -276,7 +277,9 @@ class Agent:
         at most SWEEP_BUDGET of the time at the cost measured so far: on a
         machine too slow for the table a round takes longer (the metric
         kube_lvs_sweep_round_seconds shows how long) instead of
-        crowding out the changes.
+        crowding out the changes. One slice takes SWEEP_SLICE_MAX at most
+        (a slice that caught up after a long pass was what a change arriving
+        then waited for).
 
         ``change``: a pass that programs a change sweeps nothing (the next
         tick's slice catches up), unless changes have kept the sweep from
@@ -291,7 +294,8 @@ class Agent:
             return 0
         n = math.ceil((services + 1) * min(1.0, (now - since) / self.resync))
         if self._sweep_cost:
-            n = min(n, max(1, int((now - since) * self.SWEEP_BUDGET / self._sweep_cost)))
+            work = min((now - since) * self.SWEEP_BUDGET, self.SWEEP_SLICE_MAX)
+            n = min(n, max(1, int(work / self._sweep_cost)))
         return n
 
     def _sweep_done(self, report: Any, now: float, learn: bool = True) -> None:

@@ -277,6 +277,8 @@ def test_sweep_keeps_to_its_budget_on_a_slow_machine(tmp_path):
     assert a.sweep_round_seconds == 60.0
     a._sweep_cost = 1e-5  # a fast machine: the clock decides
     assert a._sweep_size(9999, 101.0) == 167
+    a._sweep_cost = 0.01
+    assert a._sweep_size(9999, 111.0) == 10  # 10 s since: 2 s of budget, but one slice is 0.1 s at most
 
 
 def test_moved_connection_counts_rebuild_only_their_objects(tmp_path):
