@@ -29,7 +29,7 @@ from .health import HealthChecker, effective_spec
 from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, stale_statuses,
                         status_changed)
 from .object_cache import ObjectCache
-from .status_writer import StatusWriter
+from lvs_model.status_writer import StatusWriter
 
 log = logging.getLogger("lvs-agent")
 

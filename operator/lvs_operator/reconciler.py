@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from lvs_model import channel as C
+from lvs_model.status_writer import StatusWriter
 
 from .compiler import Event, Result, compile_cluster
 
@@ -222,6 +223,16 @@ class Reconciler:
         self.full_passes = 0
         # (plural, ns, name) -> (object or None for deleted, monotonic time)
         self.overlay: dict[tuple[str, str, str], tuple[dict | None, float]] = {}
+        self._overlay_lock = threading.Lock()  # the status threads add to the overlay too
+        # Statuses planned and not written yet, (plural, namespace, name) -> status:
+        # the newest wins, so a status superseded before its turn is never written.
+        self._statuses: dict[tuple[str, str, str], dict] = {}
+        self._statuses_lock = threading.Lock()
+        self._status_writer: StatusWriter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.status_failures = 0
+        self._status_backoff = 0.0
+        self._replan_pending = False
         self.passes = 0
         self.writes = 0
         self._pass_ended = -math.inf  # monotonic end of the last pass
@@ -259,9 +270,12 @@ class Reconciler:
 
     def leadership(self, leader: bool) -> None:
         """The elector's callback: a new leader starts with a full pass."""
+        with self._statuses_lock:
+            self._statuses.clear()  # a follower writes nothing; a new leader plans them again
         if leader:
             self.first_pass_pending = True
-            self.overlay.clear()
+            with self._overlay_lock:
+                self.overlay.clear()
             self.scope = None
             self.kick()
 
@@ -296,6 +310,11 @@ class Reconciler:
     def snapshot(self) -> dict[str, list[dict]]:
         snap: dict[str, dict] = {kind: dict((self.caches or {}).get(kind) or {}) for kind in KINDS}
         now = time.monotonic()
+        with self._overlay_lock:
+            self._apply_overlay(snap, now)
+        return {k: list(v.values()) for k, v in snap.items()}  # type: ignore[union-attr]
+
+    def _apply_overlay(self, snap: dict[str, dict], now: float) -> None:
         for (plural, ns, name), (obj, at) in list(self.overlay.items()):
             objs = snap[plural]  # type: ignore[assignment]
             cached = objs.get((ns, name))
@@ -311,11 +330,11 @@ class Reconciler:
                 del self.overlay[(plural, ns, name)]
             else:
                 objs[(ns, name)] = obj
-        return {k: list(v.values()) for k, v in snap.items()}  # type: ignore[union-attr]
 
     # -- the loop -------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 1.0
+        self._loop = asyncio.get_running_loop()
 
         async def resync() -> None:
             while not stop.is_set():
@@ -371,6 +390,8 @@ class Reconciler:
                     backoff = min(backoff * 2, 60.0)
         finally:
             ticker.cancel()
+            if self._status_writer is not None:
+                self._status_writer.stop()
 
     # -- writing (in a worker thread) -------------------------------------------
     def reconcile_once(self, snap: Mapping[str, list[dict]], scope: set[Ref] | None = None) -> int:
@@ -406,14 +427,9 @@ class Reconciler:
         api = self.api_factory()
         g, v, ns = C.GROUP, C.VERSION, self.namespace
         errors: list[str] = []
-        lock = threading.Lock()
         few = len(w.create) + len(w.replace) <= 50
 
-        def note(plural: str, obj: dict | None, namespace: str, name: str) -> None:
-            with lock:
-                self.overlay[(plural, namespace, name)] = (project(plural, obj) if obj is not None else None,
-                                                           time.monotonic())
-                self.writes += 1
+        note = self._note
 
         def put(op: str, body: dict) -> None:
             name = body["metadata"]["name"]
@@ -440,20 +456,6 @@ class Reconciler:
                 else:
                     errors.append(f"delete NodeState {name}: {e.status} {e.reason}")
 
-        def status(plural: str, namespace: str, name: str, value: dict) -> None:
-            patch = [{"op": "add", "path": "/status", "value": value}]
-            try:
-                if namespace:
-                    obj = api.patch_namespaced_custom_object_status(
-                        g, v, namespace, plural, name, patch, _content_type="application/json-patch+json")
-                else:
-                    obj = api.patch_cluster_custom_object_status(
-                        g, v, plural, name, patch, _content_type="application/json-patch+json")
-                note(plural, obj, namespace, name)
-            except ApiException as e:
-                if e.status != 404:
-                    errors.append(f"status of {plural} {namespace}/{name}: {e.status} {e.reason}")
-
         with ThreadPoolExecutor(self.WORKERS) as pool:
             list(pool.map(lambda b: put("create", b), w.create))
             list(pool.map(lambda b: put("replace", b), w.replace))
@@ -461,7 +463,7 @@ class Reconciler:
                 log.info("NodeStates: %d created, %d updated; %d status(es) to write",
                          len(w.create), len(w.replace), len(w.status))
             list(pool.map(lambda d: delete(*d), w.delete))
-            list(pool.map(lambda st: status(*st), w.status))
+        self.queue_statuses(w.status)
         for ev in w.events:
             try:
                 self.post_event(api, ev)
@@ -469,6 +471,85 @@ class Reconciler:
                 log.warning("event for %s %s/%s: %s %s", ev.kind, ev.namespace, ev.name, e.status, e.reason)
         if errors:
             raise RuntimeError("; ".join(errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""))
+
+    def _note(self, plural: str, obj: dict | None, namespace: str, name: str) -> None:
+        """An object just written (None: deleted), overlaid until the watch has it."""
+        with self._overlay_lock:
+            self.overlay[(plural, namespace, name)] = (project(plural, obj) if obj is not None else None,
+                                                       time.monotonic())
+            self.writes += 1
+
+    # -- statuses (written by threads of their own) ------------------------------
+    def queue_statuses(self, statuses: Iterable[tuple[str, str, str, dict]]) -> None:
+        """Hand statuses to the status threads and return: at 10k services a
+        first pass plans tens of thousands, and written inline they held back
+        the NodeStates of every VirtualService created meanwhile (minutes in
+        bench part 5). A status planned again before its turn replaces the
+        queued one; every pass plans what is still unwritten again."""
+        keys = set()
+        with self._statuses_lock:
+            for plural, namespace, name, value in statuses:
+                self._statuses[(plural, namespace, name)] = value
+                keys.add((plural, namespace, name))
+        if not keys:
+            return
+        if self._status_writer is None:
+            self._status_writer = StatusWriter(self._take_statuses, self._write_status, self._status_done,
+                                               workers=self.WORKERS)
+        self._status_writer.submit(None, keys)
+
+    def _take_statuses(self, _snapshot: None, keys: set | None) -> dict:
+        with self._statuses_lock:
+            if keys is None:
+                keys = set(self._statuses)
+            return {k: self._statuses.pop(k) for k in keys if k in self._statuses}
+
+    def _write_status(self, key: tuple[str, str, str], value: dict) -> None:
+        if not self.is_leader():
+            return  # leadership lost meanwhile: the new leader writes its own
+        from kubernetes.client.exceptions import ApiException
+        plural, namespace, name = key
+        api = self.api_factory()
+        patch = [{"op": "add", "path": "/status", "value": value}]
+        try:
+            if namespace:
+                obj = api.patch_namespaced_custom_object_status(
+                    C.GROUP, C.VERSION, namespace, plural, name, patch, _content_type="application/json-patch+json")
+            else:
+                obj = api.patch_cluster_custom_object_status(
+                    C.GROUP, C.VERSION, plural, name, patch, _content_type="application/json-patch+json")
+        except ApiException as e:
+            if e.status == 404:
+                return  # deleted meanwhile
+            raise
+        self._note(plural, obj, namespace, name)
+
+    def _status_done(self, key: tuple[str, str, str], value: dict, error: BaseException | None) -> None:
+        if error is None:
+            self._status_backoff = 0.0
+            return
+        self.status_failures += 1
+        log.warning("status of %s %s/%s not written (planned again): %s", key[0], key[1], key[2], error)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._replan_later)
+
+    def _replan_later(self) -> None:
+        """A full pass plans the failed statuses again, after a backoff (1 s
+        doubling to 60 s while writes keep failing): one pending at a time."""
+        if self._replan_pending:
+            return
+        self._replan_pending = True
+        self._status_backoff = min(60.0, max(1.0, self._status_backoff * 2))
+
+        def replan() -> None:
+            self._replan_pending = False
+            self.scope = None
+            self.kick()
+        asyncio.get_running_loop().call_later(self._status_backoff, replan)
+
+    def statuses_idle(self, timeout: float | None = None) -> bool:
+        """Whether every queued status has been written (or failed)."""
+        return self._status_writer is None or self._status_writer.wait_idle(timeout)
 
     def post_event(self, api: Any, ev: Event) -> None:
         """An events.k8s.io/v1 Event (kubectl describe shows it)."""

@@ -184,3 +184,51 @@ def test_resync_recompiles_every_virtualservice_once_per_round_in_scoped_slices(
     r.scope = None
     r.resync_tick()  # a full pass already due stays full
     assert r.scope is None and r._round_pos == 5  # the next round has begun
+
+
+class FakeStatusApi:
+    def __init__(self, fail=()):
+        self.written, self.fail = [], set(fail)
+
+    def patch_namespaced_custom_object_status(self, g, v, ns, plural, name, patch, **kw):
+        from kubernetes.client.exceptions import ApiException
+        if name in self.fail:
+            raise ApiException(status=500, reason="boom")
+        self.written.append((plural, ns, name, patch[0]["value"]))
+        return {"metadata": {"name": name, "namespace": ns, "resourceVersion": "9"}, "spec": {},
+                "status": patch[0]["value"]}
+
+
+def test_statuses_are_written_off_the_pass_and_the_newest_planned_wins():
+    """A pass queues its statuses and returns (written inline, tens of thousands
+    held back the NodeStates of every VirtualService created meanwhile); one
+    planned again before its turn is written once, with the newest value."""
+    api = FakeStatusApi()
+    r = Reconciler(NS, api_factory=lambda: api)
+    submitted = []
+    r._status_writer = type("Stub", (), {"submit": lambda self, snap, keys: submitted.append(keys)})()
+    key = ("realservers", "team-a", "web1-0")
+    r.queue_statuses([(*key, {"phase": "Pending"})])
+    r.queue_statuses([(*key, {"phase": "Ready"}), ("virtualservices", "team-a", "web1", {"phase": "Ready"})])
+    assert submitted == [{key}, {key, ("virtualservices", "team-a", "web1")}]
+    assert r._take_statuses(None, {key}) == {key: {"phase": "Ready"}}
+    assert r._take_statuses(None, {key}) == {}  # taken once
+    # The real writer threads: written, and overlaid until the watch has them.
+    r._status_writer = None
+    r.queue_statuses([(*key, {"phase": "Ready"})])
+    assert r.statuses_idle(10)
+    assert api.written == [("realservers", "team-a", "web1-0", {"phase": "Ready"})]
+    assert r.overlay[key][0]["status"] == {"phase": "Ready"}
+    r._status_writer.stop()
+
+
+def test_a_follower_writes_no_queued_status_and_a_failed_one_is_counted():
+    api = FakeStatusApi(fail={"bad"})
+    leader = [False]
+    r = Reconciler(NS, api_factory=lambda: api, is_leader=lambda: leader[0])
+    r.queue_statuses([("realservers", "team-a", "x", {"phase": "Ready"})])
+    assert r.statuses_idle(10) and api.written == []
+    leader[0] = True
+    r.queue_statuses([("realservers", "team-a", "bad", {"phase": "Ready"})])
+    assert r.statuses_idle(10) and r.status_failures == 1 and api.written == []
+    r._status_writer.stop()

@@ -8,7 +8,7 @@ import threading
 import time
 
 from lvs_agent.main import Agent
-from lvs_agent.status_writer import StatusWriter
+from lvs_model.status_writer import StatusWriter
 
 from test_agent_incremental import agent, obj
 

@@ -1,4 +1,5 @@
-"""NodeState statuses, built and written off the reconcile path.
+"""Statuses, built and written off the reconcile path (the agent's NodeState
+statuses, the operator's VirtualService and RealServer statuses).
 
 At 10k objects in the lab VM a status pass is seconds of building and, the
 first time, 10k API writes at a few per second each: done inline, it held
