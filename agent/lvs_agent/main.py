@@ -159,8 +159,12 @@ class Agent:
         if self._cache_thread is not None and self._cache_thread.is_alive():
             return
         self._cache_thread = threading.Thread(target=self._save_cache, daemon=True,
-                                              kwargs={"pause": lambda: self._idle.wait(self.CONNS_YIELD)})
+                                              kwargs={"pause": self._yield_to_pass})
         self._cache_thread.start()
+
+    def _yield_to_pass(self) -> None:
+        """Between slices of background work: wait while a change is programmed."""
+        self._idle.wait(self.BACKGROUND_YIELD)
 
     def _until_cache(self) -> float:
         return max(0.0, self.CACHE_EVERY - (time.monotonic() - self._cache_saved))
@@ -265,7 +269,7 @@ class Agent:
     # Seconds each slice of background work (the connection-count read, the
     # object cache's write) waits at most for a change's pass (a longer wait
     # held every status back for minutes while new objects kept the loop busy).
-    CONNS_YIELD = 0.25
+    BACKGROUND_YIELD = 0.25
     SWEEP_BUDGET = 0.2  # the largest share of the agent's time the sweep may take
     SWEEP_STARVED = 2.0  # seconds: after this long without a slice, a change's pass sweeps too
     SWEEP_SLICE_MAX = 0.1  # seconds of sweeping in one pass at most: what a change may wait for it
@@ -284,8 +288,7 @@ class Agent:
         ``change``: a pass that programs a change sweeps nothing (the next
         tick's slice catches up), unless changes have kept the sweep from
         running for SWEEP_STARVED seconds: a slice in the same pass delays
-        the change by the slice's time (up to 1.6 s at 10k services in the
-        lab VM, the p99 of bench part 5)."""
+        the change by the slice's time."""
         since = self._swept_at
         if change and since is not None and now - since < self.SWEEP_STARVED:
             return 0
@@ -403,7 +406,7 @@ class Agent:
             self._conns_due = False
             started = time.monotonic()
             try:
-                conns = self.engine.connections(pause=lambda: self._idle.wait(self.CONNS_YIELD))
+                conns = self.engine.connections(pause=self._yield_to_pass)
             except Exception:  # noqa: BLE001 - keep the last counts
                 log.debug("connection counts not read", exc_info=True)
             else:
