@@ -93,6 +93,10 @@ class Agent:
         self._conns: dict = {}
         self._conns_at: float | None = None
         self._conns_cost = 0.0  # seconds the last read of the counts took
+        # Objects whose new counts were held back (written too recently): the
+        # counts that moved are not "moved" again on the next read, so they
+        # are owed until written.
+        self._conns_owed: set[str] = set()
         # Statuses to rebuild: objects the watch changed (None: all of them),
         # and the inputs the last statuses were built from.
         self._dirty: set[str] | None = None
@@ -418,19 +422,28 @@ class Agent:
                 self._conns = conns
             self._conns_cost = time.monotonic() - started
         now, stamp, out = time.monotonic(), _now(), {}
+        if names is not None and self._conns_owed:
+            names = names | {n for n in self._conns_owed
+                             if now - self._last_status_write.get(n, 0) >= self.conn_status_interval}
         for name in list(self.objects) if names is None else names:
             obj = self.objects.get(name)
+            if obj is None:
+                self._conns_owed.discard(name)
+                continue
             parsed = snap.merged.parsed.get(name)
-            if obj is None or parsed is None or parsed.source is not (obj.get("spec") or parsed.source):
+            if parsed is None or parsed.source is not (obj.get("spec") or parsed.source):
                 continue  # changed since that merge: the next pass has it (the watch marked it)
             status = build_status(name, obj, snap.merged, snap.programmed, snap.errors, snap.verdicts,
                                   snap.checked, self._conns, stamp)
             old = self._sent[name] if name in self._sent else obj.get("status")
             if not status_changed(old, status):
+                self._conns_owed.discard(name)
                 continue
             only_conns = not status_changed(_without_conns(old), _without_conns(status))
             if only_conns and now - self._last_status_write.get(name, 0) < self.conn_status_interval:
+                self._conns_owed.add(name)
                 continue
+            self._conns_owed.discard(name)
             self._sent[name] = status
             self._last_status_write[name] = now
             out[name] = status

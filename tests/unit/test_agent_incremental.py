@@ -4,6 +4,7 @@ only where they may have changed (stale_statuses)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -295,6 +296,33 @@ def test_moved_connection_counts_rebuild_only_their_objects(tmp_path):
         api.patched.clear()
         await settled(a, full=False)  # read again, nothing moved: nothing written
         assert api.patched == [] and eng.conn_reads == 3
+    asyncio.run(go())
+
+
+def test_counts_held_back_by_the_interval_are_written_once_it_has_passed(tmp_path):
+    """Counts that moved within conn_status_interval of the object's last write
+    wait; the next read sees them unmoved, yet they are still written once the
+    interval is over (CI saw them never reach the RealServer's status)."""
+    a, eng, api = agent(tmp_path)
+
+    async def go():
+        await settled(a, full=True)
+        api.patched.clear()
+        a.conn_status_interval = 0.0  # the next read is due now ...
+        a._last_status_write = {n: time.monotonic() for n in a.objects}
+        a.conn_status_interval = 30.0  # ... but o2 was written just now
+        a._conns_at = None
+        eng.conns = {(K2, "10.1.0.1", 80): (0, 4)}
+        await settled(a, full=False)
+        assert api.patched == [] and eng.conn_reads == 2  # read, held back
+        a._last_status_write["o2"] -= 31  # the interval is over; the counts did not move again
+        await settled(a, full=False)
+        assert api.patched == ["o2"] and eng.conn_reads == 2
+        assert a.objects["o2"]["status"]["dests"][0]["inactiveConns"] == 4
+        api.patched.clear()
+        a._last_status_write["o2"] -= 31
+        await settled(a, full=False)
+        assert api.patched == []  # written once, owed no more
     asyncio.run(go())
 
 
