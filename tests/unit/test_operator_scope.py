@@ -81,6 +81,60 @@ def test_scoped_pass_writes_what_a_full_pass_writes():
     assert len(part_snap["virtualservices"]) == 1 and len(part_snap["realservers"]) == 3
 
 
+def _keyed(objs):
+    return {(o["metadata"].get("namespace") or "", o["metadata"]["name"]): o for o in objs}
+
+
+def _names(snap):
+    return {kind: sorted(o["metadata"]["name"] for o in objs) for kind, objs in snap.items()}
+
+
+def test_a_scoped_snapshot_from_the_index_is_the_scoped_part_of_the_whole():
+    """The loop's scoped snapshot is a few index lookups; it must hold exactly
+    what filtering the whole snapshot would, as the caches change under it
+    (a RealServer moved to another VirtualService, one deleted, a NodeState
+    created) and with our own unseen writes (the overlay) in or out of scope."""
+    r = Reconciler(NS, api_factory=lambda: None)
+    r.caches = {kind: _keyed(objs) for kind, objs in converged(cluster(n=8)).items()}
+    scope = {("team-a", "web2"), ("team-a", "web5")}
+
+    def check():
+        part = r.snapshot(scope)
+        assert _names(part) == _names(scoped_snapshot(r.snapshot(), scope))
+        return _names(part)
+
+    first = check()
+    assert first["realservers"] == ["web2-0", "web2-1", "web2-2", "web5-0", "web5-1", "web5-2"]
+    assert len(first["nodestates"]) == 4 and len(first["nodes"]) == len(NODES)
+
+    def change(kind, key, new):
+        store = r.caches[kind]
+        old = store.get(key)
+        if new is None:
+            store.pop(key)
+        else:
+            store[key] = new
+        r.changed(kind, key, old, new)
+
+    moved = project("realservers", rs("web3-0", "web5", "10.0.3.1"))
+    change("realservers", ("team-a", "web3-0"), moved)
+    change("realservers", ("team-a", "web2-1"), None)
+    ns = next(o for o in r.caches["nodestates"].values() if o["metadata"]["name"] == "d1-team-a-web2")
+    r.overlay[("nodestates", NS, "d1-team-a-web2")] = (None, 1e18)  # deleted by us, not seen yet
+    extra = dict(ns, metadata=dict(ns["metadata"], name="d9-team-a-web5", resourceVersion="77"))
+    r.overlay[("nodestates", NS, "d9-team-a-web5")] = (extra, 1e18)  # created by us, not seen yet
+    other = dict(ns, metadata=dict(ns["metadata"], name="d9-team-a-web1", resourceVersion="78",
+                                   annotations={C.ANNOTATION_VIRTUALSERVICE: "team-a/web1"}))
+    r.overlay[("nodestates", NS, "d9-team-a-web1")] = (other, 1e18)  # out of scope
+    after = check()
+    assert after["realservers"] == ["web2-0", "web2-2", "web3-0", "web5-0", "web5-1", "web5-2"]
+    assert "d1-team-a-web2" not in after["nodestates"] and "d9-team-a-web5" in after["nodestates"]
+    assert "d9-team-a-web1" not in after["nodestates"]
+    assert ("nodestates", NS, "d1-team-a-web2") in r.overlay  # still cached: the overlay stays
+    change("nodestates", (NS, "d9-team-a-web5"), extra)  # the watch catches up
+    assert "d9-team-a-web5" in check()["nodestates"]
+
+
 class Recorder(Reconciler):
     def __init__(self):
         super().__init__(NS, api_factory=lambda: None)
