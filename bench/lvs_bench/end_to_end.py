@@ -24,6 +24,7 @@ changes (next patch once the previous one was seen).
 from __future__ import annotations
 
 import math
+import os
 import socket
 import struct
 import time
@@ -179,6 +180,7 @@ def columns() -> list[R.Column]:
         R.Column("agent_p50", "write to kernel p50", "sec"),
         R.Column("agent_max", "write to kernel max", "sec"),
         R.Column("clock_err", "clock offset ±", "sec"),
+        R.Column("host_busy", "host cores busy during changes", "cores"),
         R.Column("initial", "all services in kernel", "sec"),
         R.Column("settled", "statuses settled", "sec"),
         R.Column("agent_rss_mib", "agent peak RSS MiB", "int"),
@@ -227,6 +229,26 @@ def operator_rss(system) -> int | None:
         return _vmhwm_mib(Path(f"/proc/{system.operator.pid}/status").read_text())
     except OSError:
         return None
+
+
+def cpu_seconds(system, director: str = NETNS) -> dict[str, float]:
+    """CPU seconds so far of what shares the host's cores: the VM (qemu, all of
+    the guest's work), the control plane, the operator; and, inside the VM,
+    the director's agent."""
+    from .operator_scale import _cpu_seconds
+    pids = {"vm": system.vm.proc.pid if system.vm and system.vm.proc else None,
+            "operator": system.operator.pid if system.operator else None,
+            **(system.cp.pids if system.cp else {})}
+    out = {name: c for name, pid in pids.items() if pid and (c := _cpu_seconds(pid)) is not None}
+    r = system.ctl.run(["sh", "-c", f"for p in $(pgrep -f 'lvs-agent --node {director}'); do cat /proc/$p/stat; done"])
+    agent = 0.0
+    for line in r.out.splitlines():  # utime, stime: fields 14, 15 (clock ticks of 1/100 s in the guest)
+        f = line.rsplit(")", 1)[-1].split()
+        if len(f) > 12:
+            agent += (int(f[11]) + int(f[12])) / 100
+    if agent:
+        out["agent (in the VM)"] = agent
+    return out
 
 
 def ensure_director(system, director: str = NETNS) -> None:
@@ -335,6 +357,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
             r = system.ctl.run(["grep", "-m1", "-e", pattern, guest_log])
             return r.out.strip() if r.rc == 0 and r.out.strip() else None
         off1, err1 = clock_offset(system)
+        cpu0, wall0 = cpu_seconds(system, director), time.perf_counter()
         lat: list[float] = []
         missed: list[str] = []
         trace: list[dict] = []  # per change: host times, for the breakdown against the logs
@@ -358,7 +381,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
                 if line:
                     seen_at = float(line.split()[0])
                     break
-                time.sleep(0.1)
+                time.sleep(0.2)  # each look is a process in the guest: fewer compete less with the agent
             if seen_at is None:
                 missed.append(f"vs{i}-rs{j} weight {w}")
                 if len(missed) == 1:
@@ -369,6 +392,11 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
             else:
                 lat.append((t_host, seen_at))
                 trace[-1]["seen_guest"] = round(seen_at, 4)
+        cpu1, wall = cpu_seconds(system, director), time.perf_counter() - wall0
+        details["cpu_during_changes"] = {"wall_s": round(wall, 1),
+                                         **{k: round(v - cpu0.get(k, 0.0), 1) for k, v in cpu1.items()}}
+        row["host_busy"] = round(sum(v - cpu0.get(k, 0.0) for k, v in cpu1.items() if k != "agent (in the VM)") / wall, 2)
+        log(f"CPU seconds during the changes: {details['cpu_during_changes']}")
         off2, err2 = clock_offset(system)
         off = (off1 + off2) / 2
         details["trace"] = trace
@@ -429,6 +457,10 @@ STANDING_NOTES = [
     "patch to NodeState write: from the patch (kubectl process start) to the operator's log line of "
     "the NodeState replace; write to kernel: from that line to the weight seen in the kernel (watch "
     "delivery into the VM and the agent's pass); each change's split is in the JSON's details.breakdown",
+    "host cores busy during changes: CPU seconds of the VM (qemu: all of the guest's work), "
+    "kube-apiserver, etcd, kube-controller-manager and the operator over the change phase's wall time "
+    f"(the host has {os.cpu_count()} cores, shared); the JSON's details.cpu_during_changes splits it, with "
+    "the agent's own share of the VM",
     "agent with the product's default --resync 30: every service re-checked for drift once per 30 s, a "
     "slice every 0.5 s between changes; statuses built and written by threads of their own",
     "context only, not a side-by-side peer: kube-proxy in IPVS mode was reported at ~20 s per "

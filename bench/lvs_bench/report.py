@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-KINDS = ("int", "sec", "ratio", "growth", "count", "text", "usec")
+KINDS = ("int", "sec", "ratio", "growth", "count", "text", "usec", "cores")
 
 
 def error(msg: str) -> dict:
@@ -88,7 +88,7 @@ def fmt_cell(cell: Any, kind: str) -> str:
         return fmt_seconds(x)
     if kind == "ratio":
         return fmt_ratio(x)
-    if kind == "growth":
+    if kind in ("growth", "cores"):
         return f"{x:.2f}"
     if kind == "usec":
         return f"{x:.1f}"

@@ -9,6 +9,8 @@ Never asserts a time.
 """
 from __future__ import annotations
 
+import os
+
 import sys
 from pathlib import Path
 
@@ -43,6 +45,10 @@ def test_end_to_end_smoke(system):
     # Each change split at the operator's write and the agent's wake, from those lines.
     assert len(details["breakdown"]) == 5
     assert all(None not in b.values() for b in details["breakdown"]), details["breakdown"]
+    # Where the host's CPU went meanwhile: the VM, the control plane, the operator, the agent.
+    cpu = details["cpu_during_changes"]
+    assert {"vm", "operator", "kube-apiserver", "etcd", "agent (in the VM)"} <= cpu.keys(), cpu
+    assert cpu["vm"] > 0 and cpu["wall_s"] > 0 and 0 < row["host_busy"] <= os.cpu_count() + 0.5, cpu
     for c in t.columns:
         v = row[c.key]
         assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{c.key} = {v!r}"
