@@ -278,12 +278,25 @@ class Reconciler:
                     del index[r]
             if new is not None and (r := ref_of(new)) is not None:
                 index.setdefault(r, set()).add(key)
+        if self._own_echo(kind, key, new):
+            return
         refs = scope_of_change(kind, key, old, new)
         if refs is None or self.scope is None:
             self.scope = None
         else:
             self.scope |= refs
         self.kick()
+
+    def _own_echo(self, kind: str, key: tuple[str, str], new: dict | None) -> bool:
+        """Whether ``new`` is exactly an object this operator wrote (the overlay
+        holds it, same resourceVersion): the pass that wrote it planned with it
+        already. At 10k services every status write came back as a pass of its
+        own. A write whose echo beats the overlay costs a pass, as before."""
+        if new is None:
+            return False
+        with self._overlay_lock:
+            mine = self.overlay.get((kind, key[0], key[1]))
+        return mine is not None and mine[0] is not None and (rv := _rv(new)) is not None and _rv(mine[0]) == rv
 
     def kick(self) -> None:
         self.dirty.set()

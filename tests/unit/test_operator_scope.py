@@ -179,6 +179,29 @@ def test_changes_widen_the_scope_until_a_pass_takes_it():
     assert r.scope is None
 
 
+def test_our_own_write_coming_back_wakes_no_pass_but_anyone_elses_does():
+    """The watch shows every write the operator made (a NodeState, a status):
+    the pass that made it planned with it already (the overlay), so its echo,
+    the same resourceVersion, is not a change. A newer version is."""
+    r = Recorder()
+    r.scope = set()
+    mine = dict(project("realservers", rs("a", "web1", "10.0.0.1")), status={"health": "Healthy"})
+    mine["metadata"]["resourceVersion"] = "12"
+    before = dict(mine, status={})
+    before["metadata"] = dict(mine["metadata"], resourceVersion="11")
+    r._note("realservers", mine, "team-a", "a")
+    r.changed("realservers", ("team-a", "a"), before, mine)
+    assert r.scope == set() and not r.dirty.is_set()
+    theirs = dict(mine, status={"health": "Unknown"})
+    theirs["metadata"] = dict(mine["metadata"], resourceVersion="13")
+    r.changed("realservers", ("team-a", "a"), mine, theirs)
+    assert r.scope == {("team-a", "web1")} and r.dirty.is_set()
+    r.dirty.clear()
+    other = dict(mine, metadata=dict(mine["metadata"], name="b"), spec=dict(mine["spec"], virtualService="web2"))
+    r.changed("realservers", ("team-a", "b"), None, other)  # the same resourceVersion, but not ours
+    assert r.scope == {("team-a", "web1"), ("team-a", "web2")} and r.dirty.is_set()
+
+
 def test_caches_report_changes_only_after_the_first_list_and_diff_a_relist():
     seen = []
 
