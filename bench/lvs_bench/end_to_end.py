@@ -318,8 +318,8 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         system.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([o for o in objs if o["kind"] not in plurals]))
         from .operator_scale import Api, create_many
         api = Api(system.cp.admin_kubeconfig)
-        create_many(api,
-                    [(plurals[o["kind"]], NS, o) for o in objs if o["kind"] in plurals])
+        create_many(api, [(plurals[o["kind"]], NS, o) for o in objs if o["kind"] in plurals],
+                    group=1 + len(RS_ADDRS))
         details["apply_s"] = round(time.perf_counter() - t0, 2)
         last = [0]
 
@@ -449,7 +449,8 @@ STANDING_NOTES = [
     "inside the guest reading the one service about to change (IPVS netlink, in the director's namespace) every 10 ms, its guest "
     "timestamps mapped to the host clock by an offset measured over the command channel "
     "(uncertainty in the 'clock offset ±' column)",
-    "services created by the kubernetes Python client from 8 threads (Namespace and VIPPool by kubectl); "
+    "services created by the kubernetes Python client from 8 threads, each VirtualService before its "
+    "RealServers (Namespace and VIPPool by kubectl); "
     "changes start once every service is in the kernel and the statuses have settled (no NodeState or "
     "VirtualService resourceVersion moved over 5 s)",
     "path of one change: operator (watch -> compile of the one VirtualService -> NodeState replace), "

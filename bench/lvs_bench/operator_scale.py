@@ -207,9 +207,12 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, every: float) -> 
     raise TimeoutError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
 
 
-def create_many(api: Api, items: list[tuple[str, str, dict]], threads: int = 8) -> None:
+def create_many(api: Api, items: list[tuple[str, str, dict]], threads: int = 8, group: int = 1) -> None:
     """Create (plural, namespace, body) objects from a thread pool; an object
-    that already exists counts as created; retried while the API server is busy."""
+    that already exists counts as created; retried while the API server is busy.
+    ``group``: runs of that many items are created in order by one thread (a
+    VirtualService before its RealServers, as a user's manifest has them: a
+    RealServer created first is compiled, reported and evented as orphaned)."""
     errors: list[str] = []
 
     def one(item):
@@ -225,8 +228,11 @@ def create_many(api: Api, items: list[tuple[str, str, dict]], threads: int = 8) 
                     errors.append(f"{body['metadata']['name']}: {e}"[:300])
                     return
                 time.sleep(0.5 * (attempt + 1))
+    def run(start: int) -> None:
+        for item in items[start:start + group]:
+            one(item)
     with ThreadPoolExecutor(threads) as ex:
-        list(ex.map(one, items, chunksize=16))
+        list(ex.map(run, range(0, len(items), group), chunksize=max(1, 16 // group)))
     if errors:
         raise RuntimeError(f"{len(errors)} object(s) not created, e.g. {errors[:3]}")
 
@@ -237,7 +243,7 @@ def create_objects(cp, api: Api, n: int, per_vs: int, workdir: Path, threads: in
     for i in range(n):
         objs.append(("virtualservices", vs_obj(i)))
         objs += [("realservers", rs_obj(i, j)) for j in range(per_vs)]
-    cut = max(1, len(objs) // 10)
+    cut = max(1, n // 10) * (1 + per_vs)  # whole VirtualServices with their RealServers
     first, rest = objs[:cut], objs[cut:]
     path = workdir / "apply-slice.yaml"
     path.write_text(yaml.safe_dump_all([o for _, o in first]))
@@ -245,7 +251,7 @@ def create_objects(cp, api: Api, n: int, per_vs: int, workdir: Path, threads: in
     cp.kubectl("apply", "-f", str(path), timeout=3600)
     t_apply = time.perf_counter() - t0
     t0 = time.perf_counter()
-    create_many(api, [(plural, BENCH_NS, body) for plural, body in rest], threads)
+    create_many(api, [(plural, BENCH_NS, body) for plural, body in rest], threads, group=1 + per_vs)
     t_client = time.perf_counter() - t0
     return {"apply_objs": len(first), "apply_s": t_apply, "client_objs": len(rest), "client_s": t_client}
 
@@ -462,7 +468,7 @@ STANDING_NOTES = [
     "VIPPool 10.1.0.0/16, directors = Node objects labelled lvs.kube-lvs.io/director=true (no kubelet), "
     "VirtualService i = 10.1.(i>>8).(i&255):80 wlc nat, health checks off",
     "create (not the metric): the first tenth of the objects by one kubectl apply of a multi-document "
-    "file, the rest by the kubernetes Python client from 8 threads",
+    "file, the rest by the kubernetes Python client from 8 threads (each VirtualService before its RealServers)",
     "operator start to all NodeStates: lvs-operator (its ServiceAccount, kopf for the process, its own "
     "list+watch caches) spawned with every object present, until its log says the NodeStates are "
     "written (log polled every 0.1 s); then one full list must show N x directors NodeStates, each "

@@ -289,3 +289,27 @@ def test_end_to_end_breakdown_splits_each_change_at_the_nodestate_write():
     assert got[1] == {"vs": "vs11", "operator": 0.3, "agent": None, "delivery": None, "pass": None}
     assert got[2] == {"vs": "vs2", "operator": None, "agent": None, "delivery": None, "pass": None}
     assert E._log_time("2026-12-01 07:00:00,250 INFO lvs-agent: reconciled") == t0 + 0.25
+
+
+def test_create_many_creates_each_virtualservice_before_its_realservers():
+    """8 threads, yet within a group (a VirtualService and its RealServers) in
+    order: a RealServer created first would be compiled and evented as orphaned."""
+    import threading
+    import time as _time
+    from lvs_bench.operator_scale import create_many
+    done: list[str] = []
+    lock = threading.Lock()
+
+    class Api:
+        def create(self, plural, ns, body):
+            _time.sleep(0.001)
+            with lock:
+                done.append(body["metadata"]["name"])
+    items = []
+    for i in range(40):
+        items.append(("virtualservices", "ns", {"metadata": {"name": f"vs{i}"}}))
+        items += [("realservers", "ns", {"metadata": {"name": f"vs{i}-rs{j}"}}) for j in range(2)]
+    create_many(Api(), items, threads=8, group=3)
+    assert sorted(done) == sorted(b["metadata"]["name"] for _, _, b in items)
+    pos = {name: k for k, name in enumerate(done)}
+    assert all(pos[f"vs{i}"] < pos[f"vs{i}-rs{j}"] for i in range(40) for j in range(2))
