@@ -229,6 +229,9 @@ class Reconciler:
         # (plural, ns, name) -> (object or None for deleted, monotonic time)
         self.overlay: dict[tuple[str, str, str], tuple[dict | None, float]] = {}
         self._overlay_lock = threading.Lock()  # the status threads add to the overlay too
+        # Statuses being written (plural, namespace, name) -> status, under the
+        # overlay lock: their echo may arrive before the write returns.
+        self._sending: dict[tuple[str, str, str], dict] = {}
         # Statuses planned and not written yet, (plural, namespace, name) -> status:
         # the newest wins, so a status superseded before its turn is never written.
         self._statuses: dict[tuple[str, str, str], dict] = {}
@@ -278,7 +281,7 @@ class Reconciler:
                     del index[r]
             if new is not None and (r := ref_of(new)) is not None:
                 index.setdefault(r, set()).add(key)
-        if self._own_echo(kind, key, new):
+        if self._own_echo(kind, key, old, new):
             return
         refs = scope_of_change(kind, key, old, new)
         if refs is None or self.scope is None:
@@ -287,16 +290,25 @@ class Reconciler:
             self.scope |= refs
         self.kick()
 
-    def _own_echo(self, kind: str, key: tuple[str, str], new: dict | None) -> bool:
-        """Whether ``new`` is exactly an object this operator wrote (the overlay
-        holds it, same resourceVersion): the pass that wrote it planned with it
-        already. At 10k services every status write came back as a pass of its
-        own. A write whose echo beats the overlay costs a pass, as before."""
+    def _own_echo(self, kind: str, key: tuple[str, str], old: dict | None, new: dict | None) -> bool:
+        """Whether ``new`` is exactly what this operator wrote: the object the
+        overlay holds (same resourceVersion), or, when the echo beats the
+        writer thread's note of it, the status being written and nothing else
+        changed. The pass that wrote it planned with it already; at 10k
+        services every status write came back as a pass of its own."""
         if new is None:
             return False
+        k = (kind, key[0], key[1])
         with self._overlay_lock:
-            mine = self.overlay.get((kind, key[0], key[1]))
-        return mine is not None and mine[0] is not None and (rv := _rv(new)) is not None and _rv(mine[0]) == rv
+            mine = self.overlay.get(k)
+            if mine is not None and mine[0] is not None and (rv := _rv(new)) is not None and _rv(mine[0]) == rv:
+                return True
+            sent = self._sending.get(k)
+            if (sent is not None and old is not None and new.get("status") == sent
+                    and _without_status(old) == _without_status(new)):
+                del self._sending[k]
+                return True
+        return False
 
     def kick(self) -> None:
         self.dirty.set()
@@ -309,6 +321,7 @@ class Reconciler:
             self.first_pass_pending = True
             with self._overlay_lock:
                 self.overlay.clear()
+                self._sending.clear()
             self.scope = None
             self.kick()
 
@@ -577,6 +590,8 @@ class Reconciler:
         plural, namespace, name = key
         api = self.api_factory()
         patch = [{"op": "add", "path": "/status", "value": value}]
+        with self._overlay_lock:
+            self._sending[key] = value
         try:
             if namespace:
                 obj = api.patch_namespaced_custom_object_status(
@@ -584,11 +599,17 @@ class Reconciler:
             else:
                 obj = api.patch_cluster_custom_object_status(
                     C.GROUP, C.VERSION, plural, name, patch, _content_type="application/json-patch+json")
-        except ApiException as e:
-            if e.status == 404:
+        except BaseException as e:
+            with self._overlay_lock:
+                if self._sending.get(key) is value:
+                    del self._sending[key]
+            if isinstance(e, ApiException) and e.status == 404:
                 return  # deleted meanwhile
             raise
         self._note(plural, obj, namespace, name)
+        with self._overlay_lock:
+            if self._sending.get(key) is value:
+                del self._sending[key]  # the overlay recognises the echo from here on
 
     def _status_done(self, key: tuple[str, str, str], value: dict, error: BaseException | None) -> None:
         if error is None:

@@ -200,6 +200,17 @@ def test_our_own_write_coming_back_wakes_no_pass_but_anyone_elses_does():
     other = dict(mine, metadata=dict(mine["metadata"], name="b"), spec=dict(mine["spec"], virtualService="web2"))
     r.changed("realservers", ("team-a", "b"), None, other)  # the same resourceVersion, but not ours
     assert r.scope == {("team-a", "web1"), ("team-a", "web2")} and r.dirty.is_set()
+    # The echo of a status still being written (the writer thread has not noted it yet).
+    r.scope, _ = set(), r.dirty.clear()
+    sending = {"health": "Healthy", "activeConns": 3}
+    r._sending[("realservers", "team-a", "b")] = sending
+    echo = dict(other, status=dict(sending), metadata=dict(other["metadata"], resourceVersion="20"))
+    r.changed("realservers", ("team-a", "b"), other, echo)
+    assert r.scope == set() and not r.dirty.is_set() and not r._sending
+    r._sending[("realservers", "team-a", "b")] = sending
+    edited = dict(echo, spec=dict(echo["spec"], weight=9), metadata=dict(echo["metadata"], resourceVersion="21"))
+    r.changed("realservers", ("team-a", "b"), echo, edited)  # the same status, but the spec moved
+    assert r.scope == {("team-a", "web2")} and r.dirty.is_set()
 
 
 def test_caches_report_changes_only_after_the_first_list_and_diff_a_relist():
@@ -296,6 +307,7 @@ def test_statuses_are_written_off_the_pass_and_the_newest_planned_wins():
     assert r.statuses_idle(10)
     assert api.written == [("realservers", "team-a", "web1-0", {"phase": "Ready"})]
     assert r.overlay[key][0]["status"] == {"phase": "Ready"}
+    assert r._sending == {}  # written: the overlay recognises its echo now
     r._status_writer.stop()
 
 
@@ -308,4 +320,5 @@ def test_a_follower_writes_no_queued_status_and_a_failed_one_is_counted():
     leader[0] = True
     r.queue_statuses([("realservers", "team-a", "bad", {"phase": "Ready"})])
     assert r.statuses_idle(10) and r.status_failures == 1 and api.written == []
+    assert r._sending == {}  # not written: nothing to mistake for its echo
     r._status_writer.stop()
