@@ -526,6 +526,9 @@ def run(sizes: list[int], changes: int, workdir: Path | None = None) -> tuple[R.
                 except Exception as e:  # noqa: BLE001 - an error row, the other sizes' rows kept
                     rows.append({**{c.key: None for c in columns()}, "services": n, "changes": changes,
                                  "seen": R.error(f"not run: {e}"[:400])})
+                    d = {"services_left": bench_services_in_kernel(s)}
+                    _agent_log_tail(s, NETNS, d)
+                    details.append(d)
                     continue
             r, d = measure(s, n, changes)
             rows.append(r)
