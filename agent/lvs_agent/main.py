@@ -336,10 +336,21 @@ class Agent:
         began, woken_at, self._woken_at = time.monotonic(), self._woken_at, None
         dirty = self._take_dirty()  # before the merge: later events stay marked for the next pass
         if woken or self._merged is None or self._programmed is None or dirty is None or dirty:
-            merged = self._merged = merge(self.objects, self.node, self._merged, dirty)
-            if merged.health_checked or self.checker.running:
-                self.checker.update(merged.spec)
-            programmed = self._programmed = effective_spec(merged.spec, self.checker.verdicts)
+            # A copy: the watch thread adds and deletes objects meanwhile (a merge
+            # iterating the live map met a name deleted under it: KeyError, and the
+            # loop was gone). Events after the copy stay marked for the next pass.
+            objects = dict(self.objects)
+            try:
+                merged = self._merged = merge(objects, self.node, self._merged, dirty)
+                if merged.health_checked or self.checker.running:
+                    self.checker.update(merged.spec)
+                programmed = self._programmed = effective_spec(merged.spec, self.checker.verdicts)
+            except Exception:  # noqa: BLE001 - a bad merge must not end the loop: all again next pass
+                self.reconcile_errors += 1
+                self._merged = None
+                self._touch()
+                log.exception("merge of the NodeStates failed; merging all of them again next pass")
+                return
         else:
             merged, programmed = self._merged, self._programmed
         started = self._pass_at = time.monotonic()
