@@ -235,17 +235,13 @@ def cpu_seconds(system, director: str = NETNS) -> dict[str, float]:
     """CPU seconds so far of what shares the host's cores: the VM (qemu, all of
     the guest's work), the control plane, the operator; and, inside the VM,
     the director's agent."""
-    from .operator_scale import _cpu_seconds
+    from .operator_scale import _cpu_seconds, stat_cpu_seconds
     pids = {"vm": system.vm.proc.pid if system.vm and system.vm.proc else None,
             "operator": system.operator.pid if system.operator else None,
             **(system.cp.pids if system.cp else {})}
     out = {name: c for name, pid in pids.items() if pid and (c := _cpu_seconds(pid)) is not None}
     r = system.ctl.run(["sh", "-c", f"for p in $(pgrep -f 'lvs-agent --node {director}'); do cat /proc/$p/stat; done"])
-    agent = 0.0
-    for line in r.out.splitlines():  # utime, stime: fields 14, 15 (clock ticks of 1/100 s in the guest)
-        f = line.rsplit(")", 1)[-1].split()
-        if len(f) > 12:
-            agent += (int(f[11]) + int(f[12])) / 100
+    agent = sum(stat_cpu_seconds(line, 100) for line in r.out.splitlines() if ")" in line)  # the guest's ticks: 1/100 s
     if agent:
         out["agent (in the VM)"] = agent
     return out

@@ -146,10 +146,15 @@ def _proc_status(pid: int) -> dict[str, str]:
     return out
 
 
+def stat_cpu_seconds(stat: str, ticks: float) -> float:
+    """utime + stime (fields 14 and 15) of one /proc/<pid>/stat line, in seconds."""
+    f = stat.rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / ticks
+
+
 def _cpu_seconds(pid: int) -> float | None:
     try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
     except (OSError, IndexError, ValueError):
         return None
 

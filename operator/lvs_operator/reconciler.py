@@ -485,13 +485,13 @@ class Reconciler:
 
     def narrow(self, scope: set[Ref] | None, known: int | None = None) -> set[Ref] | None:
         """``scope``, or None where a full pass is as cheap (over a quarter of the
-        ``known`` VirtualServices; default: the caches' count) or the only correct
+        ``known`` VirtualServices, the caches' count once attached) or the only correct
         one (a VirtualService in it conflicts with another)."""
         if not scope:
             return scope
-        if known is None or self.caches is not None:
-            known = len((self.caches or {}).get("virtualservices") or ())
-        return None if scope & self.entangled or len(scope) * 4 > known else scope
+        if self.caches is not None:
+            known = len(self.caches.get("virtualservices") or ())
+        return None if scope & self.entangled or len(scope) * 4 > (known or 0) else scope
 
     WORKERS = 8  # concurrent writes: a first pass at 10k services is ~100k writes
 
@@ -599,17 +599,15 @@ class Reconciler:
             else:
                 obj = api.patch_cluster_custom_object_status(
                     C.GROUP, C.VERSION, plural, name, patch, _content_type="application/json-patch+json")
-        except BaseException as e:
+            self._note(plural, obj, namespace, name)  # the overlay recognises the echo from here on
+        except ApiException as e:
+            if e.status == 404:
+                return  # deleted meanwhile
+            raise
+        finally:
             with self._overlay_lock:
                 if self._sending.get(key) is value:
                     del self._sending[key]
-            if isinstance(e, ApiException) and e.status == 404:
-                return  # deleted meanwhile
-            raise
-        self._note(plural, obj, namespace, name)
-        with self._overlay_lock:
-            if self._sending.get(key) is value:
-                del self._sending[key]  # the overlay recognises the echo from here on
 
     def _status_done(self, key: tuple[str, str, str], value: dict, error: BaseException | None) -> None:
         if error is None:
