@@ -30,6 +30,7 @@ from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_stat
                         status_changed)
 from .object_cache import ObjectCache
 from lvs_model.status_writer import StatusWriter
+from lvs_model.watchstream import Gone, check, events, resource_version
 
 log = logging.getLogger("lvs-agent")
 
@@ -67,8 +68,13 @@ class StatusSnapshot:
 
 class Agent:
     def __init__(self, node: str, namespace: str, engine: Any, api: Any, cache_path: Path,
-                 resync: float = 30.0, conn_status_interval: float = 30.0, status_workers: int = 4):
+                 resync: float = 30.0, conn_status_interval: float = 30.0, status_workers: int = 2,
+                 patch_status: Callable[[str, str, dict], None] | None = None):
+        """``patch_status(namespace, name, body)``: how statuses are written (main()
+        passes a StatusPatcher; else through ``api``). ``status_workers``: two; in the
+        lab VM four threads sharing one interpreter lock made each write dearer."""
         self.node, self.namespace, self.engine, self.api = node, namespace, engine, api
+        self._patch = patch_status
         self.cache_path = cache_path
         self.cache = ObjectCache(cache_path)
         self.resync, self.conn_status_interval = resync, conn_status_interval
@@ -215,7 +221,6 @@ class Agent:
         """List then watch, in a thread. A watch the server ends is resumed
         from the last resourceVersion seen (bookmarks keep it fresh); only an
         expired one (410) or an error relists, the latter with backoff."""
-        from kubernetes import watch
         from kubernetes.client.rest import ApiException
         backoff = Backoff()
         selector = node_selector(self.node)
@@ -224,27 +229,30 @@ class Agent:
                 rv = self._relist(selector)
                 backoff.reset()
                 while not self.stopping:
-                    w = watch.Watch()
-                    for ev in w.stream(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
-                                       PLURAL, label_selector=selector, resource_version=rv,
-                                       timeout_seconds=self.WATCH_SECONDS, allow_watch_bookmarks=True,
-                                       _request_timeout=(10, self.WATCH_SECONDS + 60)):
-                        if self.stopping:
-                            w.stop()
-                            break
-                        self._on_event(ev)
-                    rv = w.resource_version or rv
-            except ApiException as e:
-                if e.status == 410:
+                    rv = self._watch_once(selector, rv)
+            except Exception as e:  # noqa: BLE001 - any API failure means: back off, keep the kernel
+                if isinstance(e, Gone) or (isinstance(e, ApiException) and e.status == 410):
                     log.info("watch expired (410 Gone): listing again")
                     continue
                 delay = backoff.next()
                 log.warning("API server: %s; keeping kernel state, retrying in %.1fs", e, delay)
                 time.sleep(delay)
-            except Exception as e:  # noqa: BLE001 - any API failure means: back off, keep the kernel
-                delay = backoff.next()
-                log.warning("API server: %s; keeping kernel state, retrying in %.1fs", e, delay)
-                time.sleep(delay)
+
+    def _watch_once(self, selector: str, rv: str) -> str:
+        """One WATCH request until the server ends it; the last resourceVersion."""
+        resp = check(self.api.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, label_selector=selector, resource_version=rv,
+            timeout_seconds=self.WATCH_SECONDS, allow_watch_bookmarks=True, watch=True,
+            _preload_content=False, _request_timeout=(10, self.WATCH_SECONDS + 60)))
+        try:
+            for ev in events(resp):
+                if self.stopping:
+                    break
+                rv = resource_version(ev, rv)
+                self._on_event(ev)
+        finally:
+            resp.release_conn()
+        return rv
 
     def _on_event(self, ev: dict) -> None:
         obj, kind = ev["object"], ev["type"]
@@ -401,7 +409,7 @@ class Agent:
             self._conns_at, self._conns_due = now, True
         checked = self.checker.checked_services()
         inputs = StatusInputs(merged.owner, errors, dict(merged.errors),
-                              {k: v.state for k, v in self.checker.verdicts.items()})
+                              {k: v.state for k, v in self.checker.verdicts.items()}, merged.grown_from)
         if dirty is not None and self._status_inputs is not None:
             names: set[str] | None = dirty | stale_statuses(self._status_inputs, inputs)
         else:
@@ -461,8 +469,11 @@ class Agent:
         return out
 
     def _patch_status(self, name: str, status: dict) -> None:
-        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, name,
-                                                       {"status": status})
+        if self._patch is not None:
+            self._patch(self.namespace, name, {"status": status})
+        else:
+            self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, name,
+                                                           {"status": status})
 
     def _status_done(self, name: str, status: dict, error: BaseException | None) -> None:
         if error is None:
@@ -569,8 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(state_dir / "ownership.json", netns=args.netns, uplink=args.uplink)
-    agent = Agent(args.node, args.namespace, engine, client.CustomObjectsApi(), state_dir / "nodestates.json",
-                  resync=args.resync)
+    from .status_patch import StatusPatcher
+    api = client.CustomObjectsApi()
+    agent = Agent(args.node, args.namespace, engine, api, state_dir / "nodestates.json",
+                  resync=args.resync, patch_status=StatusPatcher(api.api_client).patch)
     if args.metrics_port:
         from .metrics import serve
         serve(agent, args.metrics_port, args.metrics_address)

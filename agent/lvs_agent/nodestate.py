@@ -40,6 +40,9 @@ class Merged:
     parsed: dict[str, Parsed] = field(default_factory=dict)  # object name -> its parse, for the next merge
     index: dict[ServiceKey, int] = field(default_factory=dict)  # service -> position in spec.services
     health_checked: int = 0  # services with a health check (none: no walk over 10k for the checker)
+    # The owner map of the merge this one only added new objects' services to
+    # (no service changed hands): the status pass then skips comparing 10k owners.
+    grown_from: Mapping[ServiceKey, str] | None = None
 
 
 def _checked(services) -> int:
@@ -66,39 +69,76 @@ def _node_level(spec: NodeSpec) -> tuple:
     return tuple(getattr(spec, f) for f in _NODE_FIELDS)
 
 
+def _adds_nothing_node_level(spec: NodeSpec, merged: NodeSpec) -> bool:
+    """Whether a new object's node-level fields are all in the merge already
+    (every NodeState of a node carries the same director addresses, sysctls, ...)."""
+    have = dict(merged.sysctls)
+    return (all(have.get(k, v) == v and k in have for k, v in spec.sysctls)
+            and all(set(getattr(spec, f)) <= set(getattr(merged, f)) for f in _NODE_FIELDS if f != "sysctls"))
+
+
 def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Merged,
                    changed: Iterable[str] | None = None) -> Merged | None:
-    """The previous merge with the changed objects' services swapped in place,
-    or None when anything else could move: the same object names, each changed
-    object with the same service keys, no errors before or after, the same
+    """The previous merge with the changed objects' services swapped in place
+    and new objects' services appended, or None when anything else could
+    move: no object gone, each changed object with the same service keys, a
+    new one with keys nobody has, no errors before or after, the same
     node-level fields (director addresses, sysctls, ...). A weight change at
-    10k objects then costs a pass over identities, not a new merge;
-    ``changed``: the only objects that may have changed (the watch marks
-    them), not even that pass."""
-    if prev.spec.node != node or objects.keys() != prev.parsed.keys():
+    10k objects then costs a pass over identities, not a new merge, and so
+    does each of 10k objects arriving one pass at a time (a new merge per
+    pass made creating them quadratic: ~0.1 s natively per pass at 10k, a
+    second in the VM); ``changed``: the only objects that may have changed
+    (the watch marks them), not even that pass.
+
+    Services of objects added since the last full merge come after the
+    others (a full merge orders them by object name); nothing depends on
+    the order but the order of the kernel operations."""
+    if prev.spec.node != node:
         return None
+    if changed is None:
+        if prev.parsed.keys() - objects.keys():
+            return None  # an object gone: its services go, a full merge
+        names = list(objects)
+    else:
+        names = list(changed)  # a snapshot: the watch thread adds meanwhile
     parsed, services, checked = prev.parsed, None, prev.health_checked
-    names = list(objects) if changed is None else list(changed)  # a snapshot: the watch thread adds meanwhile
+    owner, index = prev.owner, prev.index
     for name in names:
         obj, old = objects.get(name), prev.parsed.get(name)
-        if obj is None or old is None:
+        if obj is None:
+            if old is None:
+                continue  # came and went between two passes
             return None
         new = parse_object(obj, old)
         if new is old:
             continue
-        if (new.errors or old.errors or new.keys != old.keys or len(set(new.keys)) != len(new.keys)
-                or any(prev.owner.get(k) != name for k in new.keys) or _node_level(new.spec) != _node_level(old.spec)):
+        if new.errors or len(set(new.keys)) != len(new.keys):
+            return None
+        if old is None:
+            if any(k in owner for k in new.keys) or not _adds_nothing_node_level(new.spec, prev.spec):
+                return None
+        elif (old.errors or new.keys != old.keys or any(prev.owner.get(k) != name for k in new.keys)
+              or _node_level(new.spec) != _node_level(old.spec)):
             return None
         if services is None:
             services, parsed = list(prev.spec.services), dict(prev.parsed)
-        for svc in new.spec.services:
-            services[prev.index[svc.key]] = svc
-        checked += _checked(new.spec.services) - _checked(old.spec.services)
+        if old is None:
+            if owner is prev.owner:
+                owner, index = dict(prev.owner), dict(prev.index)
+            for svc in new.spec.services:
+                owner[svc.key], index[svc.key] = name, len(services)
+                services.append(svc)
+        else:
+            for svc in new.spec.services:
+                services[index[svc.key]] = svc
+        checked += _checked(new.spec.services) - (_checked(old.spec.services) if old else 0)
         parsed[name] = new
+    if objects.keys() != parsed.keys():
+        return None  # an object neither marked nor merged (added or gone after ``changed`` was taken)
     if services is None:
         return prev
-    return Merged(replace(prev.spec, services=tuple(services)), prev.errors, prev.owner, parsed, prev.index,
-                  checked)
+    return Merged(replace(prev.spec, services=tuple(services)), prev.errors, owner, parsed, index, checked,
+                  prev.owner if owner is not prev.owner else None)
 
 
 def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
@@ -212,10 +252,11 @@ class StatusInputs:
     errors: Mapping[ServiceKey, str] = field(default_factory=dict)  # service -> why not programmed
     merge_errors: Mapping[str, Any] = field(default_factory=dict)  # object name -> its spec errors
     health: Mapping[tuple[ServiceKey, DestKey], str] = field(default_factory=dict)  # dest -> state
+    owner_grown_from: Mapping[ServiceKey, str] | None = None  # Merged.grown_from
 
 
 def _changed_keys(a: Mapping, b: Mapping) -> set:
-    if a == b:
+    if a is b or a == b:
         return set()
     return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
 
@@ -224,8 +265,9 @@ def stale_statuses(prev: StatusInputs, cur: StatusInputs) -> set[str]:
     """Names of the objects whose status may differ between ``prev`` and
     ``cur``: a service changing hands, an error or a dest's health changing."""
     out: set[str | None] = set()
-    for k in _changed_keys(prev.owner, cur.owner):
-        out |= {prev.owner.get(k), cur.owner.get(k)}
+    if cur.owner_grown_from is not prev.owner:  # else: only new objects' keys were added (marked changed)
+        for k in _changed_keys(prev.owner, cur.owner):
+            out |= {prev.owner.get(k), cur.owner.get(k)}
     for k in _changed_keys(prev.errors, cur.errors):
         out |= {prev.owner.get(k), cur.owner.get(k)}
     out |= _changed_keys(prev.merge_errors, cur.merge_errors)

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from lvs_model.nodespec import DestKey, Service, ServiceKey
@@ -78,6 +79,13 @@ def _skey(d: dict) -> ServiceKey:
     return ServiceKey(d["family"], d["protocol"], d["address"], d["port"], d.get("fwmark", 0))
 
 
+# Sort keys as tuples (compared in C): the dataclasses' own ordering is Python
+# code, and the record is saved on every pass that adds a service (10k in bench
+# part 5's creation, each save a walk over all of them).
+_SERVICE_ORDER = attrgetter("family", "protocol", "address", "port", "fwmark")
+_DEST_ORDER = attrgetter("address", "port")
+
+
 def _skey_json(k: ServiceKey) -> dict:
     return {"family": k.family, "protocol": k.protocol, "address": k.address, "port": k.port,
             "fwmark": k.fwmark}
@@ -105,8 +113,8 @@ class Ownership:
         return {
             "version": 1,
             "services": [
-                {**_skey_json(k), "dests": [[d.address, d.port] for d in sorted(self.dests.get(k, ()))]}
-                for k in sorted(self.services)
+                {**_skey_json(k), "dests": [[d.address, d.port] for d in sorted(self.dests.get(k, ()), key=_DEST_ORDER)]}
+                for k in sorted(self.services, key=_SERVICE_ORDER)
             ],
             "addresses": sorted([list(a) for a in self.addresses]),
             "links": dict(sorted(self.links.items())),
@@ -150,7 +158,7 @@ class OwnershipStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ownership.")
         with os.fdopen(fd, "w") as f:
-            json.dump(own.to_json(), f, indent=1)
+            f.write(json.dumps(own.to_json(), separators=(",", ":")))  # the C encoder (indent is Python's)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

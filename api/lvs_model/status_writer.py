@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")  # a snapshot of the status inputs
+DRAINED = "status backlog drained"  # the log line's prefix (bench part 4 waits for it)
 
 
 class StatusWriter(Generic[S]):
@@ -49,6 +51,9 @@ class StatusWriter(Generic[S]):
         self._stopping = False
         self.written = 0
         self.failed = 0
+        # The backlog since the writer was last idle: a burst this large ends with one
+        # log line, so a user (and the bench) can tell when a backfill is through.
+        self._burst: tuple[float, int, int] | None = None  # (start, written, failed) when it began
         self._threads = [threading.Thread(target=self._builder, name="status-build", daemon=True)]
         self._threads += [threading.Thread(target=self._writer, name=f"status-write-{i}", daemon=True)
                           for i in range(workers)]
@@ -139,7 +144,23 @@ class StatusWriter(Generic[S]):
                     self.written += 1
                 else:
                     self.failed += 1
+                if self._burst is None:
+                    self._burst = (time.monotonic(), self.written - (error is None), self.failed - (error is not None))
+                if not (self._has_job or self._building or self._queue or self._inflight):
+                    self._drained()
                 self._cv.notify_all()
 
+    BURST_LOG = 100  # writes: a smaller burst (one change's statuses) logs nothing
 
-__all__ = ["StatusWriter"]
+    def _drained(self) -> None:
+        """Everything submitted is written: log a large burst's end."""
+        assert self._burst is not None
+        t0, w0, f0 = self._burst
+        self._burst = None
+        written, failed = self.written - w0, self.failed - f0
+        if written + failed >= self.BURST_LOG:
+            log.info("%s: %d status(es) written, %d failed in %.1fs; none left to write",
+                     DRAINED, written, failed, time.monotonic() - t0)
+
+
+__all__ = ["DRAINED", "StatusWriter"]

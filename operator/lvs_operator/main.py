@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         lease_duration=args.lease_duration, lease_renew=args.lease_renew,
         leader_election=not args.no_leader_election, debounce=args.debounce, resync=args.resync)
     kopf.configure(verbose=args.verbose, debug=args.debug)
-    logging.getLogger("lvs_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    for name in ("lvs_operator", "lvs_model"):  # lvs_model: the status writer's backlog line
+        logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
     kopf.run(clusterwide=True, standalone=True, liveness_endpoint=args.liveness or None,
              identity=args.identity)
     return 0

@@ -19,9 +19,10 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from lvs_model import channel as C
+from lvs_model.watchstream import Gone, check, events, resource_version
 
 from .reconciler import project
 
@@ -54,22 +55,6 @@ def key_of(obj: dict) -> Key:
     return (m.get("namespace") or "", m.get("name") or "")
 
 
-class Gone(Exception):
-    """The watch's resourceVersion is too old: list again."""
-
-
-def _lines(resp: Any) -> Iterator[bytes]:
-    buf = b""
-    for chunk in resp.stream(amt=None, decode_content=False):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if buf.strip():
-        yield buf
-
-
 class Watcher:
     """LIST + WATCH of one kind; calls ``on_list(kind, {key: obj})`` and
     ``on_event(kind, type, key, obj)`` (from its thread: the caller makes
@@ -91,12 +76,7 @@ class Watcher:
         method, url, headers, _, _ = api.param_serialize(
             "GET", self.kind.path(), query_params=params, header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"])
-        resp = api.call_api(method, url, header_params=headers, _request_timeout=timeout).response
-        if resp.status != 200:
-            body = resp.data[:300].decode(errors="replace")
-            resp.release_conn()
-            raise Gone(body) if resp.status == 410 else RuntimeError(f"{resp.status} {body}")
-        return resp
+        return check(api.call_api(method, url, header_params=headers, _request_timeout=timeout).response)
 
     def list(self, api: Any) -> str:
         objs: dict[Key, dict] = {}
@@ -120,16 +100,11 @@ class Watcher:
                   ("timeoutSeconds", self.timeout)]
         resp = self._get(api, params, self.timeout + 30)
         try:
-            for line in _lines(resp):
+            for ev in events(resp):
                 if self.stop.is_set():
                     break
-                ev = json.loads(line)
                 typ, obj = ev.get("type"), ev.get("object") or {}
-                if typ == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone(obj.get("message", "gone"))
-                    raise RuntimeError(f"watch {self.kind.plural}: {obj.get('message') or obj}")
-                rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                rv = resource_version(ev, rv)
                 if typ == "BOOKMARK":
                     continue
                 self.on_event(self.kind.plural, typ, key_of(obj),

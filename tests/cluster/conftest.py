@@ -12,6 +12,20 @@ from lvs_cluster.pytest_plugin import *  # noqa: F401,F403  (control_plane, kube
 from lvs_cluster.pytest_plugin import pytest_collection_modifyitems as _mark_users
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+@pytest.fixture
+def nodestate_api(control_plane):
+    """A CustomObjectsApi (admin) with the NodeState CRD established."""
+    from lvs_model.channel import GROUP, NODESTATE_PLURAL
+    control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "nodestates.yaml"))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                          f"crd/{NODESTATE_PLURAL}.{GROUP}")
+    from kubernetes import client, config
+    cfg = client.Configuration()
+    config.load_kube_config(str(control_plane.admin_kubeconfig), client_configuration=cfg)
+    return client.CustomObjectsApi(client.ApiClient(cfg))
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: F811

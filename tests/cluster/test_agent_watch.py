@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from lvs_agent.main import Agent
 from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL, VERSION, label_value
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def nodestate(name: str, vip: str, weight: int = 1) -> dict:
@@ -24,14 +22,8 @@ def nodestate(name: str, vip: str, weight: int = 1) -> dict:
 
 
 @pytest.fixture
-def api(control_plane, kube_namespace):
-    control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "nodestates.yaml"))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          f"crd/{NODESTATE_PLURAL}.{GROUP}")
-    from kubernetes import client, config
-    cfg = client.Configuration()
-    config.load_kube_config(str(control_plane.admin_kubeconfig), client_configuration=cfg)
-    return client.CustomObjectsApi(client.ApiClient(cfg))
+def api(nodestate_api):
+    return nodestate_api
 
 
 def wait(what: str, cond, timeout: float = 30.0) -> None:

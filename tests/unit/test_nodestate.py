@@ -141,3 +141,56 @@ def test_merge_looks_only_at_the_objects_marked_changed_and_counts_health_checks
     # A marked name that is gone, or a new one: the full merge.
     fresh = merge({"d1-a-web": objs["d1-a-web"]}, "d1", first, changed={"d1-b-dns"})
     assert fresh.health_checked == 1 and len(fresh.spec.services) == 1
+
+
+def test_objects_arriving_one_pass_at_a_time_are_appended_not_merged_again():
+    """Bench part 5 creates 10k NodeStates while the agent runs: a full merge
+    per pass made that quadratic. A new object with keys nobody has and no
+    node-level field of its own is appended; anything else is a full merge."""
+    def svc(i):
+        return {**DNS, "name": f"t/{i}", "address": f"192.168.2.{i}"}
+    names = [f"d1-{i:02d}" for i in (5, 1, 9, 3, 7)]  # not in sort order
+    objs = {names[0]: obj(names[0], [svc(5)], directorAddresses=["192.168.0.30"])}
+    m = merge(objs, "d1")
+    for n in names[1:]:
+        objs = {**objs, n: obj(n, [svc(int(n[-2:]))], directorAddresses=["192.168.0.30"])}
+        before = m
+        m = merge(objs, "d1", before, changed={n})
+        assert m.spec.services[:-1] == before.spec.services and all(
+            a is b for a, b in zip(m.spec.services, before.spec.services))  # appended, the rest kept
+        assert before.owner.keys() != m.owner.keys()  # the previous merge is left as it was
+        fresh = merge(objs, "d1")
+        assert set(m.spec.services) == set(fresh.spec.services) and m.owner == fresh.owner
+        assert all(m.spec.services[i].key == k for k, i in m.index.items()) and not m.errors
+        assert m.spec.director_addresses == fresh.spec.director_addresses
+    # Falls back to the full merge (whose rules hold) when the new object ...
+    for new, why in ((obj("d1-00", [svc(9)]), "takes a key: d1-00 sorts first and wins it"),
+                     (obj("d1-99", [svc(99)], sysctls={"net.ipv4.vs.conntrack": "1"}), "adds a sysctl"),
+                     (obj("d1-99", [svc(99)], directorAddresses=["192.168.0.31"]), "adds an address"),
+                     (obj("d1-99", [{**svc(99), "port": -1}]), "is invalid")):
+        grown = {**objs, new["metadata"]["name"]: new}
+        got, fresh = merge(grown, "d1", m, changed={new["metadata"]["name"]}), merge(grown, "d1")
+        assert (got.spec, got.errors, got.owner) == (fresh.spec, fresh.errors, fresh.owner), why
+    assert "already programmed by d1-00" in str(merge({**objs, "d1-00": obj("d1-00", [svc(9)])}, "d1", m,
+                                                      changed={"d1-00"}).errors["d1-09"][0])
+    # ... or was not marked (it arrived after the marks were taken): never left out.
+    late = {**objs, "d1-98": obj("d1-98", [svc(98)])}
+    assert len(merge(late, "d1", m, changed=set()).spec.services) == len(objs) + 1
+
+
+def test_statuses_after_a_merge_that_only_added_objects_skip_the_owner_comparison():
+    from lvs_agent.nodestate import StatusInputs, stale_statuses
+    a = {"d1-a": obj("d1-a", [WEB])}
+    m1 = merge(a, "d1")
+    grown = {**a, "d1-b": obj("d1-b", [DNS])}
+    m2 = merge(grown, "d1", m1, changed={"d1-b"})
+    assert m2.grown_from is m1.owner
+    prev = StatusInputs(m1.owner)
+    assert stale_statuses(prev, StatusInputs(m2.owner, owner_grown_from=m2.grown_from)) == set()
+    # The same owners from a full merge: compared, and the new object's name comes out.
+    full = merge(grown, "d1")
+    assert full.grown_from is None and stale_statuses(prev, StatusInputs(full.owner)) == {"d1-b"}
+    # A service changing hands (d1-0 sorts first and takes WEB): both names.
+    taken = merge({**a, "d1-0": obj("d1-0", [WEB])}, "d1", m1, changed={"d1-0"})
+    assert taken.grown_from is None
+    assert stale_statuses(prev, StatusInputs(taken.owner, owner_grown_from=taken.grown_from)) == {"d1-a", "d1-0"}

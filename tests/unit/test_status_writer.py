@@ -4,11 +4,12 @@ reconcile loop does not wait for them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
 from lvs_agent.main import Agent
-from lvs_model.status_writer import StatusWriter
+from lvs_model.status_writer import DRAINED, StatusWriter
 
 from test_agent_incremental import agent, obj
 
@@ -177,3 +178,16 @@ def test_agent_status_threads_wait_while_a_pass_runs(tmp_path):
     assert len(writes) == 3
     # A write already past the gate may finish; none starts while the pass runs.
     assert not [t for t in writes if hold[0] + 0.05 < t < hold[1]]
+
+
+def test_a_large_backlog_logs_one_line_when_drained_a_small_one_none(caplog):
+    caplog.set_level(logging.INFO, logger="lvs_model.status_writer")
+    w = StatusWriter(lambda snap, names: {f"o{i}": i for i in range(snap)}, lambda n, s: None, workers=4)
+    w.submit(StatusWriter.BURST_LOG - 1, None)
+    assert w.wait_idle(5)
+    assert not [r for r in caplog.records if DRAINED in r.getMessage()]
+    w.submit(StatusWriter.BURST_LOG + 50, None)
+    assert w.wait_idle(5)
+    lines = [r.getMessage() for r in caplog.records if DRAINED in r.getMessage()]
+    assert len(lines) == 1 and f"{StatusWriter.BURST_LOG + 50} status(es) written, 0 failed" in lines[0], lines
+    w.stop()
