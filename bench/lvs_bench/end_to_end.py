@@ -259,19 +259,24 @@ def ensure_director(system, director: str = NETNS) -> None:
         system.start_agent(director, director, resync=30)  # the product's default
 
 
-def _services_in_kernel(system, m: int, director: str = NETNS) -> int:
-    raw = system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out
+def complete_services(proc_ip_vs: str, m: int) -> int:
+    """Services 0..m-1 with all their dests, from /proc/net/ip_vs. Any weight: a
+    smaller size's changes left some at other weights, and the sizes grow on top."""
     want = {hexkey(vip(i), 80) for i in range(m)}
     cur, svc = {}, None
-    for line in raw.splitlines():
+    for line in proc_ip_vs.splitlines():
         p = line.split()
         if len(p) >= 2 and p[0] == "TCP":
             svc = p[1] if p[1] in want else None
             if svc:
                 cur[svc] = 0
-        elif svc and len(p) >= 4 and p[0] == "->" and p[3] == "1":
+        elif svc and len(p) >= 4 and p[0] == "->":
             cur[svc] += 1
     return sum(1 for s, c in cur.items() if c == len(RS_ADDRS))
+
+
+def _services_in_kernel(system, m: int, director: str = NETNS) -> int:
+    return complete_services(system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out, m)
 
 
 def bench_services_in_kernel(system, director: str = NETNS) -> int:
@@ -364,7 +369,9 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         op_log = system.workdir / "operator.log"
         op_from = op_log.stat().st_size if op_log.exists() else 0
         for c in range(changes):
-            i, j, w = (c * 37) % services, c % 2, 2 + c
+            # Weights no smaller size used (its changes stay: the sizes grow on top),
+            # so every change is a real change the kernel has to see.
+            i, j, w = (c * 37) % services, c % 2, 2 + c + (changes if start else 0)
             # Point the watcher at the service about to change; once it logged the
             # service's current weights (its first read of it), patch.
             system.ctl.run(["sh", "-c", f"echo '{vip(i)} 80 {c}' > {target}.tmp && mv {target}.tmp {target}"])

@@ -313,3 +313,15 @@ def test_create_many_creates_each_virtualservice_before_its_realservers():
     assert sorted(done) == sorted(b["metadata"]["name"] for _, _, b in items)
     pos = {name: k for k, name in enumerate(done)}
     assert all(pos[f"vs{i}"] < pos[f"vs{i}-rs{j}"] for i in range(40) for j in range(2))
+
+
+def test_a_service_is_complete_with_all_its_dests_at_any_weight():
+    """Part 5's sizes grow on top of each other: the smaller size's changes leave
+    some dests at other weights, and those services are still in the kernel."""
+    from lvs_bench import end_to_end as E
+    def svc(i, weights):
+        return "\n".join([f"TCP  {E.hexkey(E.vip(i), 80)} wlc"] +
+                         [f"  -> {E.hexkey(a, 80)}      Masq    {w}      0          0" for a, w in zip(E.RS_ADDRS, weights)])
+    raw = "\n".join(["IP Virtual Server version 1.2.1 (size=4096)", svc(0, (1, 1)), svc(1, (7, 1)), svc(2, (1,)),
+                     svc(5, (1, 1))])
+    assert E.complete_services(raw, 3) == 2  # vs0, vs1 (weight 7 counts); vs2 lacks a dest; vs5 not asked for
