@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -580,10 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(state_dir / "ownership.json", netns=args.netns, uplink=args.uplink)
-    from .status_patch import StatusPatcher
+    from lvs_model.status_patch import StatusPatcher
     api = client.CustomObjectsApi()
     agent = Agent(args.node, args.namespace, engine, api, state_dir / "nodestates.json",
-                  resync=args.resync, patch_status=StatusPatcher(api.api_client).patch)
+                  resync=args.resync, patch_status=functools.partial(StatusPatcher(api.api_client).patch, PLURAL))
     if args.metrics_port:
         from .metrics import serve
         serve(agent, args.metrics_port, args.metrics_address)

@@ -20,6 +20,7 @@ from typing import Any
 import kopf
 
 from lvs_model import channel as C
+from lvs_model.status_patch import StatusPatcher
 
 from .leader import LeaseElector
 from .reconciler import Reconciler
@@ -65,7 +66,7 @@ def reconciler() -> Reconciler:
         r = STATE["reconciler"] = Reconciler(
             CONFIG["namespace"], _api, debounce=CONFIG["debounce"], resync=CONFIG["resync"],
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
-            identity=CONFIG["identity"])
+            identity=CONFIG["identity"], patch_status=StatusPatcher(_api_client()).patch)
     return r
 
 

@@ -23,6 +23,7 @@ module turns a snapshot into writes:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import threading
@@ -33,6 +34,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from lvs_model import channel as C
+from lvs_model.status_patch import JSON_PATCH, PatchError
 from lvs_model.status_writer import StatusWriter
 
 from .compiler import Event, Result, compile_cluster
@@ -213,9 +215,14 @@ class Reconciler:
 
     def __init__(self, namespace: str, api_factory: Callable[[], Any], *, debounce: float = 0.3,
                  resync: float = 300.0, is_leader: Callable[[], bool] = lambda: True,
-                 identity: str = "kube-lvs-operator"):
+                 identity: str = "kube-lvs-operator",
+                 patch_status: Callable[[str, str, str, list, str], bytes] | None = None):
+        """``patch_status(plural, namespace, name, patch, content type)``: how
+        statuses are written (handlers pass a StatusPatcher's; else through
+        ``api_factory()``), returning the object written."""
         self.namespace = namespace
         self.api_factory = api_factory
+        self._patch = patch_status
         self.debounce, self.resync = debounce, resync
         self.is_leader = is_leader
         self.identity = identity
@@ -588,19 +595,20 @@ class Reconciler:
             return  # leadership lost meanwhile: the new leader writes its own
         from kubernetes.client.exceptions import ApiException
         plural, namespace, name = key
-        api = self.api_factory()
         patch = [{"op": "add", "path": "/status", "value": value}]
         with self._overlay_lock:
             self._sending[key] = value
         try:
-            if namespace:
-                obj = api.patch_namespaced_custom_object_status(
-                    C.GROUP, C.VERSION, namespace, plural, name, patch, _content_type="application/json-patch+json")
+            if self._patch is not None:
+                obj = json.loads(self._patch(plural, namespace, name, patch, JSON_PATCH))
+            elif namespace:
+                obj = self.api_factory().patch_namespaced_custom_object_status(
+                    C.GROUP, C.VERSION, namespace, plural, name, patch, _content_type=JSON_PATCH)
             else:
-                obj = api.patch_cluster_custom_object_status(
-                    C.GROUP, C.VERSION, plural, name, patch, _content_type="application/json-patch+json")
+                obj = self.api_factory().patch_cluster_custom_object_status(
+                    C.GROUP, C.VERSION, plural, name, patch, _content_type=JSON_PATCH)
             self._note(plural, obj, namespace, name)  # the overlay recognises the echo from here on
-        except ApiException as e:
+        except (ApiException, PatchError) as e:
             if e.status == 404:
                 return  # deleted meanwhile
             raise
