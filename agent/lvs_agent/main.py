@@ -31,7 +31,7 @@ from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_stat
                         status_changed)
 from .object_cache import ObjectCache
 from lvs_model.status_writer import StatusWriter
-from lvs_model.watchstream import Gone, check, events, resource_version
+from lvs_model.watchstream import Gone, check, follow
 
 log = logging.getLogger("lvs-agent")
 
@@ -75,7 +75,8 @@ class Agent:
         passes a StatusPatcher; else through ``api``). ``status_workers``: two; in the
         lab VM four threads sharing one interpreter lock made each write dearer."""
         self.node, self.namespace, self.engine, self.api = node, namespace, engine, api
-        self._patch = patch_status
+        self._patch = patch_status or (lambda ns, name, body: self.api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ns, PLURAL, name, body))
         self.cache_path = cache_path
         self.cache = ObjectCache(cache_path)
         self.resync, self.conn_status_interval = resync, conn_status_interval
@@ -245,15 +246,7 @@ class Agent:
             GROUP, VERSION, self.namespace, PLURAL, label_selector=selector, resource_version=rv,
             timeout_seconds=self.WATCH_SECONDS, allow_watch_bookmarks=True, watch=True,
             _preload_content=False, _request_timeout=(10, self.WATCH_SECONDS + 60)))
-        try:
-            for ev in events(resp):
-                if self.stopping:
-                    break
-                rv = resource_version(ev, rv)
-                self._on_event(ev)
-        finally:
-            resp.release_conn()
-        return rv
+        return follow(resp, rv, self._on_event, lambda: self.stopping)
 
     def _on_event(self, ev: dict) -> None:
         obj, kind = ev["object"], ev["type"]
@@ -470,11 +463,7 @@ class Agent:
         return out
 
     def _patch_status(self, name: str, status: dict) -> None:
-        if self._patch is not None:
-            self._patch(self.namespace, name, {"status": status})
-        else:
-            self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, name,
-                                                           {"status": status})
+        self._patch(self.namespace, name, {"status": status})
 
     def _status_done(self, name: str, status: dict, error: BaseException | None) -> None:
         if error is None:

@@ -71,10 +71,10 @@ def _node_level(spec: NodeSpec) -> tuple:
 
 def _adds_nothing_node_level(spec: NodeSpec, merged: NodeSpec) -> bool:
     """Whether a new object's node-level fields are all in the merge already
-    (every NodeState of a node carries the same director addresses, sysctls, ...)."""
-    have = dict(merged.sysctls)
-    return (all(have.get(k, v) == v and k in have for k, v in spec.sysctls)
-            and all(set(getattr(spec, f)) <= set(getattr(merged, f)) for f in _NODE_FIELDS if f != "sysctls"))
+    (every NodeState of a node carries the same director addresses, sysctls, ...).
+    Sysctls are (name, value) pairs with unique names, so a pair in the merge
+    is that name at that value."""
+    return all(set(getattr(spec, f)) <= set(getattr(merged, f)) for f in _NODE_FIELDS)
 
 
 def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Merged,

@@ -85,8 +85,11 @@ class StatusWriter(Generic[S]):
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Whether everything submitted has been built and written (or failed)."""
         with self._cv:
-            return self._cv.wait_for(lambda: not (self._has_job or self._building or self._queue
-                                                  or self._inflight), timeout)
+            return self._cv.wait_for(self._idle, timeout)
+
+    def _idle(self) -> bool:
+        """Nothing to build or write (the caller holds the lock)."""
+        return not (self._has_job or self._building or self._queue or self._inflight)
 
     def stop(self) -> None:
         with self._cv:
@@ -140,13 +143,13 @@ class StatusWriter(Generic[S]):
                 log.exception("status bookkeeping failed for %s", name)
             with self._cv:
                 self._inflight.discard(name)
+                if self._burst is None:
+                    self._burst = (time.monotonic(), self.written, self.failed)
                 if error is None:
                     self.written += 1
                 else:
                     self.failed += 1
-                if self._burst is None:
-                    self._burst = (time.monotonic(), self.written - (error is None), self.failed - (error is not None))
-                if not (self._has_job or self._building or self._queue or self._inflight):
+                if self._idle():
                     self._drained()
                 self._cv.notify_all()
 

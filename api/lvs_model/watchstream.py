@@ -8,7 +8,7 @@ agent's time while its own status writes came back after a mass create.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class Gone(Exception):
@@ -18,11 +18,8 @@ class Gone(Exception):
 def _lines(resp: Any) -> Iterator[bytes]:
     buf = b""
     for chunk in resp.stream(amt=None, decode_content=False):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip():
-                yield line
+        *lines, buf = (buf + chunk).split(b"\n")
+        yield from (line for line in lines if line.strip())
     if buf.strip():
         yield buf
 
@@ -53,4 +50,18 @@ def resource_version(ev: dict, default: str) -> str:
     return ((ev.get("object") or {}).get("metadata") or {}).get("resourceVersion") or default
 
 
-__all__ = ["Gone", "check", "events", "resource_version"]
+def follow(resp: Any, rv: str, on_event: Callable[[dict], None], stopped: Callable[[], bool]) -> str:
+    """Hand each event of one WATCH response to ``on_event`` until it ends (or
+    ``stopped()``), then release the connection; the last resourceVersion."""
+    try:
+        for ev in events(resp):
+            if stopped():
+                break
+            rv = resource_version(ev, rv)
+            on_event(ev)
+    finally:
+        resp.release_conn()
+    return rv
+
+
+__all__ = ["Gone", "check", "events", "follow", "resource_version"]

@@ -242,7 +242,12 @@ def cpu_seconds(system, director: str = NETNS) -> dict[str, float]:
             **(system.cp.pids if system.cp else {})}
     out = {name: c for name, pid in pids.items() if pid and (c := _cpu_seconds(pid)) is not None}
     r = system.ctl.run(["sh", "-c", f"for p in $(pgrep -f 'lvs-agent --node {director}'); do cat /proc/$p/stat; done"])
-    agent = sum(stat_cpu_seconds(line, 100) for line in r.out.splitlines() if ")" in line)  # the guest's ticks: 1/100 s
+    agent = 0.0
+    for line in r.out.splitlines():
+        try:
+            agent += stat_cpu_seconds(line, 100)  # the guest's ticks: 1/100 s
+        except (IndexError, ValueError):
+            continue  # a process gone mid-read
     if agent:
         out["agent (in the VM)"] = agent
     return out
@@ -275,15 +280,18 @@ def complete_services(proc_ip_vs: str, m: int) -> int:
     return sum(1 for s, c in cur.items() if c == len(RS_ADDRS))
 
 
+def _ip_vs(system, director: str) -> str:
+    return system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out
+
+
 def _services_in_kernel(system, m: int, director: str = NETNS) -> int:
-    return complete_services(system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out, m)
+    return complete_services(_ip_vs(system, director), m)
 
 
 def bench_services_in_kernel(system, director: str = NETNS) -> int:
     """How many services of the bench's VIP range (10.2.0.0/16) the director has."""
-    raw = system.ctl.run(["ip", "netns", "exec", director, "cat", "/proc/net/ip_vs"]).check().out
-    return sum(1 for line in raw.splitlines() if line.split()[:2] and line.split()[0] in ("TCP", "UDP")
-               and line.split()[1].startswith("0A02"))
+    return sum(1 for p in map(str.split, _ip_vs(system, director).splitlines())
+               if p and p[0] in ("TCP", "UDP") and p[1].startswith("0A02"))
 
 
 def settle(api, timeout: float, window: float = 5.0) -> float:

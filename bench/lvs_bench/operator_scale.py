@@ -400,24 +400,22 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
         # RealServer's status after the NodeStates) and the passes its own writes wake:
         # quiet = its first-pass line, then no write logged for 5 s and no
         # resourceVersion changed across that window. Then one weight change.
+        def others():
+            return {(p, name): rv for p in ("virtualservices", "realservers")
+                    for name, rv in api.versions(p, BENCH_NS).items()}
+
         def rvs():
-            return (api.versions("nodestates", OPNS),
-                    {(p, name): rv for p in ("virtualservices", "realservers")
-                     for name, rv in api.versions(p, BENCH_NS).items()})
+            return api.versions("nodestates", OPNS), others()
         try:
             _wait("the end of the operator's first pass", says(FIRST_PASS), timeout, 0.5)
+            if n * (1 + per_vs) >= StatusWriter.BURST_LOG:
+                # The statuses are written after the first pass: listing every object to see
+                # whether they still change would compete with those writes. The operator
+                # logs when its backlog is through; the lists below then confirm it.
+                _wait("the operator's status backlog drained", says(DRAINED), timeout, 0.5)
         except (TimeoutError, RuntimeError) as e:
             row["change_writes"] = R.error(str(e)[:300])
             return row, details
-        if n * (1 + per_vs) >= StatusWriter.BURST_LOG:
-            # The statuses are written after the first pass: listing every object to see
-            # whether they still change would compete with those writes. The operator
-            # logs when its backlog is through; the lists below then confirm it.
-            try:
-                _wait("the operator's status backlog drained", says(DRAINED), timeout, 0.5)
-            except (TimeoutError, RuntimeError) as e:
-                row["change_writes"] = R.error(str(e)[:300])
-                return row, details
         quiet_deadline = time.perf_counter() + timeout
         prev, t_prev = None, t_start
         while True:
@@ -458,8 +456,7 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
         after_items = api.list("nodestates", OPNS)
         after = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in after_items}
         changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
-        others_after = {(p, name): rv for p in ("virtualservices", "realservers")
-                        for name, rv in api.versions(p, BENCH_NS).items()}
+        others_after = others()
         ours = ("realservers", rs_name)
         other = [key for key in set(others_before) | set(others_after)
                  if key != ours and others_before.get(key) != others_after.get(key)]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lvs_model import channel as C
-from lvs_model.watchstream import Gone, check, events, resource_version
+from lvs_model.watchstream import Gone, check, follow
 
 from .reconciler import project
 
@@ -98,20 +98,13 @@ class Watcher:
     def watch(self, api: Any, rv: str) -> str:
         params = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
                   ("timeoutSeconds", self.timeout)]
-        resp = self._get(api, params, self.timeout + 30)
-        try:
-            for ev in events(resp):
-                if self.stop.is_set():
-                    break
-                typ, obj = ev.get("type"), ev.get("object") or {}
-                rv = resource_version(ev, rv)
-                if typ == "BOOKMARK":
-                    continue
-                self.on_event(self.kind.plural, typ, key_of(obj),
-                              None if typ == "DELETED" else project(self.kind.plural, obj))
-        finally:
-            resp.release_conn()
-        return rv
+        return follow(self._get(api, params, self.timeout + 30), rv, self._event, self.stop.is_set)
+
+    def _event(self, ev: dict) -> None:
+        typ, obj = ev.get("type"), ev.get("object") or {}
+        if typ != "BOOKMARK":  # a bookmark only moves the resourceVersion
+            self.on_event(self.kind.plural, typ, key_of(obj),
+                          None if typ == "DELETED" else project(self.kind.plural, obj))
 
     def run(self) -> None:
         backoff = 1.0

@@ -22,10 +22,8 @@ def nodestate_api(control_plane):
     control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "nodestates.yaml"))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                           f"crd/{NODESTATE_PLURAL}.{GROUP}")
-    from kubernetes import client, config
-    cfg = client.Configuration()
-    config.load_kube_config(str(control_plane.admin_kubeconfig), client_configuration=cfg)
-    return client.CustomObjectsApi(client.ApiClient(cfg))
+    from kubernetes import client
+    return client.CustomObjectsApi(control_plane.api_client())
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: F811
