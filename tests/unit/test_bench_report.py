@@ -325,3 +325,21 @@ def test_a_service_is_complete_with_all_its_dests_at_any_weight():
     raw = "\n".join(["IP Virtual Server version 1.2.1 (size=4096)", svc(0, (1, 1)), svc(1, (7, 1)), svc(2, (1,)),
                      svc(5, (1, 1))])
     assert E.complete_services(raw, 3) == 2  # vs0, vs1 (weight 7 counts); vs2 lacks a dest; vs5 not asked for
+
+
+def test_part4_counts_the_api_servers_successful_status_writes_of_its_kinds_only():
+    from lvs_bench.operator_scale import count_status_writes
+    lvs = 'group="lvs.kube-lvs.io"'
+    metrics = "\n".join([
+        "# HELP apiserver_request_total Counter of apiserver requests",
+        f'apiserver_request_total{{code="200",{lvs},resource="realservers",scope="resource",subresource="status",verb="PATCH"}} 755',
+        f'apiserver_request_total{{code="200",{lvs},resource="virtualservices",scope="resource",subresource="status",verb="PATCH"}} 380',
+        f'apiserver_request_total{{code="201",{lvs},resource="virtualservices",scope="resource",subresource="status",verb="PATCH"}} 5',
+        f'apiserver_request_total{{code="409",{lvs},resource="realservers",scope="resource",subresource="status",verb="PATCH"}} 7',
+        f'apiserver_request_total{{code="200",{lvs},resource="vippools",scope="resource",subresource="status",verb="PATCH"}} 1',
+        f'apiserver_request_total{{code="200",{lvs},resource="nodestates",scope="resource",subresource="status",verb="PATCH"}} 9',
+        f'apiserver_request_total{{code="200",{lvs},resource="realservers",scope="resource",subresource="",verb="PATCH"}} 3',
+        f'apiserver_request_total{{code="200",{lvs},resource="realservers",scope="resource",subresource="status",verb="PUT"}} 2',
+        'apiserver_request_duration_seconds_count{group="lvs.kube-lvs.io",resource="realservers",subresource="status",verb="PATCH"} 99',
+    ])
+    assert count_status_writes(metrics) == 755 + 380 + 5
