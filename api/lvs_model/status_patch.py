@@ -28,7 +28,7 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class PatchError(Exception):
-    """A status write the API server refused (``status``: the HTTP code)."""
+    """A write the API server refused (``status``: the HTTP code)."""
 
     def __init__(self, status: int, reason: str, body: bytes):
         self.status, self.reason, self.body = status, reason, body
@@ -58,7 +58,7 @@ class _Connection:
     def request(self, head: bytes, body: bytes) -> tuple[int, bytes, bytes]:
         """(status code, reason, body). A kept-alive connection the server
         closed meanwhile is reopened and the request sent once more (a status
-        patch is idempotent)."""
+        patch is idempotent; a create sent twice is a 409 the caller can tell)."""
         reused = self._sock is not None
         try:
             return self._roundtrip(head, body)
@@ -197,15 +197,21 @@ class StatusPatcher:
     def patch(self, plural: str, namespace: str, name: str, body: Mapping[str, Any] | list,
               content_type: str = MERGE_PATCH) -> bytes:
         where = f"/namespaces/{quote(namespace)}" if namespace else ""
-        path = self._prefix + f"{where}/{plural}/{quote(name)}/status".encode()
+        return self.request("PATCH", f"{where}/{plural}/{quote(name)}/status", body, content_type)
+
+    def request(self, method: str, path: str, body: Mapping[str, Any] | list,
+                content_type: str = "application/json") -> bytes:
+        """``method`` of ``path`` under the group's API (/apis/<group>/<version>);
+        the answer's body. (The bench creates its objects this way too.)"""
+        path_b = self._prefix + path.encode()
         data = json.dumps(body, separators=(",", ":")).encode()
         raw, headers = self._auth()
         if self._proxied:
-            r = self._pool.request("PATCH", self._base + path.decode(), body=data, timeout=self.TIMEOUT,
+            r = self._pool.request(method, self._base + path_b.decode(), body=data, timeout=self.TIMEOUT,
                                    headers={**headers, "Content-Type": content_type}, preload_content=True)
             code, reason, answer = r.status, (r.reason or "").encode(), r.data or b""
         else:
-            head = (b"PATCH " + path + b" HTTP/1.1\r\nHost: " + self._host_header + b"\r\n" + raw
+            head = (method.encode() + b" " + path_b + b" HTTP/1.1\r\nHost: " + self._host_header + b"\r\n" + raw
                     + f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n".encode())
             with self._lock:
                 conn = self._idle.pop() if self._idle else None

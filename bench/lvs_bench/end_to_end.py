@@ -340,7 +340,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
             last[0] = _services_in_kernel(system, services, director)
             return last[0] == services
         deadline = time.perf_counter() + initial_timeout
-        poll = max(1.0, services / 2000)  # each poll formats the whole table in the TCG guest
+        poll = max(1.0, services / 1000)  # each poll formats the whole table in the TCG guest
         told = time.perf_counter()
         while not all_in():
             if time.perf_counter() - told >= 60:

@@ -114,8 +114,15 @@ class Api:
             co = self._local.co = self._client.CustomObjectsApi(api)
         return co
 
-    def create(self, plural: str, ns: str, body: dict) -> dict:
-        return self._co().create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
+    def create(self, plural: str, ns: str, body: dict) -> None:
+        """A POST over a kept-alive connection of this thread's (lvs_model.status_patch):
+        the generated client's own CPU per call was a third of the API server's, on
+        the same two cores, while 110k objects went in."""
+        raw = getattr(self._local, "raw", None)
+        if raw is None:
+            from lvs_model.status_patch import StatusPatcher
+            raw = self._local.raw = StatusPatcher(self._co().api_client)
+        raw.request("POST", f"/namespaces/{ns}/{plural}", body)
 
     def patch(self, plural: str, ns: str, name: str, body: dict) -> dict:
         return self._co().patch_namespaced_custom_object(GROUP, VERSION, ns, plural, name, body)
