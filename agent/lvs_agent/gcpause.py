@@ -15,6 +15,13 @@ are replaced, frozen or not); a reference cycle that dies while frozen is
 kept until the next reclaim, once per RECLAIM_EVERY, which unfreezes and
 walks everything once (the one full pause left, hourly). Slow collections
 are logged and counted (metrics: kube_lvs_gc_*).
+
+While every pass programs a change (a mass create: 10k NodeStates arriving
+over ten minutes) no pass settles, and the unfrozen heap grew until each
+automatic full collection took 1-3 s, every ~20 s, in the VM. A pass that
+programs a change therefore freezes without collecting once no settle has
+run for STARVED seconds: no pause (a freeze moves lists), and a cycle
+frozen while garbage waits for the hourly reclaim.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ class GCPauses:
 
     SLOW = 0.1  # seconds: a collection this long is logged
     SETTLE_EVERY = 10.0  # seconds between freezes
+    STARVED = 30.0  # seconds without a settle after which a change's pass freezes (no collection)
     RECLAIM_EVERY = 3600.0  # seconds between full walks (frozen cycles reclaimed)
 
     def __init__(self, clock=time.monotonic) -> None:
@@ -79,6 +87,17 @@ class GCPauses:
             self.reclaims += 1
             gc.unfreeze()
         gc.collect()
+        gc.freeze()
+        self.freezes += 1
+        return True
+
+    def freeze_starved(self) -> bool:
+        """After a pass that programmed a change: freeze, without a collection,
+        if no settle has run for STARVED seconds. Whether it did."""
+        now = self._clock()
+        if now - self._settled_at < self.STARVED:
+            return False
+        self._settled_at = now
         gc.freeze()
         self.freezes += 1
         return True

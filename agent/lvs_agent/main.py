@@ -271,7 +271,11 @@ class Agent:
 
     # -- reconcile -----------------------------------------------------------
     SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice
-    STATUS_YIELD = 2.0  # seconds a status build or write waits at most for a pass to end
+    # Seconds a status build or write waits at most for a pass to end. While
+    # passes follow each other (a mass create) each writer gets one write through
+    # per wait: at 2 s, 1 status/s were written in the ten minutes 10k
+    # NodeStates took to arrive, and the rest queued for minutes after them.
+    STATUS_YIELD = 0.5
     # Seconds each slice of background work (the connection-count read, the
     # object cache's write) waits at most for a change's pass (a longer wait
     # held every status back for minutes while new objects kept the loop busy).
@@ -413,13 +417,18 @@ class Agent:
                            names)
         if not woken:  # a pass that programmed no change: a change never waits for this
             self.gc.settle()
+        else:
+            self.gc.freeze_starved()
 
     # -- statuses (the status writer's threads) -------------------------------
     def _build_statuses(self, snap: StatusSnapshot, names: set[str] | None) -> dict[str, dict]:
         """The statuses of ``names`` (None: every object) worth writing."""
-        if self._conns_due:
+        if self._conns_due and not self.status.backlog:
             # A read of the whole table (seconds at 10k services in the VM: at most
             # SWEEP_BUDGET of the time); only the objects whose counts moved are rebuilt.
+            # Not while built statuses wait for a writer: the counts would go into
+            # statuses that cannot be written yet (after a mass create the read was
+            # a tenth of the agent's time in the VM while thousands waited).
             self._conns_due = False
             started = time.monotonic()
             try:

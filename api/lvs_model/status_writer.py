@@ -78,6 +78,12 @@ class StatusWriter(Generic[S]):
             return self._queue.get(name)
 
     @property
+    def backlog(self) -> int:
+        """Statuses built and waiting for a writer."""
+        with self._cv:
+            return len(self._queue)
+
+    @property
     def pending(self) -> int:
         with self._cv:
             return len(self._queue) + len(self._inflight) + (1 if self._has_job or self._building else 0)

@@ -371,19 +371,28 @@ def test_gc_pauses_freeze_what_survived_at_most_every_settle_period_and_reclaim_
     assert p.settle() and calls[2:] == ["collect", "freeze"]
     now[0] += p.RECLAIM_EVERY
     assert p.settle() and calls[4:] == ["unfreeze", "collect", "freeze"] and p.reclaims == 1
+    # Passes that all program changes: a freeze without a collection once settles starve.
+    del calls[:]
+    now[0] += p.STARVED - 1
+    assert not p.freeze_starved() and calls == []
+    now[0] += 1
+    assert p.freeze_starved() and calls == ["freeze"]
+    assert not p.freeze_starved() and not p.settle() and calls == ["freeze"]  # it counts as one
 
 
 def test_agent_settles_the_heap_only_in_passes_without_a_change(tmp_path):
     a, _, _ = agent(tmp_path)
-    settled_in = []
-    a.gc.settle = lambda: settled_in.append(True)
+    calls = []
+    a.gc.settle = lambda: calls.append("settle")
+    a.gc.freeze_starved = lambda: calls.append("freeze_starved")
 
     async def go():
         await settled(a, full=True)
+        del calls[:]
         await a.reconcile_once(woken=True)
-        assert settled_in == []
+        assert calls == ["freeze_starved"]  # a change's pass: at most a freeze, never a collection
         await a.reconcile_once(woken=False)
-        assert settled_in == [True]
+        assert calls == ["freeze_starved", "settle"]
     asyncio.run(go())
 
 
@@ -430,4 +439,42 @@ def test_a_pass_merges_a_copy_and_survives_a_failed_merge(tmp_path, monkeypatch)
         await settled(a, full=False)
         assert seen[-1] == a.objects and len(eng.calls) == 2
         assert eng.calls[-1] is True  # an incremental pass, from a full merge
+    asyncio.run(go())
+
+
+def test_connection_counts_wait_while_built_statuses_wait_for_a_writer(tmp_path):
+    """Counts read during a status backlog would go into statuses that cannot be
+    written yet: the read waits (still due) until the writers have caught up."""
+    import threading
+    a, eng, api = agent(tmp_path)
+    a.conn_status_interval = 0.0
+    gate = threading.Event()
+    write = api.patch_namespaced_custom_object_status
+
+    def slow(*args):
+        gate.wait(10)
+        write(*args)
+    api.patch_namespaced_custom_object_status = slow
+
+    async def go():
+        gate.set()
+        await settled(a, full=True)
+        assert eng.conn_reads == 1
+        gate.clear()
+        for i in range(1, 4):  # three new statuses, two writers: one waits in the queue
+            a.objects[f"o{i}"] = obj(f"o{i}", f"10.0.0.{i}", weight=7, generation=2)
+            a._touch(f"o{i}")
+        await a.reconcile_once(full=False)
+        deadline = time.monotonic() + 10
+        while a.status.backlog != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert a.status.backlog == 1
+        reads = eng.conn_reads  # that pass's build read them: nothing was queued yet
+        await a.reconcile_once(full=False)  # counts due (interval 0), the backlog not drained
+        await asyncio.sleep(0.2)
+        assert eng.conn_reads == reads and a._conns_due
+        gate.set()
+        assert await asyncio.to_thread(a.status.wait_idle, 10)
+        await settled(a, full=False)
+        assert eng.conn_reads == reads + 1 and sorted(api.patched) == ["o1", "o1", "o2", "o2", "o3", "o3"]
     asyncio.run(go())
