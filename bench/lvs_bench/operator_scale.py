@@ -116,7 +116,7 @@ class Api:
 
     def create(self, plural: str, ns: str, body: dict) -> None:
         """A POST over a kept-alive connection of this thread's (lvs_model.status_patch):
-        the generated client's own CPU per call was a third of the API server's, on
+        the generated client's own CPU per call was a quarter of the API server's, on
         the same two cores, while 110k objects went in."""
         raw = getattr(self._local, "raw", None)
         if raw is None:
