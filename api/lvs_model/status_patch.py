@@ -59,21 +59,17 @@ class _Connection:
         """(status code, reason, body). A kept-alive connection the server
         closed meanwhile is reopened and the request sent once more (a status
         patch is idempotent; a create sent twice is a 409 the caller can tell)."""
-        reused = self._sock is not None
-        try:
-            return self._roundtrip(head, body)
-        except (_Closed, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
-            self.close()
-            if not reused:
+        while True:
+            reused = self._sock is not None
+            try:
+                return self._roundtrip(head, body)
+            except (_Closed, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+                self.close()
+                if not reused:  # a fresh connection failed: no second try
+                    raise
+            except BaseException:
+                self.close()
                 raise
-        except BaseException:
-            self.close()
-            raise
-        try:
-            return self._roundtrip(head, body)
-        except BaseException:
-            self.close()
-            raise
 
     def _roundtrip(self, head: bytes, body: bytes) -> tuple[int, bytes, bytes]:
         if self._sock is None:
@@ -88,7 +84,7 @@ class _Connection:
         line, _, fields = header.partition(b"\r\n")
         parts = line.split(b" ", 2)
         code, reason = int(parts[1]), parts[2] if len(parts) > 2 else b""
-        fields = fields.lower()
+        fields = b"\r\n" + fields.lower()
         length = _field(fields, b"content-length")
         if length is not None:
             n = int(length)
@@ -136,11 +132,11 @@ class _Connection:
 
 
 def _field(fields: bytes, name: bytes) -> bytes | None:
-    """A header's value in a lower-cased header block (after its first line)."""
-    at = fields.find(b"\r\n" + name + b":") if not fields.startswith(name + b":") else -2
-    if at == -1:
+    """A header's value in a lower-cased header block, each field after a CRLF."""
+    at = fields.find(b"\r\n" + name + b":")
+    if at < 0:
         return None
-    start = at + 2 + len(name) + 1
+    start = at + len(name) + 3
     end = fields.find(b"\r\n", start)
     return fields[start:end if end >= 0 else None].strip()
 

@@ -443,7 +443,7 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
                     return False
             return True
         t0 = time.perf_counter()
-        patched = api.patch("realservers", BENCH_NS, rs_name, {"spec": {"weight": 5}})
+        api.patch("realservers", BENCH_NS, rs_name, {"spec": {"weight": 5}})
         try:
             _, _ = _wait("the changed weight in the NodeStates", shows_weight, 120, 0.02)
             row["change_latency"] = time.perf_counter() - t0
