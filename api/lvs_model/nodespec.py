@@ -16,8 +16,12 @@ from typing import Any, Iterable, Mapping
 
 from . import kernel as K
 from .errors import FieldError, SpecError
+from .sysctls import device_error, sysctl_error
 
 DIRECTOR_DEVICE = "kube-lvs0"  # dummy device holding director VIPs (cf. kube-ipvs0)
+# Seconds: checks run from the director's host network, so a floor keeps one
+# tenant's service from turning the agent into a probe generator.
+MIN_HEALTH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, order=True)
@@ -262,6 +266,41 @@ def _canon_ip(value: Any, path: str, errors: list[FieldError], family: str | Non
     return str(ip)
 
 
+def unusable_address(address: str) -> str:
+    """Why ``address`` can never be a VIP or a real server, or "".
+
+    The complement of Go's ``IP.IsGlobalUnicast`` (and of the CRDs' CEL
+    ``ip(x).isGlobalUnicast()``): loopback never leaves the node, link-local
+    holds the clouds' metadata services (169.254.169.254), multicast and
+    broadcast are not one host. Private ranges are fine.
+    """
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return f"{ip} is an IPv4-mapped IPv6 address: write the IPv4 address {ip.ipv4_mapped}"
+    if ip.is_unspecified:
+        return f"{ip} is the unspecified address, not a host"
+    if ip.is_loopback:
+        return f"{ip} is a loopback address: it never leaves the node"
+    if ip.is_link_local:
+        return f"{ip} is link-local (169.254.0.0/16, fe80::/10: where cloud metadata services live)"
+    if ip.is_multicast:
+        return f"{ip} is a multicast address, not one host"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is the broadcast address, not one host"
+    return ""
+
+
+def _host_ip(value: Any, path: str, errors: list[FieldError], family: str | None = None,
+             what: str = "an address") -> str:
+    """An address that must be one routable host (VIP, real server, director)."""
+    address = _canon_ip(value, path, errors, family)
+    why = unusable_address(address) if address else ""
+    if why:
+        errors.append(FieldError(path, f"{why}; {what} must be a unicast address of a host"))
+        return ""
+    return address
+
+
 def _int(d: Mapping, key: str, path: str, errors: list[FieldError], default: int,
          lo: int, hi: int, hint: str = "") -> int:
     value = d.get(key, default)
@@ -318,7 +357,7 @@ def parse_health_check(d: Any, path: str, errors: list[FieldError]) -> HealthChe
     if not isinstance(hc_path, str) or not hc_path.startswith("/"):
         errors.append(FieldError(f"{path}.path", f"{hc_path!r} must be an absolute URL path like /healthz"))
         hc_path = "/"
-    interval = _number(d, "interval", path, errors, 5.0, 0.1, 3600)
+    interval = _number(d, "interval", path, errors, 5.0, MIN_HEALTH_INTERVAL, 3600)
     timeout = _number(d, "timeout", path, errors, 2.0, 0.05, 3600)
     if timeout > interval:
         errors.append(FieldError(f"{path}.timeout", f"{timeout:g}s is longer than interval {interval:g}s"))
@@ -342,7 +381,10 @@ def parse_dest(d: Any, path: str, svc: Service, errors: list[FieldError]) -> Des
     if "address" not in d:
         errors.append(FieldError(f"{path}.address", "is required"))
         return None
-    address = _canon_ip(d["address"], f"{path}.address", errors, svc.family)
+    address = _host_ip(d["address"], f"{path}.address", errors, svc.family, "a real server")
+    if address and address == svc.address:
+        errors.append(FieldError(f"{path}.address", f"{address} is the virtual service's own address: "
+                                 "a real server must be another host"))
     method = _choice(d, "method", path, errors, "nat", K.METHODS)
     default_port = svc.port
     port = _int(d, "port", path, errors, default_port, 0, 65535)
@@ -413,6 +455,9 @@ def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None
                     f"{path}.address",
                     f"{address} never matches a packet: IPVS matches the virtual address exactly. "
                     "Use the real VIP, or a firewall-mark service (fwmark) to catch many addresses"))
+            elif unusable_address(address):
+                errors.append(FieldError(f"{path}.address", f"{unusable_address(address)}; "
+                                         "a VIP must be a unicast address"))
         protocol = _choice(d, "protocol", path, errors, "tcp", K.PROTOCOLS)
         if "port" not in d:
             errors.append(FieldError(f"{path}.port", "is required (0 means all ports, with persistence)"))
@@ -521,9 +566,13 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
     for i, raw in enumerate(data.get("directorAddresses") or []):
         path = f"directorAddresses[{i}]"
         raw = raw if isinstance(raw, Mapping) else {"address": raw}
-        addr = _canon_ip(raw.get("address"), f"{path}.address", errors)
-        if addr:
-            director.append(LocalAddress(addr, str(raw.get("device", DIRECTOR_DEVICE))))
+        addr = _host_ip(raw.get("address"), f"{path}.address", errors, what="a VIP")
+        device = raw.get("device", DIRECTOR_DEVICE)
+        bad_device = device_error(device)
+        if bad_device:
+            errors.append(FieldError(f"{path}.device", bad_device))
+        elif addr:
+            director.append(LocalAddress(addr, device))
     backend: list[BackendVip] = []
     for i, raw in enumerate(data.get("backendVips") or []):
         path = f"backendVips[{i}]"
@@ -531,7 +580,7 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
             errors.append(FieldError(path, "must be a mapping"))
             continue
         n = len(errors)
-        addr = _canon_ip(raw.get("address"), f"{path}.address", errors)
+        addr = _host_ip(raw.get("address"), f"{path}.address", errors, what="a VIP")
         method = _choice(raw, "method", path, errors, "tun", ("dr", "tun"))
         ttype = _choice(raw, "tunnelType", path, errors, "ipip", K.TUNNEL_TYPES)
         if len(errors) == n:
@@ -544,7 +593,7 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
             continue
         n = len(errors)
         _known_keys(raw, {"address", "port", "protocol", "via"}, path, errors)
-        addr = _canon_ip(raw.get("address"), f"{path}.address", errors)
+        addr = _host_ip(raw.get("address"), f"{path}.address", errors, what="a real server")
         fam = "ipv6" if ":" in addr else "ipv4"
         rport = _int(raw, "port", path, errors, 0, 0, 65535)
         rproto = _choice(raw, "protocol", path, errors, "tcp", ("", *K.PROTOCOLS))
@@ -552,24 +601,44 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         if not isinstance(via_raw, list) or not via_raw:
             errors.append(FieldError(f"{path}.via", "must list at least one director address"))
             via_raw = []
-        via = tuple(_canon_ip(v, f"{path}.via[{j}]", errors, fam if addr else None)
+        via = tuple(_host_ip(v, f"{path}.via[{j}]", errors, fam if addr else None, "a director")
                     for j, v in enumerate(via_raw))
         if len(errors) == n:
             routes.append(ReplyRoute(addr, rport, rproto, via))
-    sysctls = data.get("sysctls") or {}
-    if not isinstance(sysctls, Mapping):
-        errors.append(FieldError("sysctls", "must be a mapping of name to value"))
-        sysctls = {}
+    sysctls = _parse_sysctls(data.get("sysctls"), errors)
+    uplink = str(data.get("uplink", ""))
+    if uplink and device_error(uplink):
+        errors.append(FieldError("uplink", f"{device_error(uplink)}; it is ignored and the device of "
+                                           "the default route is used"))
+        uplink = ""
     spec = NodeSpec(
         node=str(data.get("node", "")),
         services=tuple(services),
         director_addresses=tuple(dict.fromkeys(director)),
         backend_vips=tuple(dict.fromkeys(backend)),
-        uplink=str(data.get("uplink", "")),
-        sysctls=tuple(sorted((str(k), str(v)) for k, v in sysctls.items())),
+        uplink=uplink,
+        sysctls=tuple(sorted(sysctls.items())),
         reply_routes=tuple(dict.fromkeys(routes)),
     )
     return spec, errors
+
+
+def _parse_sysctls(raw: Any, errors: list[FieldError]) -> dict[str, str]:
+    """The allowed entries; each refused one is reported (``sysctls.NAME``) and
+    not written: the agent writes what a NodeState asks on the host."""
+    if not raw:
+        return {}
+    if not isinstance(raw, Mapping):
+        errors.append(FieldError("sysctls", "must be a mapping of name to value"))
+        return {}
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        why = sysctl_error(str(name), str(value))
+        if why:
+            errors.append(FieldError(f"sysctls.{name}", f"{why} (not written)"))
+        else:
+            out[str(name)] = str(value).strip()
+    return out
 
 
 def parse_node_spec_strict(data: Any) -> NodeSpec:
