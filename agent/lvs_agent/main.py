@@ -560,7 +560,11 @@ def main(argv: list[str] | None = None) -> int:
                         "half second); watch events reconcile only the services they change")
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("KUBE_LVS_METRICS_PORT", "9477")),
                    help="Prometheus port; 0 disables")
-    p.add_argument("--metrics-address", default="0.0.0.0")
+    p.add_argument("--metrics-address", default=os.environ.get("KUBE_LVS_METRICS_ADDRESS", "127.0.0.1"),
+                   help="address the metrics endpoint listens on (default %(default)s, env "
+                        "KUBE_LVS_METRICS_ADDRESS). It has no authentication and the agent runs on the host "
+                        "network: to scrape from elsewhere give the node's InternalIP and protect the port "
+                        "(a NetworkPolicy, or a kube-rbac-proxy sidecar in front of 127.0.0.1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A thread back from a syscall waits up to this long for the interpreter

@@ -4,23 +4,52 @@ and the agent's own reconcile counts and durations.
 Counters are read from the kernel at scrape time (a collector, not a cache),
 so a scrape always shows the kernel's numbers, and only for the services this
 agent programs: foreign IPVS services are not ours to report.
+
+The endpoint has no authentication, and the agent runs on the host network:
+it listens on 127.0.0.1 unless told otherwise (``--metrics-address``, env
+KUBE_LVS_METRICS_ADDRESS). To scrape it from elsewhere, give the node's
+InternalIP and protect the port (a NetworkPolicy, or a kube-rbac-proxy
+sidecar in front of the loopback listener).
+
+A scrape reads the kernel on a netlink socket of its own, never through the
+engine (whose lock a reconcile holds), and it is linear in the number of
+dests: the scrape must never hold back programming the kernel.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .health import dest_health
+from .observe import IPVSTable, read_ipvs
 
 PREFIX = "kube_lvs"
+DEFAULT_ADDRESS = "127.0.0.1"  # no authentication: exposing it is the user's deliberate choice
+ADDRESS_ENV = "KUBE_LVS_METRICS_ADDRESS"
+
+TableReader = Callable[[], IPVSTable]
+
+
+def kernel_table(agent: Any) -> IPVSTable:
+    """The whole IPVS table with counters, on a netlink socket of its own and
+    without the engine's lock (``engine.table()`` takes it: at 10k services a
+    dump is seconds, and every reconcile meanwhile waited for the scrape).
+    Like the status thread's connection counts, the read pauses between
+    slices while the agent programs a change."""
+    engine = agent.engine
+    applier = getattr(engine, "applier", None)
+    return read_ipvs(getattr(engine, "netns", None), with_stats=True,
+                     fast=getattr(applier, "use_batch", True), pause=getattr(agent, "_yield_to_pass", None))
 
 
 class AgentCollector(Collector):
-    def __init__(self, agent: Any):
+    def __init__(self, agent: Any, read_table: TableReader | None = None):
+        """``read_table``: where the kernel table comes from (default: kernel_table)."""
         self.agent = agent
+        self.read_table = read_table or (lambda: kernel_table(agent))
 
     def collect(self) -> Iterable:
         a = self.agent
@@ -53,7 +82,7 @@ class AgentCollector(Collector):
         last = getattr(self.agent, "_merged", None)
         spec = last.spec if last is not None else merge(self.agent.objects, self.agent.node).spec
         try:
-            table = self.agent.engine.table(with_stats=True)
+            table = self.read_table()
         except Exception:  # noqa: BLE001 - a scrape must never kill the agent
             return
         s_lbl = ["service"]
@@ -74,7 +103,10 @@ class AgentCollector(Collector):
             "health": GaugeMetricFamily(f"{PREFIX}_dest_health", "1 for the dest's current health state",
                                         labels=d_lbl + ["state"]),
         }
+        # One pass over the checker per scrape, then a dict or set lookup per
+        # dest (a per-dest ``checker.checked`` scanned every check: O(dests²)).
         checker = self.agent.checker
+        verdicts, checked = checker.verdicts, checker.checked_services()
         for svc in spec.services:
             k, name = svc.key, str(svc.key)
             st = table.service_stats.get(k)
@@ -102,17 +134,18 @@ class AgentCollector(Collector):
                         fam["d_bytes"].add_metric(lbl + [dirn], by)
                 if d.key in weights:
                     fam["weight"].add_metric(lbl, weights[d.key])
-                state = dest_health(d, checker.verdicts.get((k, d.key)), checker.checked(k))
+                state = dest_health(d, verdicts.get((k, d.key)), k in checked)
                 for s in ("Healthy", "Unhealthy", "Draining", "Unknown"):
                     fam["health"].add_metric(lbl + [s], 1.0 if s == state else 0.0)
         yield from fam.values()
 
 
-def registry_for(agent: Any) -> CollectorRegistry:
+def registry_for(agent: Any, read_table: TableReader | None = None) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(AgentCollector(agent))
+    reg.register(AgentCollector(agent, read_table))
     return reg
 
 
-def serve(agent: Any, port: int, address: str = "0.0.0.0") -> None:
+def serve(agent: Any, port: int, address: str = DEFAULT_ADDRESS) -> None:
+    """Serve /metrics on ``address:port`` (module doc: why loopback by default)."""
     start_http_server(port, addr=address, registry=registry_for(agent))
