@@ -565,6 +565,10 @@ def main(argv: list[str] | None = None) -> int:
                         "KUBE_LVS_METRICS_ADDRESS). It has no authentication and the agent runs on the host "
                         "network: to scrape from elsewhere give the node's InternalIP and protect the port "
                         "(a NetworkPolicy, or a kube-rbac-proxy sidecar in front of 127.0.0.1)")
+    p.add_argument("--sysctl-root", default=os.environ.get("KUBE_LVS_SYSCTL_ROOT") or "/proc/sys",
+                   help="where the sysctl tree is mounted (env KUBE_LVS_SYSCTL_ROOT): the "
+                        "unprivileged DaemonSet mounts the host's /proc/sys/net at "
+                        "/host/proc/sys/net, /proc/sys being read-only in a container")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A thread back from a syscall waits up to this long for the interpreter
@@ -573,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(0.001)
     if not args.node:
         p.error("--node (or env NODE_NAME from the downward API) is required")
+    if not os.path.isdir(os.path.join(args.sysctl_root, "net")):
+        p.error(f"--sysctl-root {args.sysctl_root}: no net/ below it (mount the host's /proc/sys/net there)")
+    from .observe import set_sysctl_root
+    set_sysctl_root(args.sysctl_root)
 
     from kubernetes import client, config
     if args.kubeconfig:
