@@ -108,6 +108,8 @@ class _VS:
     losers: list[str] = field(default_factory=list)
     dests: list[tuple[RealServer, Dest]] = field(default_factory=list)
     directors: list[Node] = field(default_factory=list)
+    pools: list[VIPPool] = field(default_factory=list)  # the pools admitting its VIP
+    excluded: list[str] = field(default_factory=list)  # selected nodes no pool lets direct it
 
     @property
     def accepted(self) -> bool:
@@ -118,7 +120,7 @@ class _VS:
 class _RS:
     cr: RealServer
     dest: Dest | None = None
-    reason: str = ""  # VirtualServiceNotFound | VirtualServiceNotAccepted | Invalid | Duplicate
+    reason: str = ""  # VirtualServiceNotFound | VirtualServiceInvalid | Invalid | Duplicate | *NotAllowed
     message: str = ""
 
 
@@ -143,6 +145,40 @@ def _pool_hint(vs: VirtualService, svc: Service) -> str:
     return (f"{what} is in no VIPPool open to namespace {ns}: an administrator must create a "
             f"VIPPool (vippools.{C.GROUP}, cluster-scoped) whose {field_} covers it and whose "
             f"spec.namespaces lists {ns} (or whose spec.namespaceSelector matches it)")
+
+
+def _pool_names(info: _VS) -> str:
+    return ", ".join(p.name for p in info.pools)
+
+
+def _real_server_denial(rs: RealServer, dest: Dest, info: _VS, nodes: Mapping[str, Node],
+                        node_addresses: set[str]) -> tuple[str, str] | None:
+    """Why a valid RealServer is not programmed: what its namespace's pools do
+    not allow (the admin's limits), or a reply route that would capture a
+    node's own traffic. None when it may be programmed."""
+    if info.reason == "NoPool":
+        return None  # the VirtualService itself is not programmed, and says why
+    ns = rs.meta.namespace
+    if not any(p.allows_real_server(dest.address) for p in info.pools):
+        return ("AddressNotAllowed",
+                f"spec.address {dest.address} is outside the real-server ranges of the VIPPool(s) admitting "
+                f"{info.service.key} ({_pool_names(info)}): an administrator must add it to a pool's "
+                f"spec.realServerAddresses, or use an address inside them")
+    if rs.node_name:
+        node = nodes.get(rs.node_name)
+        labels = node.labels if node else {}
+        if not any(p.allows_backend(labels) for p in info.pools):
+            return ("NodeNotAllowed",
+                    f"spec.nodeName {rs.node_name} is not a backend node namespace {ns} may use: the "
+                    f"spec.backendNodeSelector of VIPPool(s) {_pool_names(info)} does not match it; drop "
+                    "spec.nodeName or ask an administrator to allow the node")
+    if (dest.method == "nat" and info.cr.nat_return == "policy-route" and dest.address in node_addresses
+            and not dest.port):
+        return ("NodeAddressNotAllowed",
+                f"spec.address {dest.address} is a Node's own address and the reply route would match every "
+                "port: it would send all of that node's traffic through the directors; give the real server "
+                "a port, or use natReturn snat or gateway")
+    return None
 
 
 def _label_map(objs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
@@ -197,6 +233,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     pool_objs = sorted((VIPPool.of(o) for o in pools), key=lambda p: p.name)
     node_objs = sorted((Node.of(o) for o in nodes), key=lambda n: n.name)
     nodes_by_name = {n.name: n for n in node_objs}
+    node_addresses = {a for n in node_objs for _, a in n.addresses}
     ns_labels = _label_map(namespaces)
     current = {(o.get("metadata") or {}).get("name", ""): o for o in nodestates}
     result = Result()
@@ -213,12 +250,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         else:
             svc = info.service
             labels = ns_labels.get(vs.meta.namespace, {})
-            open_pools = [p for p in pool_objs if p.open_to(vs.meta.namespace, labels)]
-            if svc.fwmark:
-                allowed = any(p.covers_fwmark(svc.fwmark) for p in open_pools)
-            else:
-                allowed = any(p.covers_address(svc.address) for p in open_pools)
-            if not allowed:
+            info.pools = [p for p in pool_objs if p.open_to(vs.meta.namespace, labels)
+                          and (p.covers_fwmark(svc.fwmark) if svc.fwmark else p.covers_address(svc.address))]
+            if not info.pools:
                 info.reason, info.message = "NoPool", _pool_hint(vs, svc)
         infos[vs.meta.ref] = info
 
@@ -260,6 +294,10 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         if dest is None:
             ri.reason, ri.message = "Invalid", _fmt_errors(errors)
             continue
+        denial = _real_server_denial(rs, dest, info, nodes_by_name, node_addresses)
+        if denial:
+            ri.reason, ri.message = denial
+            continue
         other = seen_dest.get((vref, dest.key))
         if other:
             ri.reason = "Duplicate"
@@ -280,7 +318,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         snat = vs.nat_return == "snat" and any(d.method == "nat" for _, d in dests)
         svc = replace(svc, dests=tuple(d for _, d in dests), snat=snat)
         info.service = svc
-        info.directors = [n for n in node_objs if selector_matches(vs.director_selector, n.labels)]
+        selected = [n for n in node_objs if selector_matches(vs.director_selector, n.labels)]
+        info.directors = [n for n in selected if any(p.allows_director(n.labels) for p in info.pools)]
+        info.excluded = [n.name for n in selected if n not in info.directors]
         for n in info.directors:
             specs[(n.name, ref)] = NodeSpec(
                 node=n.name, services=(svc,),
@@ -348,12 +388,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         result.rs_status[ref] = _rs_status(ri, info, reports.get(info.cr.meta.ref, {}) if info else {},
                                            now, result.events)
     for p in pool_objs:
-        ok = not p.errors
-        prev = p.status
-        result.pool_status[p.name] = {"conditions": [condition(
-            "Valid", ok, "Valid" if ok else "Invalid",
-            "all ranges usable" if ok else "; ".join(p.errors) + " (ignored)", 0, now,
-            prev.get("conditions") or ())]}
+        result.pool_status[p.name] = _pool_status(p, now)
     return result
 
 
@@ -425,6 +460,12 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
                                gen, now, prev))
     if not info.accepted:
         prog = condition("Programmed", False, info.reason, f"not programmed: {info.message}", gen, now, prev)
+    elif total == 0 and info.excluded:
+        prog = condition("Programmed", False, "DirectorsNotAllowed",
+                         f"spec.directorSelector matches only nodes the VIPPool(s) {_pool_names(info)} do not "
+                         f"let namespace {vs.meta.namespace} use as directors ({', '.join(info.excluded)}): "
+                         "select nodes that the pool's spec.directorNodeSelector matches",
+                         gen, now, prev)
     elif total == 0:
         prog = condition("Programmed", False, "NoDirectors",
                          "spec.directorSelector matches no Node: no director programs this service",
@@ -438,6 +479,9 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
                          gen, now, prev)
     else:
         prog = condition("Programmed", True, "Programmed", f"programmed on {total} director(s)", gen, now, prev)
+    if info.excluded and total:
+        prog["message"] += (f"; not on {', '.join(info.excluded)}: the VIPPool's spec.directorNodeSelector "
+                            "does not allow them")
     conds.append(prog)
     if prog["status"] != "True":
         rd = condition("Ready", False, prog["reason"], prog["message"], gen, now, prev)
@@ -456,6 +500,9 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
     if acc["status"] == "False" and _turned(vs.status, acc):
         events.append(Event("VirtualService", vs.meta.namespace, vs.meta.name, vs.meta.uid, "Warning",
                             info.reason, info.message))
+    elif prog["reason"] == "DirectorsNotAllowed" and _turned(vs.status, prog):
+        events.append(Event("VirtualService", vs.meta.namespace, vs.meta.name, vs.meta.uid, "Warning",
+                            prog["reason"], prog["message"]))
     return status
 
 
@@ -524,3 +571,18 @@ def _rs_status(ri: _RS, info: _VS | None, reports: Mapping[str, dict], now: str,
         events.append(Event("RealServer", rs.meta.namespace, rs.meta.name, rs.meta.uid, "Warning",
                             ri.reason, ri.message))
     return status
+
+
+def _pool_status(p: VIPPool, now: str) -> dict:
+    prev = p.status.get("conditions") or ()
+    ok = not p.errors
+    valid = condition("Valid", ok, "Valid" if ok else "Invalid",
+                      "all ranges usable" if ok else "; ".join(p.errors) + " (ignored)", 0, now, prev)
+    open_ = p.open_limits
+    limits = condition(
+        "TenantLimits", not open_, "Limited" if not open_ else "Unrestricted",
+        "real servers, backend nodes and directors are limited" if not open_ else
+        f"spec.{', spec.'.join(open_)} not set: the namespaces this pool is open to may use any "
+        "real-server address, backend node or director for it; set them for tenant namespaces",
+        0, now, prev)
+    return {"conditions": [valid, limits]}

@@ -162,8 +162,37 @@ def parse_address_range(text: str) -> tuple[IPAddr, IPAddr]:
     return net[0], net[-1]
 
 
+def _parse_ranges(texts: Any, field_: str, errors: list[str]) -> tuple[tuple[IPAddr, IPAddr], ...]:
+    ranges = []
+    for i, text in enumerate(texts or []):
+        try:
+            ranges.append(parse_address_range(text))
+        except ValueError as e:
+            errors.append(f"{field_}[{i}]: {e}")
+    return tuple(ranges)
+
+
+def _in_ranges(ranges: tuple[tuple[IPAddr, IPAddr], ...], address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(a.version == ip.version and int(a) <= int(ip) <= int(b) for a, b in ranges)
+
+
+# The tenant limits a pool may set, by spec field; each one unset leaves that
+# aspect open (as pools were before these limits existed).
+TENANT_LIMITS = ("realServerAddresses", "backendNodeSelector", "directorNodeSelector")
+
+
 @dataclass(frozen=True)
 class VIPPool:
+    """What the namespaces a pool is open to may use.
+
+    Besides the VIPs (``addresses``, ``fwmarks``), the tenant limits of the
+    VirtualServices whose VIP the pool admits: where their real servers may be
+    (``realServerAddresses``), which nodes a RealServer's ``nodeName`` may name
+    (``backendNodeSelector``) and which nodes may direct them
+    (``directorNodeSelector``). None means the pool does not limit it.
+    """
+
     name: str
     ranges: tuple[tuple[IPAddr, IPAddr], ...]
     fwmarks: tuple[tuple[int, int], ...]
@@ -172,17 +201,18 @@ class VIPPool:
     created: str = ""
     errors: tuple[str, ...] = ()
     status: Mapping[str, Any] = field(default_factory=dict)
+    real_server_ranges: tuple[tuple[IPAddr, IPAddr], ...] | None = None
+    backend_node_selector: Mapping[str, Any] | None = None
+    director_node_selector: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> "VIPPool":
         meta = obj.get("metadata") or {}
         spec = obj.get("spec") or {}
-        ranges, errors = [], []
-        for i, text in enumerate(spec.get("addresses") or []):
-            try:
-                ranges.append(parse_address_range(text))
-            except ValueError as e:
-                errors.append(f"spec.addresses[{i}]: {e}")
+        errors: list[str] = []
+        ranges = _parse_ranges(spec.get("addresses"), "spec.addresses", errors)
+        rs_ranges = (_parse_ranges(spec["realServerAddresses"], "spec.realServerAddresses", errors)
+                     if spec.get("realServerAddresses") is not None else None)
         marks = []
         for i, r in enumerate(spec.get("fwmarks") or []):
             first, last = int(r.get("first", 0)), int(r.get("last", r.get("first", 0)))
@@ -190,11 +220,13 @@ class VIPPool:
                 errors.append(f"spec.fwmarks[{i}]: first {first} is above last {last}")
             else:
                 marks.append((first, last))
-        return cls(name=meta.get("name") or "", ranges=tuple(ranges), fwmarks=tuple(marks),
+        return cls(name=meta.get("name") or "", ranges=ranges, fwmarks=tuple(marks),
                    namespaces=frozenset(spec.get("namespaces") or ()),
                    namespace_selector=spec.get("namespaceSelector"),
                    created=meta.get("creationTimestamp") or "", errors=tuple(errors),
-                   status=dict(obj.get("status") or {}))
+                   status=dict(obj.get("status") or {}), real_server_ranges=rs_ranges,
+                   backend_node_selector=spec.get("backendNodeSelector"),
+                   director_node_selector=spec.get("directorNodeSelector"))
 
     def open_to(self, namespace: str, ns_labels: Mapping[str, str]) -> bool:
         if namespace in self.namespaces:
@@ -205,11 +237,25 @@ class VIPPool:
         return False
 
     def covers_address(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
-        return any(a.version == ip.version and int(a) <= int(ip) <= int(b) for a, b in self.ranges)
+        return _in_ranges(self.ranges, address)
 
     def covers_fwmark(self, mark: int) -> bool:
         return any(a <= mark <= b for a, b in self.fwmarks)
+
+    def allows_real_server(self, address: str) -> bool:
+        return self.real_server_ranges is None or _in_ranges(self.real_server_ranges, address)
+
+    def allows_backend(self, labels: Mapping[str, str]) -> bool:
+        return self.backend_node_selector is None or selector_matches(self.backend_node_selector, labels)
+
+    def allows_director(self, labels: Mapping[str, str]) -> bool:
+        return self.director_node_selector is None or selector_matches(self.director_node_selector, labels)
+
+    @property
+    def open_limits(self) -> tuple[str, ...]:
+        """The tenant limits this pool leaves unset."""
+        values = (self.real_server_ranges, self.backend_node_selector, self.director_node_selector)
+        return tuple(f for f, v in zip(TENANT_LIMITS, values) if v is None)
 
 
 # --------------------------------------------------------------------------
