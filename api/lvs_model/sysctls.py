@@ -41,8 +41,9 @@ _PER_DEVICE: dict[str, tuple[int, int]] = {
     "rp_filter": (0, 2),
 }
 _DEVICE_BODY = DEVICE_RE[1:-1]
-SYSCTL_NAME_RE = (r"^(" + "|".join(re.escape(n) for n in _FIXED) + r"|net\.ipv4\.conf\."
-                  + _DEVICE_BODY + r"\.(" + "|".join(_PER_DEVICE) + r"))$")
+# Dots as [.]: no backslash, so the CEL string literal carries it unescaped.
+SYSCTL_NAME_RE = ("^(" + "|".join(n.replace(".", "[.]") for n in _FIXED) + "|net[.]ipv4[.]conf[.]"
+                  + _DEVICE_BODY + "[.](" + "|".join(_PER_DEVICE) + "))$")
 SYSCTL_VALUE_RE = r"^[0-9]{1,2}$"
 
 _device = re.compile(DEVICE_RE)

@@ -24,6 +24,8 @@ import yaml
 
 from lvs_model import channel as C
 from lvs_model import kernel as K
+from lvs_model.nodespec import MIN_HEALTH_INTERVAL
+from lvs_model.sysctls import DEVICE_RE, RESERVED_DEVICES, SYSCTL_NAME_RE, SYSCTL_VALUE_RE, allowed_names
 
 from .crmodel import NAT_RETURN
 
@@ -88,10 +90,17 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-def _ip_field(desc: str, what: str) -> dict:
+def _ip_field(desc: str, what: str, host_rule: bool = False) -> dict:
     s = _str(desc, max_length=45)
-    s["x-kubernetes-validations"] = [_rule("isIP(self)", f"{what} must be an IPv4 or IPv6 address "
-                                                        "(no prefix length, no zone)")]
+    rules = [_rule("isIP(self)", f"{what} must be an IPv4 or IPv6 address (no prefix length, no zone)")]
+    if host_rule:
+        # ip(x).isGlobalUnicast() is lvs_model.nodespec.unusable_address's
+        # complement (the unspecified address has its own rule and message).
+        rules.append(_rule("!isIP(self) || ip(self).isUnspecified() || ip(self).isGlobalUnicast()",
+                           f"{what} must be a unicast address of one host: not loopback (127.0.0.0/8, ::1), "
+                           "link-local (169.254.0.0/16, fe80::/10, where cloud metadata services live), "
+                           "multicast or broadcast"))
+    s["x-kubernetes-validations"] = rules
     return s
 
 
@@ -136,8 +145,8 @@ def health_check_schema() -> dict:
         "port": _int(0, 65535, "Port to check; 0 = the real server's port."),
         "path": _str("URL path for http/https.", default="/", max_length=1024, pattern="^/"),
         "expectedStatus": _int(100, 599, "HTTP status that means healthy.", default=200),
-        "interval": {"type": "number", "minimum": 0.1, "maximum": 3600, "default": 5,
-                     "description": "Seconds between checks."},
+        "interval": {"type": "number", "minimum": MIN_HEALTH_INTERVAL, "maximum": 3600, "default": 5,
+                     "description": f"Seconds between checks (at least {MIN_HEALTH_INTERVAL:g})."},
         "timeout": {"type": "number", "minimum": 0.05, "maximum": 3600, "default": 2,
                     "description": "Seconds before a check fails; at most interval."},
         "rise": _int(1, 100, "Consecutive successes before a failed server gets its weight back.", default=2),
@@ -179,7 +188,8 @@ def condition_schema() -> dict:
 
 def virtualservice_spec() -> dict:
     return _obj({
-        "address": _ip_field("The virtual IP (VIP). Omit for a firewall-mark service.", "spec.address"),
+        "address": _ip_field("The virtual IP (VIP). Omit for a firewall-mark service.", "spec.address",
+                             host_rule=True),
         "port": _int(0, 65535, "The virtual port; 0 = all ports (needs persistence)."),
         "protocol": _str("tcp (default), udp or sctp. Omit for a firewall-mark service.",
                          enum=tuple(K.PROTOCOLS)),
@@ -270,7 +280,9 @@ def realserver_spec() -> dict:
     return _obj({
         "virtualService": _str("Name of the VirtualService (same namespace) this server serves.",
                                max_length=253, pattern=DNS_SUBDOMAIN),
-        "address": _ip_field("The real server's IP address (RIP).", "spec.address"),
+        "address": _ip_field("The real server's IP address (RIP); inside the spec.realServerAddresses of the "
+                             "VIPPool admitting the VirtualService, where it sets them.", "spec.address",
+                             host_rule=True),
         "port": _int(0, 65535, "Port; defaults to the service's. A different port only with method nat."),
         "weight": _int(0, K.MAX_WEIGHT, "Scheduling weight; 0 drains (no new connections).", default=1),
         "method": _str("Forwarding method override (default: the VirtualService's).", enum=tuple(K.METHODS)),
@@ -315,17 +327,30 @@ def realserver_status() -> dict:
 # VIPPool
 # --------------------------------------------------------------------------
 
-def vippool_spec() -> dict:
-    addr_item = _str("A CIDR (10.0.0.0/24), one address, or a range first-last (10.0.0.10-10.0.0.20).",
-                     max_length=91)
-    addr_item["x-kubernetes-validations"] = [_rule(
+def _address_ranges(field_: str, desc: str) -> dict:
+    item = _str("A CIDR (10.0.0.0/24), one address, or a range first-last (10.0.0.10-10.0.0.20).",
+                max_length=91)
+    item["x-kubernetes-validations"] = [_rule(
         "self.contains('-') ? (self.split('-').size() == 2 && isIP(self.split('-')[0]) && "
         "isIP(self.split('-')[1]) && ip(self.split('-')[0]).family() == ip(self.split('-')[1]).family()) "
         ": (isCIDR(self) || isIP(self))",
-        "spec.addresses: each entry is a CIDR, an IP address, or a range first-last of one family")]
+        f"spec.{field_}: each entry is a CIDR, an IP address, or a range first-last of one family")]
+    return {"type": "array", "maxItems": 256, "items": item, "x-kubernetes-list-type": "atomic",
+            "description": desc}
+
+
+def vippool_spec() -> dict:
     return _obj({
-        "addresses": {"type": "array", "maxItems": 256, "items": addr_item, "x-kubernetes-list-type": "atomic",
-                      "description": "The VIPs this pool hands out."},
+        "addresses": _address_ranges("addresses", "The VIPs this pool hands out."),
+        "realServerAddresses": _address_ranges(
+            "realServerAddresses", "Tenant limit: where the real servers of VirtualServices whose VIP this pool "
+            "admits may be. Unset: anywhere."),
+        "backendNodeSelector": label_selector(
+            "Tenant limit: the Nodes a RealServer's spec.nodeName may name (its agent then adds the VIP, ARP "
+            "and rp_filter settings or a reply route there). Unset: any Node."),
+        "directorNodeSelector": label_selector(
+            "Tenant limit: the Nodes that may direct VirtualServices whose VIP this pool admits (their "
+            "spec.directorSelector is narrowed to these). Unset: any Node."),
         "fwmarks": {"type": "array", "maxItems": 64, "x-kubernetes-list-type": "atomic",
                     "description": "Firewall marks this pool hands out (first..last, inclusive).",
                     "items": _obj({"first": _int(1, MAX_U32, fmt="int64"), "last": _int(1, MAX_U32, fmt="int64")},
@@ -369,14 +394,26 @@ def nodestate_spec() -> dict:
     return _obj({
         "node": _str("The node whose agent programs this."),
         "services": {"type": "array", "items": service},
-        "directorAddresses": {"type": "array", "items": _obj({"address": _str(), "device": _str()})},
+        "directorAddresses": {"type": "array", "items": _obj({"address": _str(), "device": _device("directorAddresses[].device")})},
         "backendVips": {"type": "array", "items": _obj({"address": _str(), "method": _str(),
                                                          "tunnelType": _str()})},
         "replyRoutes": {"type": "array", "items": _obj({"address": _str(), "port": _int(), "protocol": _str(),
                                                          "via": {"type": "array", "items": _str()}})},
-        "uplink": _str(),
-        "sysctls": {"type": "object", "additionalProperties": {"type": "string"}},
+        "uplink": _device("uplink"),
+        "sysctls": {"type": "object", "maxProperties": 64,
+                    "additionalProperties": _str(pattern=SYSCTL_VALUE_RE, max_length=2),
+                    "description": "Only the settings kube-lvs manages: " + ", ".join(allowed_names()) + ".",
+                    "x-kubernetes-validations": [_rule(
+                        "self.all(k, k.matches('" + SYSCTL_NAME_RE + "'))",
+                        "spec.sysctls: only " + ", ".join(allowed_names()) + " may be set")]},
     }, "One node's share of one VirtualService, in the node-spec document format.", required=["node"])
+
+
+def _device(field_: str) -> dict:
+    s = _str("A network interface name.", max_length=15, pattern=DEVICE_RE)
+    s["x-kubernetes-validations"] = [_rule("!(self in " + repr(list(RESERVED_DEVICES)) + ")",
+                                           f"spec.{field_}: name one interface (eth0), not all or default")]
+    return s
 
 
 def nodestate_status() -> dict:
