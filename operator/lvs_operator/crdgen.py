@@ -394,7 +394,9 @@ def nodestate_spec() -> dict:
     return _obj({
         "node": _str("The node whose agent programs this."),
         "services": {"type": "array", "items": service},
-        "directorAddresses": {"type": "array", "items": _obj({"address": _str(), "device": _device("directorAddresses[].device")})},
+        # One VirtualService's VIP per NodeState; the bound keeps the device rule's CEL cost in budget.
+        "directorAddresses": {"type": "array", "maxItems": 16,
+                              "items": _obj({"address": _str(), "device": _device("directorAddresses[].device")})},
         "backendVips": {"type": "array", "items": _obj({"address": _str(), "method": _str(),
                                                          "tunnelType": _str()})},
         "replyRoutes": {"type": "array", "items": _obj({"address": _str(), "port": _int(), "protocol": _str(),
