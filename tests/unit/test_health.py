@@ -4,14 +4,18 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from lvs_agent import health
 from lvs_agent.health import (
-    DRAINING, HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, HealthChecker, dest_health,
-    effective_spec, probe, step,
+    DRAINING, HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, FairPool, HealthChecker, dest_health,
+    effective_spec, paced, probe, step,
 )
-from lvs_model.nodespec import Dest, HealthCheck, NodeSpec, Service
+from lvs_model.nodespec import MIN_HEALTH_INTERVAL, Dest, HealthCheck, NodeSpec, Service
 
 
 def run(results, rise=2, fall=3):
@@ -113,7 +117,7 @@ def test_checker_marks_down_and_back_up_on_a_real_server():
         svc = Service(address="127.0.0.1", port=port, dests=(Dest("127.0.0.1", port),), health=hc)
         key = (svc.key, svc.dests[0].key)
         changes = []
-        checker = HealthChecker(on_change=lambda: changes.append(checker.verdicts[key].state))
+        checker = HealthChecker(on_change=lambda: changes.append(checker.verdicts[key].state), min_interval=0.01)
         checker.update(NodeSpec(services=(svc,)))
 
         async def wait_for(state):
@@ -136,3 +140,169 @@ def test_checker_marks_down_and_back_up_on_a_real_server():
         await checker.stop()
         assert changes == [HEALTHY, UNHEALTHY, HEALTHY]
     asyncio.run(main())
+
+
+# ---- pacing and fairness ----------------------------------------------------
+
+def test_interval_floor_and_timeout_within_interval():
+    assert HealthChecker().min_interval == MIN_HEALTH_INTERVAL == 1.0
+    assert paced(HealthCheck(type="tcp", interval=0.1, timeout=0.1)) == (1.0, 0.1)
+    assert paced(HealthCheck(type="tcp", interval=0.1, timeout=5)) == (1.0, 1.0)
+    assert paced(HealthCheck(type="tcp", interval=10, timeout=2)) == (10, 2)
+
+
+class ProbeLog:
+    """Wraps the real probe: which (port) was probed when, and how many of a
+    group of ports were in flight at once."""
+
+    def __init__(self, group: set[int] = frozenset()):
+        self.calls: list[tuple[int, float, float, bool]] = []
+        self.group, self.in_group, self.most_in_group = group, 0, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, hc, address, port):
+        with self._lock:
+            if port in self.group:
+                self.in_group += 1
+                self.most_in_group = max(self.most_in_group, self.in_group)
+        began = time.monotonic()
+        try:
+            ok, why = probe(hc, address, port)
+        finally:
+            with self._lock:
+                if port in self.group:
+                    self.in_group -= 1
+        self.calls.append((port, began, time.monotonic(), ok))
+        return ok, why
+
+    def of(self, port: int) -> list[tuple[int, float, float, bool]]:
+        return [c for c in self.calls if c[0] == port]
+
+
+def test_tenant_interval_below_the_floor_is_clamped(monkeypatch):
+    """A 0.1 s interval asked for: probes at most once a second (the old
+    checker probed ten times a second)."""
+    log = ProbeLog()
+    monkeypatch.setattr(health, "probe", log)
+
+    async def main():
+        srv, port = await http_server(200)
+        hc = HealthCheck(type="http", interval=0.1, timeout=0.1)
+        checker = HealthChecker()
+        checker.update(NodeSpec(services=(Service(address="127.0.0.1", port=port,
+                                                  dests=(Dest("127.0.0.1", port),), health=hc),)))
+        await asyncio.sleep(1.6)
+        await checker.stop()
+        srv.close()
+    asyncio.run(main())
+    assert 1 <= len(log.calls) <= 3
+
+
+async def hanging_server():
+    """Accepts TCP and never answers: an HTTP check against it times out."""
+    async def handle(reader, writer):
+        try:
+            await reader.read()  # until the prober gives up and closes
+        except asyncio.CancelledError:  # the test's loop ends first
+            pass
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+class FifoPool:
+    """The old design: one thread pool, first come first served."""
+
+    def __init__(self, workers: int):
+        self._ex = ThreadPoolExecutor(workers)
+
+    def submit(self, key, fn, *args):
+        return self._ex.submit(fn, *args)
+
+    def shutdown(self):
+        self._ex.shutdown(wait=False, cancel_futures=True)
+
+
+def slow_and_fast_tenants(pool_for, monkeypatch, seconds: float = 3.0):
+    """Service A: 16 targets that accept and never answer (0.5 s timeout);
+    service B: one healthy target, checked every 0.2 s. 4 workers, at most 2
+    of them for one service. The probe log and B's final verdict."""
+    async def main():
+        hung = [await hanging_server() for _ in range(16)]
+        ok_srv, ok_port = await http_server(200)
+        log = ProbeLog({p for _, p in hung})
+        monkeypatch.setattr(health, "probe", log)
+        slow = Service(address="192.0.2.1", port=80, health=HealthCheck(type="http", interval=0.5, timeout=0.5),
+                       dests=tuple(Dest("127.0.0.1", p) for _, p in hung))
+        fast = Service(address="192.0.2.2", port=80, health=HealthCheck(type="http", interval=0.2, timeout=0.2),
+                       dests=(Dest("127.0.0.1", ok_port),))
+        checker = HealthChecker(min_interval=0.05, pool=pool_for())
+        checker.update(NodeSpec(services=(slow, fast)))
+        started = time.monotonic()
+        await asyncio.sleep(seconds)
+        verdict = checker.verdicts.get((fast.key, fast.dests[0].key), DestHealth()).state
+        await checker.stop()
+        for s, _ in hung + [(ok_srv, ok_port)]:
+            s.close()
+        return log, ok_port, verdict, started
+    return asyncio.run(main())
+
+
+def test_a_tenant_whose_targets_hang_cannot_starve_another(monkeypatch):
+    """While A's probes hang, B is checked about every interval: B's first
+    verdict comes within its interval + timeout (generous bound), B is probed
+    at least 8 times in 3 s (every 0.2 s: ~15), and A never held more than
+    its 2 workers, though it always had more probes due."""
+    log, ok_port, verdict, started = slow_and_fast_tenants(
+        lambda: FairPool(workers=4, per_key=2, spare=0), monkeypatch)
+    b = log.of(ok_port)
+    assert verdict == HEALTHY
+    assert len(b) >= 8, [round(c[1] - started, 2) for c in b]
+    assert b[0][2] - started < 1.5
+    assert log.most_in_group == 2  # saturated, and capped
+
+
+def test_the_old_single_fifo_pool_starves_the_healthy_tenant(monkeypatch):
+    """The same two tenants on one first-come-first-served pool of 4 threads
+    (the checker before this change): A's 16 hung probes queue ahead of B's,
+    each holding a thread for 0.5 s, so every B probe waits ~2 s behind a
+    round of A's. B's first verdict comes only after A's first round, and B
+    is probed at most a few times in 3 s: the fairness test above fails on it."""
+    log, ok_port, _, started = slow_and_fast_tenants(lambda: FifoPool(4), monkeypatch)
+    b = log.of(ok_port)
+    assert len(b) <= 4
+    assert not b or b[0][1] - started > 1.0
+    assert log.most_in_group == 4  # A held every thread
+
+
+def test_fair_pool_takes_services_in_turn():
+    """One worker, a backlog of A's jobs queued before B's: they run A, B, A, B."""
+    pool = FairPool(workers=1, per_key=4, spare=0)
+    gate, order = threading.Event(), []
+    blocker = pool.submit("x", gate.wait, 5)
+    futs = [pool.submit(k, order.append, f"{k}{i}") for k in "AB" for i in range(3)]
+    gate.set()
+    for f in [blocker, *futs]:
+        f.result(5)
+    assert order == ["A0", "B0", "A1", "B1", "A2", "B2"]
+    pool.shutdown()
+
+
+def test_fair_pool_caps_a_service_and_lends_a_spare_thread():
+    """A's and C's hung jobs hold at most per_key (1) worker each, so both
+    base workers are busy; B, with nothing in flight, gets the spare thread
+    at once instead of waiting for a hung job."""
+    pool = FairPool(workers=2, per_key=1, spare=1)
+    gate = threading.Event()
+    hung = [pool.submit(k, gate.wait, 5) for k in "AC" for _ in range(3)]
+    deadline = time.monotonic() + 5
+    while (pool.in_flight("A"), pool.in_flight("C")) != (1, 1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (pool.in_flight("A"), pool.in_flight("C")) == (1, 1)
+    assert pool.submit("B", lambda: "checked").result(2) == "checked"  # while A and C still hang
+    assert not any(f.done() for f in hung)
+    assert (pool.in_flight("A"), pool.in_flight("C"), pool.threads) == (1, 1, 3)
+    gate.set()
+    for f in hung:
+        assert f.result(5) is True
+    pool.shutdown()

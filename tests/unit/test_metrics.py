@@ -44,7 +44,7 @@ def test_exposition_has_conventional_names_and_values():
         {"address": "192.168.0.30", "port": 80, "healthCheck": {"type": "tcp"},
          "dests": [{"address": "10.0.0.51", "weight": 2}]}]}}}
     agent = FakeAgent(FakeEngine(table), objs)
-    agent.checker._tasks[(svc.key, svc.dests[0].key)] = (None, None)  # mark as checked
+    agent.checker._checked[svc.key] = 1  # mark as checked
     agent.checker.verdicts[(svc.key, svc.dests[0].key)] = DestHealth("Unhealthy")
     text = generate_latest(registry_for(agent, lambda: table)).decode()
     assert "kube_lvs_reconciles_total 3.0" in text
