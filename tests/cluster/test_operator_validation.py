@@ -123,6 +123,15 @@ CASES = [
      "spec.namespaces or spec.namespaceSelector must say which namespaces", False),
     ("pool-fwmarks-reversed", "VIPPool", pool(fwmarks=[{"first": 10, "last": 5}]), "spec.fwmarks[0]",
      "first must not be above last", True),
+    ("pool-bad-real-server-range", "VIPPool", pool(realServerAddresses=["10.0.0.0/40"]),
+     "spec.realServerAddresses[0]", "each entry is a CIDR, an IP address, or a range", True),
+    ("vip-loopback", "VirtualService", vs(address="127.0.0.1"), "spec.address", "not loopback", True),
+    ("vip-multicast", "VirtualService", vs(address="ff02::1"), "spec.address", "multicast", True),
+    ("rs-link-local", "RealServer", rs(address="169.254.169.254"), "spec.address",
+     "where cloud metadata services live", True),
+    ("rs-broadcast", "RealServer", rs(address="255.255.255.255"), "spec.address", "broadcast", True),
+    ("check-interval-under-1s", "VirtualService", vs(healthCheck={"interval": 0.5, "timeout": 0.2}),
+     "spec.healthCheck.interval", "greater than or equal to 1", True),
 ]
 
 PLURAL = {"VirtualService": C.VIRTUALSERVICE_PLURAL, "RealServer": C.REALSERVER_PLURAL, "VIPPool": C.VIPPOOL_PLURAL}
@@ -178,8 +187,12 @@ def test_the_table_is_big_enough():
                                        ("VirtualService", vs(method="tun", tunnel={"type": "gue", "port": 6080,
                                                                                   "checksum": "remcsum"})),
                                        ("VIPPool", pool(addresses=["10.0.0.1-10.0.0.9", "fd00::/64", "10.1.1.1"],
-                                                        namespaces=None, namespaceSelector={}))],
-                         ids=["vs", "rs", "pool", "fwmark-v6", "all-ports", "v6-netmask", "gue", "pool-ranges"])
+                                                        namespaces=None, namespaceSelector={})),
+                                       ("VIPPool", pool(realServerAddresses=["10.0.0.0/24", "fd00::1-fd00::9"],
+                                                        backendNodeSelector={"matchLabels": {"a": "b"}},
+                                                        directorNodeSelector={}))],
+                         ids=["vs", "rs", "pool", "fwmark-v6", "all-ports", "v6-netmask", "gue", "pool-ranges",
+                              "pool-limits"])
 def test_positive_controls_are_accepted(api, namespace, kind, spec):
     created = dry_run_create(api, namespace, kind, spec)
     assert created["metadata"]["name"] == "case"

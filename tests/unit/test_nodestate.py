@@ -194,3 +194,22 @@ def test_statuses_after_a_merge_that_only_added_objects_skip_the_owner_compariso
     taken = merge({**a, "d1-0": obj("d1-0", [WEB])}, "d1", m1, changed={"d1-0"})
     assert taken.grown_from is None
     assert stale_statuses(prev, StatusInputs(taken.owner, owner_grown_from=taken.grown_from)) == {"d1-a", "d1-0"}
+
+
+def test_a_nodestate_asking_for_a_foreign_sysctl_programs_the_rest_and_says_what_it_refused():
+    """Whoever writes a NodeState cannot make the agent write outside the
+    allowlist: the refused entries are named in the object's status, the
+    service and the allowed sysctl still apply (one bad field never stops a
+    node's other work)."""
+    evil = obj("d1-a-web", [WEB], sysctls={"kernel.core_pattern": "|/tmp/x", "net.ipv4.vs.conntrack": "1",
+                                           "net.ipv4.conf.x/../../../kernel.rp_filter": "0"},
+               uplink="all")
+    m = merge({"d1-a-web": evil}, "d1")
+    assert [s.port for s in m.spec.services] == [80]
+    assert dict(m.spec.sysctls) == {"net.ipv4.vs.conntrack": "1"} and m.spec.uplink == ""
+    st = build_status("d1-a-web", evil, m, m.spec, {}, {}, set(), {}, "T")
+    cond = st["conditions"][0]
+    assert cond["status"] == "False"
+    for word in ("sysctls.kernel.core_pattern", "sysctls.net.ipv4.conf.x/../../../kernel.rp_filter",
+                 "not written", "uplink"):
+        assert word in cond["message"], word
