@@ -5,6 +5,12 @@
     lvsctl apply NODE_SPEC.yaml [--state FILE] [--dry-run] [--uplink DEV]
     lvsctl import FILE            (ipvsadm --save output -> kube-lvs YAML; operator package)
 
+``apply`` is a full reconcile against its ownership record: it deletes every
+service the record lists and the YAML does not. So it keeps a record of its
+own (``lvsctl.json`` in the state directory, never the agent's
+``ownership.json``), and it refuses a ``--state`` that a running agent (or
+another lvsctl) holds (state.RecordLock).
+
 Every command takes ``--netns NS``. ``list`` prints exactly what Debian's
 ipvsadm 1.31 prints for ``ipvsadm -L`` with the same options (same columns,
 same widths, same order: ipvsadm sorts with glibc's merge sort and a
@@ -19,6 +25,7 @@ import ipaddress
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from lvs_model import kernel as K
@@ -378,11 +385,37 @@ def load_spec_document(path: str):
     return doc if doc is not None else {}
 
 
+def default_state_path(netns: str | None = None) -> Path:
+    """lvsctl's own ownership record: never the agent's (state.AGENT_RECORD),
+    whose services a full reconcile with it would delete."""
+    from .engine import DEFAULT_STATE_DIR
+    from .state import LVSCTL_RECORD
+    name = LVSCTL_RECORD if not netns else f"lvsctl.{os.path.basename(netns)}.json"
+    return Path(os.environ.get("KUBE_LVS_STATE_DIR", DEFAULT_STATE_DIR)) / name
+
+
+def held_message(why, netns: str | None) -> str:
+    """Why apply refuses a record somebody runs with, and what to do instead."""
+    from .state import lock_path
+    return (f"lvsctl: refusing to apply with {why.record}: it is the ownership record of a running "
+            f"{why.holder} (it holds {lock_path(why.record)}). Applying with it would make that "
+            f"program's IPVS services lvsctl's and delete every one the YAML does not list. Leave out "
+            f"--state to use lvsctl's own record ({default_state_path(netns)}), or stop the holder first.")
+
+
+def _note_old_default(netns: str | None, state: Path) -> None:
+    """Before lvsctl had a record of its own, its default was the engine's
+    (ownership.json): say so once, when that file exists and lvsctl's does not."""
+    from .engine import default_state_path as engine_default
+    old = engine_default(netns)
+    if not state.exists() and old.exists():
+        print(f"note: lvsctl keeps its own record, {state}; the services {old} lists (the agent's, or "
+              f"an earlier lvsctl's) are not lvsctl's. If an earlier lvsctl made them and no agent runs "
+              f"here, pass --state {old}.", file=sys.stderr)
+
+
 def cmd_apply(args) -> int:
     from lvs_model.nodespec import parse_node_spec
-
-    from . import ops as O
-    from .engine import Engine
     try:
         doc = load_spec_document(args.spec)
     except OSError as e:
@@ -391,12 +424,28 @@ def cmd_apply(args) -> int:
     except Exception as e:  # noqa: BLE001 - yaml.YAMLError and friends
         print(f"lvsctl: cannot parse {args.spec}: {e}", file=sys.stderr)
         return 2
+    from .state import RecordHeld, hold_record
     spec, field_errors = parse_node_spec(doc)
     for fe in field_errors:
         print(f"invalid     {fe}")
-    _require_root()
-    failed = bool(field_errors)
-    engine = Engine(args.state, netns=args.netns, uplink=args.uplink or "")
+    state = Path(args.state) if args.state else default_state_path(args.netns)
+    if not args.state:
+        _note_old_default(args.netns, state)
+    try:
+        lock = hold_record(state, f"lvsctl apply (pid {os.getpid()})")
+    except RecordHeld as why:
+        print(held_message(why, args.netns), file=sys.stderr)
+        return 2
+    with lock:
+        _require_root()
+        return _apply(args, spec, state, failed=bool(field_errors))
+
+
+def _apply(args, spec, state: Path, failed: bool) -> int:
+    """Plan (--dry-run) or reconcile, with the record's lock held."""
+    from . import ops as O
+    from .engine import Engine
+    engine = Engine(state, netns=args.netns, uplink=args.uplink or "")
     try:
         if args.dry_run:
             p, _, _, uplink = engine.plan(spec)
@@ -463,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(ap)
     ap.add_argument("spec", help="node spec YAML file ('-' for stdin)")
     ap.add_argument("--state", default=None,
-                    help="ownership record (default: $KUBE_LVS_STATE_DIR or /var/lib/kube-lvs)")
+                    help="ownership record (default: lvsctl.json in $KUBE_LVS_STATE_DIR or /var/lib/kube-lvs; "
+                         "a record a running agent holds is refused)")
     ap.add_argument("--uplink", default="", help="device carrying LVS traffic (default: the spec's, "
                                                   "else the default route's)")
     ap.add_argument("--dry-run", action="store_true", help="print the operations, change nothing")

@@ -590,7 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import Engine
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    engine = Engine(state_dir / "ownership.json", netns=args.netns, uplink=args.uplink)
+    from .state import AGENT_RECORD, hold_record
+    # Held for the agent's lifetime: `lvsctl apply --state` with this record is
+    # refused while the agent runs (a full reconcile with it deletes our services).
+    record_lock = hold_record(state_dir / AGENT_RECORD, f"lvs-agent (pid {os.getpid()}, node {args.node})",
+                              wait=True, waiting=lambda why: log.warning("%s: waiting for it", why))
+    engine = Engine(state_dir / AGENT_RECORD, netns=args.netns, uplink=args.uplink)
     from lvs_model.status_patch import StatusPatcher
     api = client.CustomObjectsApi()
     agent = Agent(args.node, args.namespace, engine, api, state_dir / "nodestates.json",
@@ -607,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         await agent.run()
 
     asyncio.run(run())
+    record_lock.release()
     log.info("stopped; kernel state left as it is")
     return 0
 

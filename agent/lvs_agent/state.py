@@ -3,15 +3,23 @@
 IPVS has no labels, so ownership is a record kept by the engine; it is
 persisted as JSON on the node so a restart knows its own objects and leaves
 everybody else's (kube-proxy's, keepalived's, hand-made) alone.
+
+A record has one writer at a time: whoever programs with it holds an
+advisory lock (flock) on ``<record>.lock`` beside it, the agent for its
+lifetime, ``lvsctl apply`` for one run. A full reconcile with somebody else's
+record deletes every service of theirs it is not given, so a second program
+is refused (RecordHeld), never let in.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
+from typing import Callable
 
 from lvs_model.nodespec import DestKey, Service, ServiceKey
 
@@ -162,3 +170,76 @@ class OwnershipStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+AGENT_RECORD = "ownership.json"  # the agent's record, in its state directory
+LVSCTL_RECORD = "lvsctl.json"  # lvsctl apply's own record, beside it
+
+
+class RecordHeld(Exception):
+    """Another process holds an ownership record's lock."""
+
+    def __init__(self, record: Path, holder: str):
+        self.record, self.holder = record, holder or "program that did not name itself"
+        super().__init__(f"{record} is held by {self.holder}")
+
+
+def lock_path(record: str | os.PathLike) -> Path:
+    """The lock file of a record: beside the file the record really is (a
+    symlink to the agent's record is the agent's record)."""
+    real = Path(record).resolve()
+    return real.with_name(real.name + ".lock")
+
+
+class RecordLock:
+    """The advisory lock on one record. The lock file is never removed
+    (removing a flock file lets two holders in) nor truncated before it is
+    held (that would erase the holder's name); the kernel releases the lock
+    when the holder's process ends, however it ends."""
+
+    def __init__(self, record: str | os.PathLike, holder: str):
+        self.record, self.holder = Path(record), holder
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = False) -> "RecordLock":
+        """Take the lock; RecordHeld if another holds it (``wait``: wait for it)."""
+        path = lock_path(self.record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise RecordHeld(self.record, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.holder}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RecordLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def hold_record(record: str | os.PathLike, holder: str, wait: bool = False,
+                waiting: Callable[[RecordHeld], object] | None = None) -> RecordLock:
+    """Hold ``record``'s lock. Held by another: RecordHeld, or with ``wait``
+    ``waiting(why)`` once and then wait for it (an agent starting while the
+    old one or an lvsctl run still holds it)."""
+    lock = RecordLock(record, holder)
+    try:
+        return lock.acquire()
+    except RecordHeld as why:
+        if not wait:
+            raise
+        if waiting is not None:
+            waiting(why)
+        return lock.acquire(wait=True)
