@@ -21,12 +21,14 @@ from lvs_lab.vm import LabVM
 from lvs_model.channel import DEFAULT_NAMESPACE
 
 from .remote import Controller
+from .sandbox import AgentSandbox, from_manifest, status_caps
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_RUN = "/tmp/e2e"  # guest tmpfs: agent state, logs, markers
 OPERATOR_SA = "kube-lvs-operator"
 AGENT_SA = "kube-lvs-agent"
 DIRECTOR_LABEL = "lvs.kube-lvs.io/director"
+VM_HOST = "10.0.2.100"  # the host, as the guestfwds show it to the VM
 
 
 _CLIENT = r"""
@@ -74,9 +76,10 @@ class System:
         self.ctl: Controller | None = None
         self.python = str(Path(sys.executable))
         self.bin = str(Path(sys.executable).parent)
-        self.agent_kubeconfig: Path | None = None
         self.operator_kubeconfig: Path | None = None
         self.topologies: set[str] = set()
+        self.sandbox: AgentSandbox = from_manifest()  # how deploy/ runs the agent
+        self.agent_pids: dict[str, int] = {}
 
     # -- host side ---------------------------------------------------------------
     def start_control_plane(self) -> None:
@@ -93,8 +96,6 @@ class System:
                      "crd/vippools.lvs.kube-lvs.io", "crd/nodestates.lvs.kube-lvs.io")
         self.operator_kubeconfig = self.cp.kubeconfig_for_serviceaccount(
             DEFAULT_NAMESPACE, OPERATOR_SA, path=self.workdir / "operator.kubeconfig")
-        self.agent_kubeconfig = self.cp.kubeconfig_for_serviceaccount(
-            DEFAULT_NAMESPACE, AGENT_SA, server=self.cp.vm_url, path=self.workdir / "agent.kubeconfig")
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         assert self.cp is not None
@@ -131,7 +132,7 @@ class System:
         assert self.cp is not None
         self.ctl = Controller()
         self.log("booting the lab VM (real IPVS kernel under qemu); the guest connects back")
-        self.vm = LabVM([self.python, "-m", "lvs_e2e.remote", "10.0.2.100", str(self.ctl.port)],
+        self.vm = LabVM([self.python, "-m", "lvs_e2e.remote", VM_HOST, str(self.ctl.port)],
                         cwd=REPO, forwards=(self.cp.port, self.ctl.port), timeout=timeout,
                         output=open(self.workdir / "vm.log", "wb"))
         self.vm.start()
@@ -174,13 +175,63 @@ class System:
         self.ctl.signal(f"server-{kind}-{host}")
 
     def start_agent(self, node: str, netns: str, metrics_port: int = 0, resync: float = 5) -> None:
-        """``resync``: 5 s (the tests wait for drift repair), not the product's 30."""
-        assert self.ctl is not None and self.agent_kubeconfig is not None
-        self.ctl.spawn(f"agent-{node}", [
-            f"{self.bin}/lvs-agent", "--node", node, "--netns", netns,
-            "--kubeconfig", str(self.agent_kubeconfig), "--state-dir", f"{GUEST_RUN}/agent-{node}",
-            "--resync", str(resync), "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
-            log=f"{GUEST_RUN}/agent-{node}.log")
+        """The agent of ``node``, inside ``netns`` and with the DaemonSet's
+        privileges (lvs_e2e.sandbox): the capabilities and mounts of
+        deploy/base/agent.yaml, a token bound to the node, the API server
+        through a relay into the namespace. ``resync``: 5 s (the tests wait
+        for drift repair), not the product's 30."""
+        assert self.ctl is not None
+        self._start_api_relay(netns)
+        state = f"{GUEST_RUN}/agent-{node}"
+        agent = [f"{self.bin}/lvs-agent", "--node", node, "--kubeconfig", str(self._node_kubeconfig(node)),
+                 "--state-dir", state, "--resync", str(resync), "--metrics-port", str(metrics_port),
+                 "--metrics-address", "127.0.0.1"]
+        argv = self.sandbox.command(netns, f"{state}.root", state, agent)
+        self.agent_pids[node] = self.ctl.spawn(f"agent-{node}", argv, log=f"{GUEST_RUN}/agent-{node}.log")
+
+    def _start_api_relay(self, netns: str) -> None:
+        """127.0.0.1:<API port> in ``netns`` leads to the API server (lvs_e2e.api_relay)."""
+        assert self.ctl is not None and self.cp is not None
+        name = f"api-relay-{netns}"
+        if self.ctl.alive(name):
+            return
+        ready = f"{GUEST_RUN}/{name}.ready"
+        self.g("ip", "-n", netns, "link", "set", "lo", "up")
+        self.ctl.spawn(name, [self.python, "-m", "lvs_e2e.api_relay", netns, str(self.cp.port),
+                              VM_HOST, str(self.cp.port), ready], log=f"{GUEST_RUN}/{name}.log")
+        wait_until(f"API relay in {netns}", lambda: self.ctl.run(["test", "-e", ready]).rc == 0, 120, 0.5)
+
+    def _node_kubeconfig(self, node: str) -> Path:
+        """A kubeconfig for ``node``'s agent: the agent's ServiceAccount with a
+        token bound to the Node, so the API server puts the node's name in the
+        request (what a pod-bound token does for the DaemonSet) and the policy
+        of deploy/base/agent-scope.yaml admits its NodeStates only. The CA is a
+        file: the client would write inline CA data to a temporary file, and
+        the agent's root filesystem is read-only."""
+        assert self.cp is not None
+        if self.kubectl("get", "node", node, check=False) == "":
+            self.add_node(node)
+        token = self.kubectl("create", "token", AGENT_SA, "-n", DEFAULT_NAMESPACE, "--duration=24h",
+                             "--bound-object-kind=Node", f"--bound-object-name={node}").strip()
+        import yaml
+        user = f"system:serviceaccount:{DEFAULT_NAMESPACE}:{AGENT_SA}@{node}"
+        path = self.workdir / f"agent-{node}.kubeconfig"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "agent",
+            "clusters": [{"name": "lab", "cluster": {"server": f"https://127.0.0.1:{self.cp.port}",
+                                                     "certificate-authority": str(self.cp.ca_file)}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "agent", "context": {"cluster": "lab", "user": user}}]}))
+        path.chmod(0o600)
+        return path
+
+    def agent_privileges(self, node: str) -> tuple[dict[str, int], str, str]:
+        """What ``node``'s running agent holds: its /proc status capabilities,
+        its mountinfo and its command line (to check it is the agent)."""
+        assert self.ctl is not None
+        pid = self.agent_pids[node]
+        read = lambda what: self.ctl.run(["cat", f"/proc/{pid}/{what}"]).check().out  # noqa: E731
+        return status_caps(read("status")), read("mountinfo"), read("cmdline").replace("\0", " ")
 
     def stop_agent(self, node: str, sig: int = 15) -> int | None:
         assert self.ctl is not None

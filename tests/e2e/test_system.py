@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lvs_e2e.sandbox import writable_mounts
 from lvs_e2e.system import GUEST_RUN, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,8 +60,40 @@ def test_seed_nat_balances_and_reports_healthy(nat):
                            for s in realservers(nat, "web").values()), timeout=150, every=3)
 
 
+def assert_daemonset_privileges(system, node: str) -> None:
+    """``node``'s agent runs as deploy/base/agent.yaml says: exactly its
+    capabilities (effective, permitted, bounding; none inheritable or ambient),
+    no_new_privs, /proc/sys read-only, the node's /proc/sys/net writable at
+    the manifest's mount path, and nothing else writable but /proc, /dev and
+    the state directory when the root filesystem is read-only."""
+    sb = system.sandbox
+
+    def running():
+        caps, mountinfo, cmdline = system.agent_privileges(node)
+        return (caps, mountinfo) if "lvs-agent" in cmdline else None
+    caps, mountinfo = wait_until(f"{node}'s agent exec'd", running, timeout=60, every=1)
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == sb.cap_mask, (caps, sb.capabilities)
+    assert caps["CapInh"] == 0 and caps["CapAmb"] == 0, caps
+    assert caps["NoNewPrivs"] == int(sb.no_new_privs), caps
+    options = {f[4]: f[5].split(",") for f in (ln.split() for ln in mountinfo.splitlines())}
+    state = f"{GUEST_RUN}/agent-{node}"
+    net = f"{state}.root{sb.sysctl_mount}"
+    assert "ro" in options["/proc/sys"], mountinfo
+    assert "rw" in options[net] and "rw" in options[state], mountinfo
+    if sb.read_only_root:
+        others = set(writable_mounts(mountinfo)) - {net, state, "/proc", "/dev"}
+        assert all(m.startswith("/dev/") for m in others), others
+
+
+def test_agent_runs_with_the_daemonsets_privileges(nat):
+    assert_daemonset_privileges(nat, "nat-director")
+
+
 def test_metrics_endpoint_reports_the_kernel(nat):
-    text = nat.g("curl", "-s", "--max-time", "10", "http://127.0.0.1:9477/metrics")
+    # The agent is in the director's network namespace (as hostNetwork puts it
+    # in the node's), listening on its loopback.
+    text = nat.g("ip", "netns", "exec", "nat-director", "curl", "-s", "--max-time", "10",
+                 "http://127.0.0.1:9477/metrics")
     assert 'kube_lvs_service_connections_total{service="tcp:192.168.0.30:80"}' in text
     assert 'kube_lvs_dest_health{dest="10.0.0.51:80",service="tcp:192.168.0.30:80",state="Healthy"} 1.0' in text
     assert "kube_lvs_reconciles_total" in text
@@ -177,7 +210,9 @@ def test_seed_tun_with_agents_on_the_real_servers(system):
     addr = s.g("ip", "-n", "tun-rs1", "-o", "addr", "show", "dev", "tunl0")
     assert TUN_VIP in addr
     arp = s.g("ip", "netns", "exec", "tun-rs1", "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore")
-    assert arp.strip() == "1"
+    assert arp.strip() == "1"  # written through the mounted sysctl root: its /proc/sys is read-only
+    for node in ("rs1", "tun-director"):
+        assert_daemonset_privileges(s, node)
     wait_until("TUN RealServers Healthy", lambda: healths(s, "web-tun") == {"rs1": "Healthy", "rs2": "Healthy"},
                timeout=120, every=2)
     # Remove it: the backends are put back as they were.
