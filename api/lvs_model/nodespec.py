@@ -498,6 +498,10 @@ def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None
         errors.append(FieldError(f"{path}.snat", "must be true or false"))
         snat = False
     health = parse_health_check(d.get("healthCheck"), f"{path}.healthCheck", errors)
+    if health.type in ("http", "https") and protocol == "udp":
+        errors.append(FieldError(f"{path}.healthCheck.type",
+                                 f"{health.type} cannot check a UDP service; use tcp (a TCP port the real "
+                                 "server also serves, with healthCheck.port) or none"))
     if health.type != "none" and fwmark and not health.port:
         errors.append(FieldError(f"{path}.healthCheck.port", "a firewall-mark service needs an explicit check port"))
     if len(errors) != n:

@@ -386,9 +386,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     for ref, ri in rs_infos.items():
         info = infos.get((ri.cr.meta.namespace, ri.cr.virtual_service))
         result.rs_status[ref] = _rs_status(ri, info, reports.get(info.cr.meta.ref, {}) if info else {},
-                                           now, result.events)
+                                           now, result.events, nodes_by_name)
     for p in pool_objs:
-        result.pool_status[p.name] = _pool_status(p, now)
+        result.pool_status[p.name] = _pool_status(p, _overlaps(p, pool_objs, ns_labels), now)
     return result
 
 
@@ -531,8 +531,26 @@ def _aggregate_health(ri: _RS, reports: Mapping[str, dict]) -> tuple[str, list[d
     return health, per
 
 
+def _backend_condition(ri: _RS, info: _VS, nodes: Mapping[str, Node]) -> tuple[bool, str, str] | None:
+    """Whether the real server's own side is configured by an agent, where it
+    needs one: DR and TUN need the VIP on the server, NAT with policy-route
+    needs its reply route. None where nothing is needed."""
+    d, svc, rs = ri.dest, info.service, ri.cr
+    needs = ("the VIP on lo/tunl0 with ARP and rp_filter settings" if d.method in ("dr", "tun") and not svc.fwmark
+             else "the reply route through the directors" if d.method == "nat" and info.cr.nat_return == "policy-route"
+             else "")
+    if not needs:
+        return None
+    if not rs.node_name:
+        return (False, "NoNodeName", f"spec.nodeName is not set, so no agent configures {needs} on {d.address}: "
+                                     "set spec.nodeName to the Node it runs on, or configure it by hand")
+    if rs.node_name not in nodes:
+        return (False, "NodeNotFound", f"spec.nodeName {rs.node_name} is not a Node: no agent configures {needs}")
+    return (True, "Configured", f"the agent on {rs.node_name} configures {needs}")
+
+
 def _rs_status(ri: _RS, info: _VS | None, reports: Mapping[str, dict], now: str,
-               events: list[Event]) -> dict:
+               events: list[Event], nodes: Mapping[str, Node]) -> dict:
     rs = ri.cr
     gen = rs.meta.generation
     prev = rs.status.get("conditions") or ()
@@ -567,13 +585,41 @@ def _rs_status(ri: _RS, info: _VS | None, reports: Mapping[str, dict], now: str,
     else:
         rd = condition("Ready", False, "NotChecked", "no director has reported on it yet", gen, now, prev)
     status["conditions"] = [acc, rd]
+    backend = _backend_condition(ri, info, nodes) if programmed else None
+    if backend:
+        bc = condition("BackendConfigured", *backend, gen, now, prev)
+        status["conditions"].append(bc)
     if acc["status"] == "False" and _turned(rs.status, acc):
         events.append(Event("RealServer", rs.meta.namespace, rs.meta.name, rs.meta.uid, "Warning",
                             ri.reason, ri.message))
+    elif backend and not backend[0] and _turned(rs.status, bc):
+        events.append(Event("RealServer", rs.meta.namespace, rs.meta.name, rs.meta.uid, "Warning",
+                            bc["reason"], bc["message"]))
     return status
 
 
-def _pool_status(p: VIPPool, now: str) -> dict:
+def _overlaps(p: VIPPool, pools: Iterable[VIPPool], ns_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Other pools sharing an address or mark with ``p`` while open to other
+    namespaces: a VIP in both may be claimed from either side (the oldest
+    VirtualService wins), which an admin rarely means."""
+    def users(q: VIPPool) -> frozenset[str]:
+        return frozenset(q.namespaces) | frozenset(n for n, labels in ns_labels.items()
+                                                   if q.namespace_selector is not None and q.open_to(n, labels))
+    mine = users(p)
+    out = []
+    for q in pools:
+        if q.name == p.name or users(q) == mine:
+            continue
+        shared = [f"{a}-{b}" for a, b in p.ranges
+                  if any(x.version == a.version and int(x) <= int(b) and int(a) <= int(y) for x, y in q.ranges)]
+        shared += [f"fwmark {a}-{b}" for a, b in p.fwmarks if any(x <= b and a <= y for x, y in q.fwmarks)]
+        if shared:
+            out.append(f"{', '.join(shared)} also in VIPPool {q.name} (open to "
+                       f"{', '.join(sorted(users(q))) or 'no namespace yet'})")
+    return out
+
+
+def _pool_status(p: VIPPool, overlaps: list[str], now: str) -> dict:
     prev = p.status.get("conditions") or ()
     ok = not p.errors
     valid = condition("Valid", ok, "Valid" if ok else "Invalid",
@@ -585,4 +631,9 @@ def _pool_status(p: VIPPool, now: str) -> dict:
         f"spec.{', spec.'.join(open_)} not set: the namespaces this pool is open to may use any "
         "real-server address, backend node or director for it; set them for tenant namespaces",
         0, now, prev)
-    return {"conditions": [valid, limits]}
+    overlap = condition(
+        "Overlapping", bool(overlaps), "Overlapping" if overlaps else "Disjoint",
+        "; ".join(overlaps) + ": a VIP there may be claimed from either side (the oldest VirtualService wins); "
+        "split spec.addresses so each VIP belongs to one pool" if overlaps else
+        "no other pool open to other namespaces shares an address or mark", 0, now, prev)
+    return {"conditions": [valid, limits, overlap]}

@@ -243,6 +243,13 @@ def virtualservice_spec() -> dict:
         _rule("!has(self.onePacket) || !self.onePacket || has(self.fwmark) || "
               "(has(self.protocol) && self.protocol == 'udp')",
               "spec.onePacket: one-packet scheduling is for UDP services (spec.protocol: udp)", ".onePacket"),
+        _rule("!has(self.natReturn) || !has(self.method) || self.method == 'nat'",
+              "spec.natReturn only applies to method nat (with dr and tun the real servers answer the client "
+              "directly): drop it", ".natReturn"),
+        _rule("!has(self.healthCheck) || !has(self.healthCheck.type) || "
+              "!(self.healthCheck.type in ['http', 'https']) || !has(self.protocol) || self.protocol != 'udp'",
+              "spec.healthCheck.type http and https cannot check a UDP service: use tcp (with "
+              "healthCheck.port) or none", ".healthCheck.type"),
         _rule("!has(self.tunnel) || (has(self.method) && self.method == 'tun')",
               "spec.tunnel only applies to method tun", ".tunnel"),
         _rule("!has(self.persistence) || !has(self.persistence.netmask) || (" + _FAMILY_EXPR + " == 'ipv6' ? "

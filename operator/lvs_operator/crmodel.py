@@ -94,6 +94,9 @@ class VirtualService:
             errors.append(FieldError("spec.method", f"{self.method!r} is not one of nat, dr, tun"))
         if self.nat_return not in NAT_RETURN:
             errors.append(FieldError("spec.natReturn", f"{self.nat_return!r} is not one of {', '.join(NAT_RETURN)}"))
+        elif "natReturn" in self.spec and self.method != "nat":
+            errors.append(FieldError("spec.natReturn", f"only applies to method nat: with {self.method} the real "
+                                     "servers answer the client directly; drop it"))
         if self.tunnel and self.method != "tun":
             errors.append(FieldError("spec.tunnel", "only applies to method tun"))
         if self.director_selector is None:

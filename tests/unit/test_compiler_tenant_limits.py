@@ -129,3 +129,54 @@ def test_the_pool_says_which_limits_it_leaves_open():
     assert "spec.realServerAddresses" in by["open"]["TenantLimits"]["message"]
     assert "spec.realServerAddresses" not in by["half"]["TenantLimits"]["message"]
     assert "spec.backendNodeSelector" in by["half"]["TenantLimits"]["message"]
+
+
+# --------------------------------------------------------------------------
+# Input that used to be ignored in silence
+# --------------------------------------------------------------------------
+
+def backend_condition(result, name):
+    return next((c for c in result.rs_status[("team-a", name)]["conditions"] if c["type"] == "BackendConfigured"),
+                None)
+
+
+def test_a_real_server_side_nobody_configures_is_said():
+    r = compile_cluster(
+        [HTTP, vs("pr", address="192.168.0.31", port=80, method="nat", natReturn="policy-route"),
+         vs("gw", address="192.168.0.32", port=80, method="nat")],
+        [rs("nonode", "http", "10.0.0.52"), rs("ghost", "http", "10.0.0.53", nodeName="gone"), OK_RS,
+         rs("prnonode", "pr", "10.0.0.54"), rs("gwnonode", "gw", "10.0.0.55")],
+        [pool("tenant", ["192.168.0.0/24"])], NODES)
+    assert backend_condition(r, "nonode")["reason"] == "NoNodeName"
+    assert "spec.nodeName" in backend_condition(r, "nonode")["message"]
+    assert backend_condition(r, "ghost")["reason"] == "NodeNotFound"
+    assert backend_condition(r, "ok")["status"] == "True"
+    assert backend_condition(r, "prnonode")["reason"] == "NoNodeName"
+    assert "reply route" in backend_condition(r, "prnonode")["message"]
+    assert backend_condition(r, "gwnonode") is None, "NAT through the gateway needs nothing on the server"
+    assert {e.name for e in r.events} == {"nonode", "ghost", "prnonode"}
+    # Still programmed: a hand-configured backend is a real LVS setup.
+    assert ("10.0.0.52", 80) in dests(r)
+
+
+def test_pools_sharing_addresses_across_namespaces_are_said():
+    pools = [pool("a", ["192.168.0.0/24"]), pool("b", ["192.168.0.128-192.168.0.200"], namespaces=("team-b",)),
+             pool("c", ["192.168.0.0/25"]), pool("d", ["10.9.0.0/16"], namespaces=("team-b",))]
+    r = compile_cluster([], [], pools, NODES)
+    by = {name: {c["type"]: c for c in st["conditions"]} for name, st in r.pool_status.items()}
+    assert by["a"]["Overlapping"]["status"] == "True" and "VIPPool b" in by["a"]["Overlapping"]["message"]
+    assert "VIPPool c" not in by["a"]["Overlapping"]["message"], "same namespaces: not a cross-tenant overlap"
+    assert by["b"]["Overlapping"]["status"] == "True"
+    assert by["c"]["Overlapping"]["status"] == "False", "192.168.0.0/25 ends below b's range"
+    assert by["d"]["Overlapping"]["status"] == "False"
+
+
+@pytest.mark.parametrize("spec,path", [
+    ({"method": "dr", "natReturn": "snat"}, "spec.natReturn"),
+    ({"protocol": "udp", "port": 53, "healthCheck": {"type": "http"}}, "spec.healthCheck.type"),
+])
+def test_options_that_cannot_apply_are_refused(spec, path):
+    r = compile_cluster([vs("x", address="192.168.0.30", **{"port": 80, **spec})], [],
+                        [pool("tenant", ["192.168.0.0/24"])], NODES)
+    acc = r.vs_status[("team-a", "x")]["conditions"][0]
+    assert acc["reason"] == "Invalid" and acc["message"].startswith(path)
