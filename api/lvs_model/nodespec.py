@@ -22,6 +22,11 @@ DIRECTOR_DEVICE = "kube-lvs0"  # dummy device holding director VIPs (cf. kube-ip
 # Seconds: checks run from the director's host network, so a floor keeps one
 # tenant's service from turning the agent into a probe generator.
 MIN_HEALTH_INTERVAL = 1.0
+# Seconds a removed real server keeps its established connections (weight 0)
+# before its dest is deleted; the common load-balancer default for connection
+# draining (deregistration delay).
+DEFAULT_DRAIN_TIMEOUT = 300
+MAX_DRAIN_TIMEOUT = 86400
 
 
 @dataclass(frozen=True, order=True)
@@ -102,6 +107,9 @@ class Service:
     # the real server's routes are (needs net.ipv4.vs.conntrack=1). Agent-side
     # only: no IPVS attribute, not part of attrs().
     snat: bool = False
+    # Seconds a dest that leaves the desired state is kept at weight 0 while it
+    # still has active connections, before it is deleted (agent-side only).
+    drain_timeout: int = DEFAULT_DRAIN_TIMEOUT
 
     @property
     def key(self) -> ServiceKey:
@@ -330,7 +338,7 @@ def _known_keys(d: Mapping, allowed: set[str], path: str, errors: list[FieldErro
 
 _DEST_KEYS = {"address", "port", "weight", "method", "tunnel", "upperThreshold", "lowerThreshold"}
 _SVC_KEYS = {"name", "family", "protocol", "address", "port", "fwmark", "scheduler",
-             "schedulerFlags", "persistence", "onePacket", "dests", "healthCheck", "snat"}
+             "schedulerFlags", "persistence", "onePacket", "dests", "healthCheck", "snat", "drainTimeout"}
 _HC_KEYS = {"type", "port", "path", "expectedStatus", "interval", "timeout", "rise", "fall"}
 
 
@@ -497,6 +505,8 @@ def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None
     if not isinstance(snat, bool):
         errors.append(FieldError(f"{path}.snat", "must be true or false"))
         snat = False
+    drain_timeout = _int(d, "drainTimeout", path, errors, DEFAULT_DRAIN_TIMEOUT, 0, MAX_DRAIN_TIMEOUT,
+                         " (seconds; 0 deletes a removed real server at once)")
     health = parse_health_check(d.get("healthCheck"), f"{path}.healthCheck", errors)
     if health.type in ("http", "https") and protocol == "udp":
         errors.append(FieldError(f"{path}.healthCheck.type",
@@ -507,7 +517,7 @@ def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None
     if len(errors) != n:
         return None
     svc = Service(family, protocol, address, port, fwmark, scheduler, tuple(flags), timeout,
-                  netmask, one_packet, (), str(d.get("name", "")), health, snat)
+                  netmask, one_packet, (), str(d.get("name", "")), health, snat, drain_timeout)
     dests_raw = d.get("dests") or []
     if not isinstance(dests_raw, list):
         errors.append(FieldError(f"{path}.dests", "must be a list"))
@@ -674,6 +684,8 @@ def dump_service(s: Service) -> dict:
         out["onePacket"] = True
     if s.snat:
         out["snat"] = True
+    if s.drain_timeout != DEFAULT_DRAIN_TIMEOUT:
+        out["drainTimeout"] = s.drain_timeout
     if s.health != HealthCheck():
         h = s.health
         out["healthCheck"] = {"type": h.type, "port": h.port, "path": h.path,

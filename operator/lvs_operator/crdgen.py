@@ -24,7 +24,7 @@ import yaml
 
 from lvs_model import channel as C
 from lvs_model import kernel as K
-from lvs_model.nodespec import MIN_HEALTH_INTERVAL
+from lvs_model.nodespec import DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT, MIN_HEALTH_INTERVAL
 from lvs_model.sysctls import DEVICE_RE, RESERVED_DEVICES, SYSCTL_NAME_RE, SYSCTL_VALUE_RE, allowed_names
 
 from .crmodel import NAT_RETURN
@@ -218,6 +218,10 @@ def virtualservice_spec() -> dict:
                           "server's address/port via the directors) or snat (the directors masquerade what "
                           "they forward; the real servers see the director's address).", enum=NAT_RETURN),
         "healthCheck": health_check_schema(),
+        "drainTimeout": _int(0, MAX_DRAIN_TIMEOUT,
+                             "Seconds a real server that is removed (its RealServer deleted) keeps its established "
+                             f"connections at weight 0 before it is deleted; default {DEFAULT_DRAIN_TIMEOUT}, "
+                             "0 deletes at once."),
         "directorSelector": label_selector("Which Nodes direct this service ({} = every node)."),
     }, "A virtual service: what ipvsadm -A declares, plus which nodes direct it.",
         required=["directorSelector"], rules=[
@@ -392,7 +396,7 @@ def nodestate_spec() -> dict:
         "fwmark": _int(fmt="int64"), "scheduler": _str(),
         "schedulerFlags": {"type": "array", "items": _str()},
         "persistence": _obj({"timeout": _int(), "netmask": _str()}),
-        "onePacket": {"type": "boolean"}, "snat": {"type": "boolean"},
+        "onePacket": {"type": "boolean"}, "snat": {"type": "boolean"}, "drainTimeout": _int(),
         "healthCheck": _obj({"type": _str(), "port": _int(), "path": _str(), "expectedStatus": _int(),
                              "interval": {"type": "number"}, "timeout": {"type": "number"},
                              "rise": _int(), "fall": _int()}),
