@@ -23,6 +23,17 @@ reply routes, the SNAT table). A full reconcile at 10k services is 10-15 s
 in the lab VM, a change arriving meanwhile waits for it; swept a slice per
 pass, drift is still found within one round and a change waits at most for
 a slice.
+
+``Engine(..., drain_path=...)`` (the agent) drains before it deletes
+(drain.py): a dest that leaves the spec while its service stays is kept at
+weight 0 until its active connections reach 0 or the service's
+``drain_timeout`` passes, its start kept in a record of its own at
+``drain_path``. Every reconcile of a service decides for its leaving dests
+(their active counts read from the kernel, one get and dest dump per such
+service); an incremental one also re-checks every service with a draining
+dest once per ``drain_recheck`` seconds, so a drained dest goes soon after
+its last connection closes. Without ``drain_path`` (``lvsctl apply``, a
+one-shot run with no later pass to finish a drain) a dest is deleted at once.
 """
 from __future__ import annotations
 
@@ -36,9 +47,11 @@ from typing import Callable
 
 from lvs_model.nodespec import NodeSpec, Service, ServiceKey, effective_sysctls, local_addresses
 
+from . import drain as D
 from . import incremental as I
 from . import ops as O
 from .apply import Applier
+from .ipvs_timeouts import observe_keys as observe_timeout_keys
 from .observe import IPVSTable, in_netns, observe, read_ipvs, read_ipvs_services, resolve_default_uplink
 from .plan import (NFT_FAMILY, NFT_TABLE, REPLY_TABLE_BASE, REPLY_TABLE_COUNT, Plan, claim, claim_services,
                    plan, plan_services, settle)
@@ -47,6 +60,11 @@ from .state import Observed, Ownership, OwnershipStore
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = "/var/lib/kube-lvs"
+DRAIN_RECORD = "drain.json"  # the agent's drain records, beside its ownership record
+# Seconds between two re-checks of the services with a draining dest (their
+# active connection counts read again): how long a drained dest may outlive
+# its last connection.
+DRAIN_RECHECK = 1.0
 
 
 def default_state_path(netns: str | None = None) -> Path:
@@ -130,7 +148,8 @@ class Engine:
     """Programs one network namespace (None: the engine's own)."""
 
     def __init__(self, state_path: str | os.PathLike | None = None, netns: str | None = None,
-                 uplink: str = "", use_batch: bool = True):
+                 uplink: str = "", use_batch: bool = True, drain_path: str | os.PathLike | None = None):
+        """``drain_path``: drain leaving dests, with their records there (module doc)."""
         self.netns = netns or None
         self.uplink = uplink
         self.store = OwnershipStore(state_path or default_state_path(self.netns))
@@ -141,6 +160,10 @@ class Engine:
         self._memory: I.Memory | None = None  # the last reconcile, for incremental ones
         self._round: list[ServiceKey] = []  # this sweep round's services, in order
         self._round_pos = 0
+        self.drains = D.DrainStore(drain_path) if drain_path is not None else None
+        self._drain_records: D.Records = self.drains.load() if self.drains is not None else {}
+        self.drain_recheck = DRAIN_RECHECK
+        self._drain_checked_at = time.monotonic()
 
     # -- ownership record ----------------------------------------------------
     def _file_sig(self) -> tuple | None:
@@ -177,7 +200,7 @@ class Engine:
         # The uplink only scopes backend ARP/rp_filter sysctls: resolve it (a
         # route dump) only for a spec with backend VIPs.
         uplink = self.resolve_uplink(spec) if spec.backend_vips or spec.uplink or self.uplink else ""
-        names = set(effective_sysctls(spec, uplink)) | set(owned.sysctls)
+        names = set(effective_sysctls(spec, uplink)) | set(owned.sysctls) | observe_timeout_keys(spec, owned)
         need_net = bool(local_addresses(spec) or owned.addresses or owned.links)
         # Rules, routes and nftables are read only when reply paths are (or were) in play.
         routing = ((REPLY_TABLE_BASE, REPLY_TABLE_BASE + REPLY_TABLE_COUNT)
@@ -249,6 +272,8 @@ class Engine:
             if incremental:
                 if mem is not None and sweep > 0:
                     check, node_side, done = self._sweep_slice(mem, owned, sweep)
+                if mem is not None:
+                    check = [*check, *self._drain_due()]
                 d = I.delta(mem, spec, self._owned[0] if self._owned else None, check)
             uplink = mem.uplink if mem is not None else ""
             if d is None or d.full:
@@ -272,9 +297,54 @@ class Engine:
 
     def _reconcile_full(self, spec: NodeSpec, owned: Ownership) -> tuple[Report, Plan, str]:
         obs, _, uplink = self._observe(spec, owned)
-        p = plan(spec, obs, owned, uplink)
-        results = self._claim_apply_settle(p, owned, claim(owned, p, obs, spec, uplink))
+        want = self._drain(spec.services, obs.services, owned, None)
+        p = plan(spec, obs, owned, uplink, services=want)
+        results = self._claim_apply_settle(p, owned, claim(owned, p, obs, spec, uplink, services=want))
         return build_report(spec, p, results, uplink), p, uplink
+
+    # -- drain (drain.py) ----------------------------------------------------
+    @property
+    def draining(self) -> dict[D.DrainKey, float]:
+        """The dests now draining -> the wall-clock second each drain began."""
+        return dict(self._drain_records)
+
+    def _drain_due(self) -> list[ServiceKey]:
+        """The services with a draining dest, when a re-check is due."""
+        now = time.monotonic()
+        if not self._drain_records or now - self._drain_checked_at < self.drain_recheck:
+            return []
+        self._drain_checked_at = now
+        return sorted({k for k, _ in self._drain_records})
+
+    def _drain(self, desired, observed: dict[ServiceKey, Service], owned: Ownership,
+               keys: frozenset[ServiceKey] | None) -> tuple[Service, ...]:
+        """The services to plan: ``desired`` with each draining dest kept at
+        weight 0 (drain.decide); the records of ``keys`` (None: all) replaced
+        and saved if they changed. Without drain_path: ``desired`` as it is."""
+        desired = tuple(desired)
+        if self.drains is None:
+            return desired
+        going = D.leaving(desired, observed, owned.dests)
+        if not going and not self._drain_records:
+            return desired
+        active: dict[D.DrainKey, int] = {}
+        if going:
+            try:
+                active = D.read_active(self.netns, {k for k, _ in going}, conn=self.applier.batch_conn())
+            except OSError as e:  # counts unknown: those dests drain until their timeout
+                log.warning("connection counts of draining dests not read: %s", e)
+        dec = D.decide(desired, observed, owned.dests, active, self._drain_records, time.time())
+        old = self._drain_records
+        records = dict(dec.records) if keys is None else D.merge_records(old, dec.records, keys)
+        if records != old:
+            for k in sorted(records.keys() - old.keys()):
+                log.info("draining dest %s of %s (%d active connections)", k[1], k[0], active.get(k, -1))
+            for k in sorted(dec.delete & old.keys()):
+                log.info("dest %s of %s drained (%d active connections): deleting it", k[1], k[0],
+                         active.get(k, -1))
+            self.drains.save(records)
+            self._drain_records = records
+        return dec.services
 
     def _sweep_slice(self, mem: I.Memory, owned: Ownership, n: int) -> tuple[list[ServiceKey], bool, bool]:
         """The next ``n`` services of the sweep round, whether the round starts
@@ -301,15 +371,17 @@ class Engine:
             obs, _, uplink = self._observe(spec, part, ipvs_table=False)
             obs.services = self._read_services(keys) if keys else {}
             kernel_forced(obs, NodeSpec(services=d.want))
-            p = plan(spec, obs, part, uplink, services=d.want)
-            results = self._claim_apply_settle(p, part, claim(part, p, obs, spec, uplink, services=d.want),
+            want = self._drain(d.want, obs.services, part, keys)
+            p = plan(spec, obs, part, uplink, services=want)
+            results = self._claim_apply_settle(p, part, claim(part, p, obs, spec, uplink, services=want),
                                                lambda rec: I.merge_owned(owned, rec, keys, node=True))
         elif keys:
             obs = Observed(services=self._read_services(keys))
             kernel_forced(obs, NodeSpec(services=d.want))
             part = I.restrict_owned(owned, keys)
-            p = plan_services(d.want, obs.services, part)
-            results = self._claim_apply_settle(p, part, claim_services(part, p, obs, d.want),
+            want = self._drain(d.want, obs.services, part, keys)
+            p = plan_services(want, obs.services, part)
+            results = self._claim_apply_settle(p, part, claim_services(part, p, obs, want),
                                                lambda rec: I.merge_owned(owned, rec, keys))
         return build_report(spec, p, results, uplink, desired=list(d.index)), p, uplink
 
@@ -345,4 +417,4 @@ class Engine:
         self.close()
 
 
-__all__ = ["Engine", "Report", "build_report", "default_state_path", "in_netns"]
+__all__ = ["DRAIN_RECORD", "Engine", "Report", "build_report", "default_state_path", "in_netns"]

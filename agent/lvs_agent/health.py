@@ -5,7 +5,9 @@ server that failed `fall` checks in a row gets weight 0 in the kernel (new
 connections go elsewhere, established ones finish), and one that then passed
 `rise` checks gets its configured weight back -- the re-add that keepalived
 (#362) and kube-vip (#875) users found missing. A server nobody has checked
-yet is Unknown and keeps its weight, so an agent restart changes nothing.
+yet is Unknown and keeps its weight. Verdicts outlive the agent (verdicts.py:
+a checker given a store loads them at start and ``persist`` writes them after
+a change), so a restart changes no weight: a failed server stays at 0.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable
 
 from lvs_model.nodespec import MIN_HEALTH_INTERVAL, Dest, DestKey, HealthCheck, NodeSpec, ServiceKey
 
 HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = "Healthy", "Unhealthy", "Draining", "Unknown"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -264,10 +269,13 @@ class HealthChecker:
 
     def __init__(self, on_change: Callable[[], None] | None = None, netns: str | None = None,
                  workers: int = 16, per_service: int = 4, min_interval: float = MIN_HEALTH_INTERVAL,
-                 pool: Any = None):
+                 pool: Any = None, store: Any = None):
         """``pool``: anything with FairPool's ``submit(key, fn, *args)`` and
-        ``shutdown()`` (default: a FairPool entering ``netns``)."""
-        self.verdicts: Verdicts = {}
+        ``shutdown()`` (default: a FairPool entering ``netns``). ``store``:
+        a verdicts.VerdictStore; the verdicts start as it holds them."""
+        self._store = store
+        self.verdicts: Verdicts = store.load() if store is not None else {}
+        self._dirty = False  # verdicts changed since the store last had them
         self._tasks: dict[tuple[ServiceKey, DestKey], tuple[HealthCheck, asyncio.Task]] = {}
         self._checked: dict[ServiceKey, int] = {}  # service -> dests with a running check
         self._on_change = on_change or (lambda: None)
@@ -303,8 +311,9 @@ class HealthChecker:
             if k not in want or want[k][0] != hc:
                 task.cancel()
                 self._forget(k)
-                if k not in want:
-                    self.verdicts.pop(k, None)
+        for k in [k for k in self.verdicts if k not in want]:  # also loaded ones nobody checks now
+            del self.verdicts[k]
+            self._dirty = True
         for k, (hc, d) in want.items():
             if k not in self._tasks:
                 self._tasks[k] = (hc, asyncio.get_running_loop().create_task(self._run(k, hc, d)))
@@ -329,8 +338,23 @@ class HealthChecker:
             new = step(old, ok, hc.rise, hc.fall, time.time(), why)
             self.verdicts[k] = new
             if new.state != old.state:
+                self._dirty = True
                 self._on_change()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    def persist(self) -> None:
+        """Write the verdicts to the store if one changed since the last
+        write. The agent calls this before it programs the weights the
+        verdicts give, so the kernel never holds a weight its record on
+        disk would not give again after a restart."""
+        if self._store is None or not self._dirty:
+            return
+        self._dirty = False
+        try:
+            self._store.save(dict(self.verdicts))
+        except OSError as e:
+            self._dirty = True
+            log.warning("health verdicts not saved to %s: %s", self._store.path, e)
 
     async def stop(self) -> None:
         for _, task in self._tasks.values():

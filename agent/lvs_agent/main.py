@@ -25,11 +25,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from .drain import by_service
 from .gcpause import GCPauses
 from .health import HealthChecker, effective_spec
 from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, stale_statuses,
                         status_changed)
 from .object_cache import ObjectCache
+from .verdicts import VERDICT_RECORD, VerdictStore
 from lvs_model.status_writer import StatusWriter
 from lvs_model.watchstream import Gone, check, follow
 
@@ -65,6 +67,7 @@ class StatusSnapshot:
     errors: dict
     verdicts: dict
     checked: set
+    draining: dict | None = None  # service -> dests the engine drains (drain.by_service)
 
 
 class Agent:
@@ -116,7 +119,9 @@ class Agent:
         self._wake: asyncio.Event | None = None
         self._woken_at: float | None = None  # the first wake since the last pass began
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None))
+        # Verdicts kept beside the object cache: a restart keeps failed servers at 0 (verdicts.py).
+        self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None),
+                                     store=VerdictStore(Path(cache_path).with_name(VERDICT_RECORD)))
         self.gc = GCPauses()
         # Set while no pass runs: status threads wait for it (at most STATUS_YIELD
         # seconds), so a burst of statuses never slows programming the kernel.
@@ -351,6 +356,7 @@ class Agent:
                 if merged.health_checked or self.checker.running:
                     self.checker.update(merged.spec)
                 programmed = self._programmed = effective_spec(merged.spec, self.checker.verdicts)
+                self.checker.persist()  # on disk before the kernel gets the weights they give
             except Exception:  # noqa: BLE001 - a bad merge must not end the loop: all again next pass
                 self.reconcile_errors += 1
                 self._merged = None
@@ -406,14 +412,16 @@ class Agent:
         if fresh_conns:
             self._conns_at, self._conns_due = now, True
         checked = self.checker.checked_services()
+        draining = frozenset(getattr(self.engine, "draining", None) or ())
         inputs = StatusInputs(merged.owner, errors, dict(merged.errors),
-                              {k: v.state for k, v in self.checker.verdicts.items()}, merged.grown_from)
+                              {k: v.state for k, v in self.checker.verdicts.items()}, merged.grown_from, draining)
         if dirty is not None and self._status_inputs is not None:
             names: set[str] | None = dirty | stale_statuses(self._status_inputs, inputs)
         else:
             names = None  # all
         self._status_inputs = inputs
-        self.status.submit(StatusSnapshot(merged, programmed, errors, dict(self.checker.verdicts), set(checked)),
+        self.status.submit(StatusSnapshot(merged, programmed, errors, dict(self.checker.verdicts), set(checked),
+                                          by_service(draining)),
                            names)
         if not woken:  # a pass that programmed no change: a change never waits for this
             self.gc.settle()
@@ -456,7 +464,7 @@ class Agent:
             if parsed is None or parsed.source is not (obj.get("spec") or parsed.source):
                 continue  # changed since that merge: the next pass has it (the watch marked it)
             status = build_status(name, obj, snap.merged, snap.programmed, snap.errors, snap.verdicts,
-                                  snap.checked, self._conns, stamp)
+                                  snap.checked, self._conns, stamp, snap.draining)
             old = self._sent[name] if name in self._sent else obj.get("status")
             if not status_changed(old, status):
                 self._conns_owed.discard(name)
@@ -587,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         config.load_kube_config(args.kubeconfig)
     else:
         config.load_incluster_config()
-    from .engine import Engine
+    from .engine import DRAIN_RECORD, Engine
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     from .state import AGENT_RECORD, hold_record
@@ -595,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     # refused while the agent runs (a full reconcile with it deletes our services).
     record_lock = hold_record(state_dir / AGENT_RECORD, f"lvs-agent (pid {os.getpid()}, node {args.node})",
                               wait=True, waiting=lambda why: log.warning("%s: waiting for it", why))
-    engine = Engine(state_dir / AGENT_RECORD, netns=args.netns, uplink=args.uplink)
+    engine = Engine(state_dir / AGENT_RECORD, netns=args.netns, uplink=args.uplink,
+                    drain_path=state_dir / DRAIN_RECORD)
     from lvs_model.status_patch import StatusPatcher
     api = client.CustomObjectsApi()
     agent = Agent(args.node, args.namespace, engine, api, state_dir / "nodestates.json",

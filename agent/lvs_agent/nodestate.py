@@ -13,7 +13,7 @@ from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VER
 from lvs_model.errors import FieldError
 from lvs_model.nodespec import DestKey, NodeSpec, ServiceKey, parse_node_spec
 
-from .health import Verdicts, dest_health
+from .health import DRAINING, Verdicts, dest_health
 
 
 def node_selector(node: str) -> str:
@@ -209,8 +209,11 @@ def _live(programmed: NodeSpec, merged: Merged, key: ServiceKey) -> Service | No
 def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: NodeSpec,
                  service_errors: Mapping[ServiceKey, str], verdicts: Verdicts,
                  checked: set[ServiceKey], conns: Mapping[tuple[ServiceKey, str, int], tuple[int, int]],
-                 now: str) -> dict:
-    """The status the agent writes on one NodeState object."""
+                 now: str, draining: Mapping[ServiceKey, Iterable[DestKey]] | None = None) -> dict:
+    """The status the agent writes on one NodeState object. ``draining``:
+    dests the engine keeps at weight 0 after they left the spec (drain.py),
+    per service; each is listed after the service's own dests with health
+    Draining, so `kubectl get` shows what still holds connections."""
     gen = int(obj.get("metadata", {}).get("generation", 0))
     prev = (obj.get("status") or {}).get("conditions") or []
     services, dests = [], []
@@ -230,6 +233,10 @@ def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: 
             dests.append({"service": str(s.key), "address": d.address, "port": d.port,
                           "health": health, "weight": live_weight.get(d.key, d.weight),
                           "activeConns": active, "inactiveConns": inactive})
+        for dk in (draining or {}).get(s.key, ()):
+            active, inactive = conns.get((s.key, dk.address, dk.port), (0, 0))
+            dests.append({"service": str(s.key), "address": dk.address, "port": dk.port,
+                          "health": DRAINING, "weight": 0, "activeConns": active, "inactiveConns": inactive})
     errs = [str(e) for e in merged.errors.get(name, [])] + [
         f"{x['key']}: {x['error']}" for x in services if x["error"]]
     return {
@@ -253,6 +260,7 @@ class StatusInputs:
     merge_errors: Mapping[str, Any] = field(default_factory=dict)  # object name -> its spec errors
     health: Mapping[tuple[ServiceKey, DestKey], str] = field(default_factory=dict)  # dest -> state
     owner_grown_from: Mapping[ServiceKey, str] | None = None  # Merged.grown_from
+    draining: frozenset[tuple[ServiceKey, DestKey]] = frozenset()  # dests the engine drains
 
 
 def _changed_keys(a: Mapping, b: Mapping) -> set:
@@ -263,7 +271,8 @@ def _changed_keys(a: Mapping, b: Mapping) -> set:
 
 def stale_statuses(prev: StatusInputs, cur: StatusInputs) -> set[str]:
     """Names of the objects whose status may differ between ``prev`` and
-    ``cur``: a service changing hands, an error or a dest's health changing."""
+    ``cur``: a service changing hands, an error or a dest's health changing,
+    a drain beginning or ending."""
     out: set[str | None] = set()
     if cur.owner_grown_from is not prev.owner:  # else: only new objects' keys were added (marked changed)
         for k in _changed_keys(prev.owner, cur.owner):
@@ -272,6 +281,8 @@ def stale_statuses(prev: StatusInputs, cur: StatusInputs) -> set[str]:
         out |= {prev.owner.get(k), cur.owner.get(k)}
     out |= _changed_keys(prev.merge_errors, cur.merge_errors)
     for skey, _ in _changed_keys(prev.health, cur.health):
+        out |= {prev.owner.get(skey), cur.owner.get(skey)}
+    for skey, _ in prev.draining ^ cur.draining:  # a drain began or ended
         out |= {prev.owner.get(skey), cur.owner.get(skey)}
     out.discard(None)
     return out  # type: ignore[return-value]

@@ -213,3 +213,24 @@ def test_a_nodestate_asking_for_a_foreign_sysctl_programs_the_rest_and_says_what
     for word in ("sysctls.kernel.core_pattern", "sysctls.net.ipv4.conf.x/../../../kernel.rp_filter",
                  "not written", "uplink"):
         assert word in cond["message"], word
+
+
+def test_status_lists_a_draining_dest_and_a_drain_marks_its_owner_stale():
+    """A dest gone from the spec but kept at weight 0 by the engine (drain.py)
+    is listed with health Draining and its counts; before drains existed the
+    status had no entry for it (build_status took no ``draining``)."""
+    from lvs_agent.drain import by_service
+    from lvs_agent.nodestate import StatusInputs, stale_statuses
+    from lvs_model.nodespec import DestKey
+    objs = {"d1-a-web": obj("d1-a-web", [WEB]), "d1-b-dns": obj("d1-b-dns", [DNS])}
+    m = merge(objs, "d1")
+    web = m.spec.services[0]
+    gone = DestKey("10.0.0.59", 80)
+    st = build_status("d1-a-web", objs["d1-a-web"], m, m.spec, {}, {}, set(), {(web.key, "10.0.0.59", 80): (2, 1)},
+                      "T", by_service({(web.key, gone)}))
+    assert st["dests"][-1] == {"service": "tcp:192.168.0.30:80", "address": "10.0.0.59", "port": 80,
+                               "health": "Draining", "weight": 0, "activeConns": 2, "inactiveConns": 1}
+    assert len(st["dests"]) == 3
+    before = StatusInputs(m.owner)
+    assert stale_statuses(before, StatusInputs(m.owner, draining=frozenset({(web.key, gone)}))) == {"d1-a-web"}
+    assert stale_statuses(StatusInputs(m.owner, draining=frozenset({(web.key, gone)})), before) == {"d1-a-web"}
