@@ -72,3 +72,10 @@ def test_examples_apply_cleanly(installed):
         assert re.search(r"virtualservice\.lvs\.kube-lvs\.io/http (created|configured|unchanged)", out), out
         assert out.count("realserver.lvs.kube-lvs.io/") == 2, out
         installed.kubectl("delete", "-k", path, "--wait=false")
+
+
+def test_privileged_overlay_applies(installed):
+    """deploy/overlays/privileged, the one overlay: the API server takes it (dry run)."""
+    out = installed.kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                            "-k", str(ROOT / "deploy" / "overlays" / "privileged")).stdout
+    assert "daemonset.apps/kube-lvs-agent serverside-applied" in out, out
