@@ -2,7 +2,9 @@
 
 ``apply(ops)`` returns ``[(op, None | "ERRNAME: message")]`` in the order of
 ``ops``; an error text starts with the errno name (EEXIST, ENOENT, ...) because
-``plan.settle`` reads it. Rules:
+``plan.settle`` reads it: a name the kernel answered with is a refusal, while an
+op sent without an answer (a lost ack, ENOBUFS) is ``state.unknown_result``,
+whose claim settle keeps. Rules:
 
 - one failing op never stops the others;
 - a failed AddService skips the AddDests of that service (reported as
@@ -35,6 +37,7 @@ from .observe import (in_netns, netlink_socket, open_iproute, open_ipvs, pyroute
                       pyroute2_dest_key, pyroute2_service, pyroute2_service_key, run_nft,
                       write_sysctl)
 from .plan import FALLBACK_TUNNELS
+from .state import unknown_result
 
 log = logging.getLogger(__name__)
 
@@ -438,11 +441,12 @@ class Applier:
                         errs = apply_ipvs_batch(conn, sub)
                     except Exception as e:  # noqa: BLE001
                         # Socket-level trouble after (maybe) sending: replaying
-                        # through pyroute2 could double-apply, so report every
-                        # op of this run; the next reconcile observes and repairs.
+                        # through pyroute2 could double-apply, so every op of this
+                        # run has an unknown outcome (settle keeps the claims); the
+                        # next reconcile observes and repairs.
                         log.exception("batched IPVS apply failed")
                         self.close()
-                        errs = [exc_text(e, "batched IPVS send")] * len(sub)
+                        errs = [unknown_result(exc_text(e, "batched IPVS send"))] * len(sub)
                     self.last_path = "batch"
                 if errs is None:
                     ipvs = open_ipvs(self.netns)

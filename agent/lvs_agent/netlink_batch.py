@@ -37,6 +37,7 @@ from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
 from . import ops as O
 from .observe import (DestRuntime, IPVSTable, Stats, decode_dest, decode_service, netlink_socket,
                       svc_flags)
+from .state import unknown_result
 
 # netlink
 NLMSG_ERROR = 2
@@ -504,39 +505,50 @@ class IPVSConnection:
                 continue
             try:
                 self._send(b"".join(parts))
+                self._collect_acks(pending, results, ops)
             except OSError as e:
+                # The send failed, or the socket after it: whether the kernel did
+                # each op is not known (settle keeps its claim; the next pass reads).
                 for idx in pending.values():
-                    results[idx] = error_text(e.errno or errno.EIO, f"send failed: {O.describe(ops[idx])}")
-                continue
-            self._collect_acks(pending, results, ops)
+                    results[idx] = unknown_result(error_text(e.errno or errno.EIO, O.describe(ops[idx])))
         return results
 
     def _collect_acks(self, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
+        """Map each ack to its op. An op whose ack never comes has an unknown
+        outcome, never the socket's errno as if the kernel had refused it: on
+        ENOBUFS the kernel did the ops and dropped their acks (the buffer was
+        full), and a service it created must stay ours."""
         while pending:
             try:
-                for typ, _, seq, s, _, buf in self._recv():
-                    if typ != NLMSG_ERROR:
-                        continue
-                    idx = pending.pop(seq, None)
-                    if idx is None:
-                        continue
-                    code = -I32.unpack_from(buf, s)[0]
-                    if code:
-                        results[idx] = error_text(code, O.describe(ops[idx]))
+                self._take_acks(self._recv(), pending, results, ops)
             except OSError as e:  # ENOBUFS (acks overran the buffer), timeout
+                # The acks that did fit may still be queued behind the error.
+                self._drain(pending, results, ops)
                 code = e.errno or errno.EIO
                 for idx in pending.values():
-                    results[idx] = error_text(code, f"no ack: {O.describe(ops[idx])}")
+                    results[idx] = unknown_result(error_text(code, f"no ack: {O.describe(ops[idx])}"))
                 pending.clear()
-                # Whatever is still queued belongs to this chunk: drop it.
-                self._drain()
 
-    def _drain(self) -> None:
+    @staticmethod
+    def _take_acks(messages, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
+        for typ, _, seq, s, _, buf in messages:
+            if typ != NLMSG_ERROR:
+                continue
+            idx = pending.pop(seq, None)
+            if idx is None:
+                continue
+            code = -I32.unpack_from(buf, s)[0]
+            if code:
+                results[idx] = error_text(code, O.describe(ops[idx]))
+
+    def _drain(self, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
+        """Read what is queued without waiting: the acks of ``pending`` are
+        mapped, anything else belongs to this chunk and is dropped."""
         self.sock.setblocking(False)
         try:
             while True:
                 try:
-                    self.sock.recv_into(self._buf)
+                    self._take_acks(self._recv(), pending, results, ops)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:

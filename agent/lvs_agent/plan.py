@@ -14,7 +14,8 @@ from typing import Iterable, Mapping
 from lvs_model.nodespec import DIRECTOR_DEVICE, NodeSpec, Service, ServiceKey, effective_sysctls, local_addresses
 
 from . import ops as O
-from .state import NftTable, Observed, Ownership, RouteKey, RuleKey
+from .state import (NftTable, Observed, Ownership, RouteKey, RuleKey, SysctlClaim, outcome_unknown,
+                    sysctl_claim)
 
 # Devices the kernel creates itself when the tunnel module loads: we bring them
 # up but never create or delete them.
@@ -163,9 +164,10 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
     for name, value in sorted(want_sysctl.items()):
         if observed.sysctls.get(name) != value:
             p.ops.append(O.SetSysctl(name, value))
-    for name, original in sorted(owned.sysctls.items()):
-        if name not in want_sysctl and original is not None and observed.sysctls.get(name) != original:
-            removals.append(O.SetSysctl(name, original, restore=True))
+    for name, rec in sorted(owned.sysctls.items()):
+        back = None if name in want_sysctl else sysctl_claim(rec).restore_to(observed.sysctls.get(name))
+        if back is not None:  # still the value we wrote: ours to put back
+            removals.append(O.SetSysctl(name, back, restore=True))
 
     # Addresses: present anywhere counts (the seed's NAT VIP sits on the uplink).
     wanted_addrs = {(a.device, a.address): a for a in local_addresses(desired)}
@@ -273,9 +275,13 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
     """
     own = _forget_services(owned.copy(), desired.services if services is None else services, observed)
     want_sysctl = effective_sysctls(desired, uplink)
-    for n, original in list(own.sysctls.items()):
-        if n not in want_sysctl and (original is None or observed.sysctls.get(n) == original):
-            del own.sysctls[n]
+    for n, rec in list(own.sysctls.items()):
+        c = sysctl_claim(rec)
+        if n in want_sysctl:
+            if c.written != want_sysctl[n]:  # what this pass leaves in the kernel
+                own.sysctls[n] = SysctlClaim(c.original, want_sysctl[n])
+        elif c.restore_to(observed.sysctls.get(n)) is None:
+            del own.sysctls[n]  # back as it was, or somebody else's value now: not ours
     want_addrs = {(a.device, a.address) for a in local_addresses(desired)}
     own.addresses = {a for a in own.addresses if a in want_addrs or a in observed.addresses}
     want_links = {a.device for a in local_addresses(desired)}
@@ -319,8 +325,8 @@ def _record(own: Ownership, p: Plan, observed: Observed) -> Ownership:
                 own.links[n] = "created"
             case O.SetLinkUp(n, True) if n not in own.links:
                 own.links[n] = "upped"
-            case O.SetSysctl(n, _, False) if n not in own.sysctls:
-                own.sysctls[n] = observed.sysctls.get(n)
+            case O.SetSysctl(n, v, False) if n not in own.sysctls:
+                own.sysctls[n] = SysctlClaim(observed.sysctls.get(n), v)
             case O.AddRule(r):
                 own.rules.add(r)
             case O.AddRoute(r):
@@ -336,13 +342,14 @@ def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Owners
     `results` pairs each op with None (done) or an error text starting with
     the errno name. A create the kernel refused (EEXIST: somebody else's
     object; EINVAL, ENOENT, ...) is not ours. One whose outcome is unknown
-    (EIO: a lost ack) stays claimed: the next observe shows whether it exists,
-    and if it does it is ours. Deleting one of our services also removes any
+    (state.outcome_unknown: a lost ack, ENOBUFS, a socket error after the
+    send) stays claimed: the next observe shows whether it exists, and if it
+    does it is ours. Deleting one of our services also removes any
     dest someone added to it by hand: the service, and what is in it, is ours.
     """
     own = claimed.copy()
     for op, err in results:
-        refused = bool(err) and not err.startswith("EIO")
+        refused = bool(err) and not outcome_unknown(err)
         match op:
             case O.AddService(s) if refused:
                 own.services.discard(s.key)
@@ -354,11 +361,11 @@ def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Owners
                 own.dests.pop(k, None)
             case O.DelDest(k, d) if not err or err.startswith("ENOENT"):
                 own.dests.get(k, set()).discard(d)
-            case O.AddAddress(dev, a, _) if err:
+            case O.AddAddress(dev, a, _) if refused:
                 own.addresses.discard((dev, a))
             case O.DelAddress(dev, a, _) if not err:
                 own.addresses.discard((dev, a))
-            case O.AddLink(n, _) if err:
+            case O.AddLink(n, _) if refused:
                 own.links.pop(n, None)
             case O.DelLink(n) | O.SetLinkUp(n, False) if not err:
                 own.links.pop(n, None)

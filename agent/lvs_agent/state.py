@@ -99,15 +99,60 @@ def _skey_json(k: ServiceKey) -> dict:
             "fwmark": k.fwmark}
 
 
+@dataclass(frozen=True)
+class SysctlClaim:
+    """A sysctl this engine changed: the value it found, to put back when no
+    longer wanted, and the value it wrote. It puts the original back only if
+    the kernel still holds what it wrote: a different value is somebody
+    else's since (a CNI that turned ip_forward on), not the agent's to undo."""
+
+    original: str | None  # None: the sysctl did not exist (nothing to put back)
+    written: str | None = None  # None: not known (a record from before it was kept)
+
+    def restore_to(self, now: str | None) -> str | None:
+        """The value to write back when the sysctl is no longer wanted and the
+        kernel holds ``now``; None: leave the kernel as it is and forget the claim."""
+        if self.original is None or now == self.original:
+            return None
+        if self.written is not None and now != self.written:
+            return None  # changed by someone else since we wrote it
+        return self.original
+
+
+def sysctl_claim(record: "SysctlClaim | str | None") -> SysctlClaim:
+    """A record of ``Ownership.sysctls`` as a claim: a bare value is an
+    original whose written value is not known (records written before it was
+    kept; other writers of the map keep strings of their own there)."""
+    return record if isinstance(record, SysctlClaim) else SysctlClaim(record)
+
+
+# An operation that was sent but whose answer never came (the acks overran
+# the socket's buffer: ENOBUFS; a timeout; the socket failed after the send)
+# may or may not have been done. Its result text starts with UNKNOWN, never
+# with the socket's errno, which `plan.settle` would take for the kernel
+# refusing the object: a service the kernel did create would become foreign.
+UNKNOWN = "EIO"
+
+
+def unknown_result(cause: str) -> str:
+    """The result text of an operation whose outcome is unknown."""
+    return f"{UNKNOWN}: outcome unknown: {cause}"
+
+
+def outcome_unknown(err: str | None) -> bool:
+    """Whether an error text says the outcome is unknown (not a refusal)."""
+    return bool(err) and err.split(":", 1)[0] == UNKNOWN
+
+
 @dataclass
 class Ownership:
-    """Kernel objects this engine created, and the sysctl values it replaced."""
+    """Kernel objects this engine created, and the sysctls it changed."""
 
     services: set[ServiceKey] = field(default_factory=set)
     dests: dict[ServiceKey, set[DestKey]] = field(default_factory=dict)
     addresses: set[tuple[str, str]] = field(default_factory=set)
     links: dict[str, str] = field(default_factory=dict)  # name -> "created" | "upped"
-    sysctls: dict[str, str | None] = field(default_factory=dict)  # name -> original value
+    sysctls: dict[str, SysctlClaim | str | None] = field(default_factory=dict)  # see sysctl_claim
     rules: set[RuleKey] = field(default_factory=set)
     routes: set[RouteKey] = field(default_factory=set)
     nft_tables: set[tuple[str, str]] = field(default_factory=set)  # (family, name)
@@ -126,7 +171,10 @@ class Ownership:
             ],
             "addresses": sorted([list(a) for a in self.addresses]),
             "links": dict(sorted(self.links.items())),
-            "sysctls": dict(sorted(self.sysctls.items())),
+            # name -> original, as records have always been; what was written beside it.
+            "sysctls": {n: sysctl_claim(c).original for n, c in sorted(self.sysctls.items())},
+            "sysctlsWritten": {n: c.written for n, c in sorted(self.sysctls.items())
+                               if isinstance(c, SysctlClaim) and c.written is not None},
             "rules": [[r.family, r.priority, r.src, r.protocol, r.sport, r.table]
                       for r in sorted(self.rules)],
             "routes": [[r.family, r.table, r.gateway, r.metric] for r in sorted(self.routes)],
@@ -142,7 +190,9 @@ class Ownership:
             own.dests[k] = {DestKey(a, p) for a, p in s.get("dests", [])}
         own.addresses = {(d, a) for d, a in data.get("addresses", [])}
         own.links = dict(data.get("links", {}))
-        own.sysctls = dict(data.get("sysctls", {}))
+        written = data.get("sysctlsWritten", {})
+        own.sysctls = {n: o if written.get(n) is None else SysctlClaim(o, written[n])
+                       for n, o in data.get("sysctls", {}).items()}
         own.rules = {RuleKey(*r) for r in data.get("rules", [])}
         own.routes = {RouteKey(*r) for r in data.get("routes", [])}
         own.nft_tables = {(f, n) for f, n in data.get("nftTables", [])}

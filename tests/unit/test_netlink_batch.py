@@ -1,0 +1,185 @@
+"""The batch client's mapping of netlink answers to operations.
+
+A fake socket plays the kernel's side: it answers the IPVS family lookup and
+acks every IPVS message sent, in order, with the error code the case gives;
+it can fill its receive buffer (the acks that do not fit are dropped and the
+next read says ENOBUFS, then the queued acks come, as the kernel does), time
+out, or fail the send. The messages are the module's own encoding, the acks
+are built with its own header layout.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+
+from lvs_agent import netlink_batch as NB
+from lvs_agent import ops as O
+from lvs_agent.plan import settle
+from lvs_agent.state import Ownership, outcome_unknown
+from lvs_model.nodespec import Dest, Service
+
+FAMILY = 0x21
+
+
+class FakeKernel:
+    """One netlink socket as the kernel treats it (see the module doc).
+
+    ``codes``: op index -> errno the kernel answers it with (0: done).
+    ``fits``: how many acks fit in the receive buffer (None: all).
+    ``send_error``: the send fails with it; ``silent``: no ack ever comes."""
+
+    def __init__(self, codes: dict[int, int] | None = None, fits: int | None = None,
+                 send_error: int | None = None, silent: bool = False):
+        self.codes, self.fits, self.send_error, self.silent = codes or {}, fits, send_error, silent
+        self.queue: list[bytes] = []
+        self.overrun = False
+        self.blocking = True
+        self.done: list[int] = []  # indices of the ops the kernel carried out
+        self._ipvs_sent = 0
+
+    # -- socket API used by IPVSConnection ------------------------------------
+    def bind(self, addr) -> None:
+        pass
+
+    def getsockname(self):
+        return (4242, 0)
+
+    def setsockopt(self, *a) -> None:
+        pass
+
+    def getsockopt(self, level, opt):
+        return 8 * 1024 * 1024
+
+    def settimeout(self, t) -> None:
+        self.blocking = True
+
+    def setblocking(self, flag: bool) -> None:
+        self.blocking = flag
+
+    def close(self) -> None:
+        pass
+
+    def sendto(self, data: bytes, addr) -> int:
+        off = 0
+        msgs = []
+        while off < len(data):
+            ln, typ, flags, seq, pid = NB.NLH.unpack_from(data, off)
+            msgs.append((typ, data[off:off + 16], seq))
+            off += NB._pad(ln)
+        if msgs[0][0] == NB.GENL_ID_CTRL:  # the family lookup
+            _, hdr, seq = msgs[0]
+            body = NB.nla(NB.CTRL_ATTR_FAMILY_ID, NB.U16.pack(FAMILY))
+            self.queue.append(NB.NLH_GENL.pack(20 + len(body), NB.GENL_ID_CTRL, 0, seq, 4242,
+                                               1, 1, 0) + body)
+            self.queue.append(self._ack(hdr, seq, 0))
+            return len(data)
+        if self.send_error is not None:
+            raise OSError(self.send_error, "send")
+        for typ, hdr, seq in msgs:
+            assert typ == FAMILY
+            idx = self._ipvs_sent
+            self._ipvs_sent += 1
+            code = self.codes.get(idx, 0)
+            if not code:
+                self.done.append(idx)
+            if self.silent:
+                continue
+            if self.fits is not None and len(self.queue) >= self.fits:
+                self.overrun = True  # netlink_overrun: the ack is dropped
+                continue
+            self.queue.append(self._ack(hdr, seq, code))
+        return len(data)
+
+    def recv_into(self, buf) -> int:
+        if self.overrun:
+            self.overrun = False  # reported once (sock_error clears it)
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        if not self.queue:
+            if self.blocking:
+                raise socket.timeout("timed out")
+            raise BlockingIOError(errno.EAGAIN, "again")
+        msg = self.queue.pop(0)
+        buf[:len(msg)] = msg
+        return len(msg)
+
+    @staticmethod
+    def _ack(request_header: bytes, seq: int, code: int) -> bytes:
+        body = NB.I32.pack(-code) + request_header  # NETLINK_CAP_ACK: the header only
+        return NB.NLH.pack(16 + len(body), NB.NLMSG_ERROR, 0x100, seq, 4242) + body
+
+
+def connection(kernel: FakeKernel, monkeypatch) -> NB.IPVSConnection:
+    monkeypatch.setattr(NB, "netlink_socket", lambda netns, proto: kernel)
+    return NB.IPVSConnection()
+
+
+def services(n: int) -> list[O.Op]:
+    return [O.AddService(Service(address=f"10.0.{i // 250}.{i % 250 + 1}", port=80, scheduler="rr"))
+            for i in range(n)]
+
+
+def codes(results: list[str | None]) -> list[str]:
+    """Each result as "" (done), its errno name (refused) or "unknown"."""
+    return ["" if r is None else "unknown" if outcome_unknown(r) else r.split(":")[0] for r in results]
+
+
+CASES = [
+    # (name, kernel, ops, expected per op)
+    ("all acked", dict(), 4, [""] * 4),
+    ("the kernel refuses one", dict(codes={1: errno.EEXIST, 3: errno.EINVAL}), 4,
+     ["", "EEXIST", "", "EINVAL"]),
+    # Acks 0-2 fit (one of them a refusal), the rest were dropped: the kernel did
+    # those ops, so their outcome is unknown to us, never ENOBUFS as a refusal.
+    ("ENOBUFS after three acks", dict(codes={2: errno.EEXIST}, fits=3), 8,
+     ["", "", "EEXIST"] + ["unknown"] * 5),
+    ("no ack at all (timeout)", dict(silent=True), 3, ["unknown"] * 3),
+    ("the send fails", dict(send_error=errno.ENOBUFS), 3, ["unknown"] * 3),
+]
+
+
+@pytest.mark.parametrize("kernel,n,want", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_ack_maps_to_its_op_and_a_missing_ack_is_an_unknown_outcome(monkeypatch, kernel, n, want):
+    """Before: the ops of a chunk whose acks overran the buffer were all marked
+    ENOBUFS (also those whose acks had arrived and were then drained unread),
+    and a failed send by the socket's errno: settle read each as the kernel
+    refusing the op (the timeout case passed already: kept as a guard)."""
+    k = FakeKernel(**kernel)
+    c = connection(k, monkeypatch)
+    assert c.family == FAMILY
+    assert codes(c.execute(services(n))) == want
+
+
+def test_a_service_created_without_its_ack_stays_ours(monkeypatch):
+    """The kernel created all eight services but only three acks fit: settle
+    keeps the claims of all eight (the next pass reads them back and they are
+    ours), and drops the one the kernel refused. Before: five services the
+    kernel had created became foreign for good."""
+    k = FakeKernel(codes={1: errno.EEXIST}, fits=3)
+    c = connection(k, monkeypatch)
+    ops = services(8)
+    results = list(zip(ops, c.execute(ops)))
+    claimed = Ownership(services={op.key for op in ops}, dests={op.key: set() for op in ops})
+    settled = settle(claimed, results)
+    assert settled.services == {op.key for i, op in enumerate(ops) if i != 1}
+    assert k.done == [0, 2, 3, 4, 5, 6, 7]
+
+
+def test_the_next_chunk_is_read_after_an_overrun(monkeypatch):
+    """An overrun in one chunk does not leak into the next: its acks are read
+    and mapped to the right ops (sequence numbers, not positions)."""
+    k = FakeKernel(fits=2)
+    c = connection(k, monkeypatch)
+    ops = services(6)
+    first = c.execute(ops[:4])
+    k.fits = None
+    assert codes(first) == ["", "", "unknown", "unknown"]
+    assert codes(c.execute(ops[4:])) == ["", ""]
+
+
+def test_dest_and_delete_messages_are_acked_like_services(monkeypatch):
+    svc = Service(address="10.0.0.1", port=80, scheduler="rr", dests=(Dest("10.1.0.1", 80),))
+    ops = [O.AddDest(svc, svc.dests[0]), O.DelDest(svc.key, svc.dests[0].key), O.DelService(svc.key)]
+    k = FakeKernel(codes={1: errno.ENOENT})
+    assert codes(connection(k, monkeypatch).execute(ops)) == ["", "ENOENT", ""]
