@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 from lvs_model.nodespec import ServiceKey
 
 from . import ops as O
+from .ipvs_config import set_timeouts, with_connection
 from .observe import (in_netns, netlink_socket, open_iproute, open_ipvs, pyroute2_dest,
                       pyroute2_dest_key, pyroute2_service, pyroute2_service_key, run_nft,
                       write_sysctl)
@@ -414,6 +415,8 @@ class Applier:
                 try:
                     if isinstance(op, O.SetSysctl):
                         _apply_sysctl(op, self.netns)
+                    elif isinstance(op, O.SetIPVSTimeouts):
+                        with_connection(self.netns, self._batch_conn(), set_timeouts, dict(op.timeouts))
                     elif isinstance(op, (*O.ROUTING_OPS, O.AddAddress, O.DelAddress)):
                         if rtnl is None:
                             rtnl = RtnlWriter(self.netns)

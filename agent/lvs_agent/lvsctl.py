@@ -1,6 +1,7 @@
 """lvsctl: look at and program a node's IPVS table by hand.
 
     lvsctl list [-n] [--stats|--rate|--thresholds|--persistent-conn|--tun-info] [--exact]
+    lvsctl list --timeout         (the IPVS connection timeouts, as ipvsadm -L --timeout)
     lvsctl save [-n]
     lvsctl apply NODE_SPEC.yaml [--state FILE] [--dry-run] [--uplink DEV]
     lvsctl import FILE            (ipvsadm --save output -> kube-lvs YAML; operator package)
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from lvs_model import kernel as K
-from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
+from lvs_model.nodespec import TIMEOUT_NAMES, Dest, DestKey, Service, ServiceKey
 
 from .observe import DestRuntime, IPVSTable, Stats, svc_flags
 
@@ -361,8 +362,17 @@ def _read_table(netns: str | None, with_stats: bool) -> IPVSTable:
     return read_ipvs(netns, with_stats=with_stats)
 
 
+def format_timeouts(timeouts: dict[str, int]) -> str:
+    """``ipvsadm -L --timeout``'s one line (ipvsadm's list_timeout)."""
+    return "Timeout (tcp tcpfin udp): {} {} {}\n".format(*(timeouts.get(n, 0) for n in TIMEOUT_NAMES))
+
+
 def cmd_list(args) -> int:
     _require_root()
+    if args.timeout:
+        from .ipvs_config import get_timeouts, with_connection
+        sys.stdout.write(format_timeouts(with_connection(args.netns, None, get_timeouts)))
+        return 0
     mode = next((m for m in MODES if getattr(args, m.replace("-", "_"), False)), "default")
     table = _read_table(args.netns, mode in ("stats", "rate"))
     sys.stdout.write(format_list(table, mode, numeric=args.numeric, exact=args.exact))
@@ -500,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--thresholds", action="store_true", help="upper/lower connection thresholds")
     g.add_argument("--persistent-conn", action="store_true", help="persistent connection counts")
     g.add_argument("--tun-info", action="store_true", help="tunnel type, port and checksum")
+    g.add_argument("--timeout", action="store_true", help="the IPVS connection timeouts (tcp tcpfin udp)")
     ls.add_argument("--exact", action="store_true", help="exact numbers (no K/M/G)")
     ls.set_defaults(func=cmd_list)
 

@@ -33,6 +33,7 @@ from lvs_model import kernel as K
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
 from lvs_model.sysctls import SYSCTL_NAME_RE, sysctl_error
 
+from .ipvs_timeouts import KEY_PREFIX as TIMEOUT_KEY_PREFIX
 from .state import LinkState, NftTable, Observed, RouteKey, RuleKey
 
 CLONE_NEWNET = 0x40000000
@@ -753,8 +754,12 @@ def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None,
             finally:
                 if own_ipr:
                     ipr.close()
+    names = set(sysctls)
+    timeouts = {n for n in names if n.startswith(TIMEOUT_KEY_PREFIX)}
     obs = Observed(services=dict(table.services), addresses=addrs, links=links,
-                   sysctls=read_sysctls(sorted(set(sysctls)), netns))
+                   sysctls=read_sysctls(sorted(names - timeouts), netns))
+    if timeouts:
+        obs.sysctls.update(read_timeout_keys(timeouts, netns, conn))
     if need_routing is not None:
         with RtnlReader(netns) as r:
             obs.rules = r.rules()
@@ -764,6 +769,19 @@ def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None,
         if t is not None:
             obs.nft_tables[(fam, name)] = t
     return obs, table
+
+
+def read_timeout_keys(keys: Iterable[str], netns: str | None = None, conn=None) -> dict[str, str | None]:
+    """The IPVS timeouts ``keys`` name (Observed.sysctls carries them:
+    ipvs_timeouts.py says why), as text like a sysctl's; None each when
+    IPVS cannot be read (no ip_vs in this kernel, no permission)."""
+    from .ipvs_config import get_timeouts, with_connection
+    try:
+        got = with_connection(netns, conn, get_timeouts)
+    except OSError:
+        got = {}
+    return {k: (str(got[k[len(TIMEOUT_KEY_PREFIX):]]) if k[len(TIMEOUT_KEY_PREFIX):] in got else None)
+            for k in keys}
 
 
 def resolve_default_uplink(netns: str | None = None, fast: bool = True) -> str:

@@ -33,6 +33,16 @@ class SetSysctl:
 
 
 @dataclass(frozen=True)
+class SetIPVSTimeouts:
+    """``ipvsadm --set``: the named IPVS connection timeouts ((name, seconds),
+    names tcp, tcpfin, udp), one IPVS_CMD_SET_CONFIG; names not given keep
+    the kernel's value. ``restore``: putting back the values found before."""
+
+    timeouts: tuple[tuple[str, int], ...]
+    restore: bool = False
+
+
+@dataclass(frozen=True)
 class AddAddress:
     device: str
     address: str
@@ -135,7 +145,7 @@ class DelNftTable:
     name: str
 
 
-Op = (AddLink | SetLinkUp | DelLink | SetSysctl | AddAddress | DelAddress | AddService
+Op = (AddLink | SetLinkUp | DelLink | SetSysctl | SetIPVSTimeouts | AddAddress | DelAddress | AddService
       | SetService | DelService | AddDest | SetDest | DelDest | AddRule | DelRule | AddRoute
       | DelRoute | ReplaceNftTable | DelNftTable)
 
@@ -179,6 +189,8 @@ def describe(op: Op) -> str:
             return f"delete link {n}"
         case SetSysctl(n, v, restore):
             return f"{'restore' if restore else 'set'} sysctl {n}={v}"
+        case SetIPVSTimeouts(t, restore):
+            return f"{'restore' if restore else 'set'} ipvs timeout " + " ".join(f"{n}={v}" for n, v in t)
         case AddRule(r) | DelRule(r):
             return f"{'add' if isinstance(op, AddRule) else 'delete'} {r}"
         case AddRoute(r) | DelRoute(r):

@@ -13,6 +13,7 @@ from typing import Iterable, Mapping
 
 from lvs_model.nodespec import DIRECTOR_DEVICE, NodeSpec, Service, ServiceKey, effective_sysctls, local_addresses
 
+from . import ipvs_timeouts as T
 from . import ops as O
 from .state import (NftTable, Observed, Ownership, RouteKey, RuleKey, SysctlClaim, outcome_unknown,
                     sysctl_claim)
@@ -164,10 +165,13 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
     for name, value in sorted(want_sysctl.items()):
         if observed.sysctls.get(name) != value:
             p.ops.append(O.SetSysctl(name, value))
-    for name, rec in sorted(owned.sysctls.items()):
+    for name, rec in sorted(T.real_sysctls(owned.sysctls).items()):
         back = None if name in want_sysctl else sysctl_claim(rec).restore_to(observed.sysctls.get(name))
         if back is not None:  # still the value we wrote: ours to put back
             removals.append(O.SetSysctl(name, back, restore=True))
+    set_timeouts, restore_timeouts = T.plan(desired, observed, owned)  # ipvsadm --set
+    p.ops.extend(set_timeouts)
+    removals.extend(restore_timeouts)
 
     # Addresses: present anywhere counts (the seed's NAT VIP sits on the uplink).
     wanted_addrs = {(a.device, a.address): a for a in local_addresses(desired)}
@@ -275,7 +279,7 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
     """
     own = _forget_services(owned.copy(), desired.services if services is None else services, observed)
     want_sysctl = effective_sysctls(desired, uplink)
-    for n, rec in list(own.sysctls.items()):
+    for n, rec in list(T.real_sysctls(own.sysctls).items()):
         c = sysctl_claim(rec)
         if n in want_sysctl:
             if c.written != want_sysctl[n]:  # what this pass leaves in the kernel
@@ -291,7 +295,7 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
     own.routes = {r for r in own.routes if r in want_routes or r in observed.routes}
     want_nft = snat_table(desired) is not None
     own.nft_tables = {t for t in own.nft_tables if want_nft or t in observed.nft_tables}
-    return _record(own, p, observed)
+    return T.claim(_record(own, p, observed), p.ops, observed, desired)
 
 
 def claim_services(owned: Ownership, p: Plan, observed: Observed, desired: Iterable[Service]) -> Ownership:
@@ -371,6 +375,8 @@ def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Owners
                 own.links.pop(n, None)
             case O.SetSysctl(n, _, True) if not err:
                 own.sysctls.pop(n, None)
+            case O.SetIPVSTimeouts(_, True) if not err:
+                T.settle(own, [(op, err)])
             case O.AddRule(r) if refused:
                 own.rules.discard(r)
             case O.DelRule(r) if not err:

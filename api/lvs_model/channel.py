@@ -21,6 +21,7 @@ NODESTATE_KIND, NODESTATE_PLURAL = "NodeState", "nodestates"
 VIRTUALSERVICE_KIND, VIRTUALSERVICE_PLURAL = "VirtualService", "virtualservices"
 REALSERVER_KIND, REALSERVER_PLURAL = "RealServer", "realservers"
 VIPPOOL_KIND, VIPPOOL_PLURAL = "VIPPool", "vippools"
+IPVSSETTINGS_KIND, IPVSSETTINGS_PLURAL = "IPVSSettings", "ipvssettings"
 
 LABEL_NODE = f"{GROUP}/node"
 LABEL_VS_NAMESPACE = f"{GROUP}/vs-namespace"
@@ -29,6 +30,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kube-lvs-operator"
 # Full "namespace/name" of the VirtualService (labels may be shortened).
 ANNOTATION_VIRTUALSERVICE = f"{GROUP}/virtualservice"
+# A NodeState compiled from an IPVSSettings (cluster-scoped) instead: its name.
+LABEL_IPVSSETTINGS = f"{GROUP}/ipvssettings"
+ANNOTATION_IPVSSETTINGS = f"{GROUP}/ipvssettings"
 
 # Health values a NodeState status reports per dest.
 HEALTH_VALUES = ("Healthy", "Unhealthy", "Draining", "Unknown")
@@ -63,7 +67,26 @@ def nodestate_name(node: str, vs_namespace: str, vs_name: str) -> str:
 
 def hashed_nodestate_name(node: str, vs_namespace: str, vs_name: str) -> str:
     """The always-hashed form (also used when two plain names collide)."""
-    plain = f"{node}-{vs_namespace}-{vs_name}".lower()
-    head = re.sub(r"[^a-z0-9.-]", "-", plain)[:230].strip("-.")
-    tail = _digest("\0".join((node, vs_namespace, vs_name)))
+    return _hashed(f"{node}-{vs_namespace}-{vs_name}", (node, vs_namespace, vs_name))
+
+
+def _hashed(plain: str, parts: tuple[str, ...]) -> str:
+    head = re.sub(r"[^a-z0-9.-]", "-", plain.lower())[:230].strip("-.")
+    tail = _digest("\0".join(parts))
     return f"{head}-{tail}" if head else f"x-{tail}"
+
+
+def settings_nodestate_name(node: str, settings: str) -> str:
+    """``<node>.ipvssettings.<settings>``, lower-cased, for the NodeState an
+    IPVSSettings object gives one node. The dots keep it apart from the
+    per-VirtualService names (a namespace has none); when the plain form is
+    not a valid object name, a truncated form plus a short hash."""
+    plain = f"{node}.ipvssettings.{settings}".lower()
+    if len(plain) <= 253 and _SUBDOMAIN_OK.match(plain):
+        return plain
+    return hashed_settings_nodestate_name(node, settings)
+
+
+def hashed_settings_nodestate_name(node: str, settings: str) -> str:
+    """The always-hashed form (also when the plain one is taken by another NodeState)."""
+    return _hashed(f"{node}.ipvssettings.{settings}", (node, settings, "ipvssettings"))

@@ -27,6 +27,12 @@ MIN_HEALTH_INTERVAL = 1.0
 # draining (deregistration delay).
 DEFAULT_DRAIN_TIMEOUT = 300
 MAX_DRAIN_TIMEOUT = 86400
+# IPVS connection timeouts (``ipvsadm --set tcp tcpfin udp``): the document's
+# key -> the model's name. The kernel refuses more than INT_MAX/HZ seconds;
+# the bound below holds for every HZ up to 1000.
+TIMEOUT_FIELDS = {"tcp": "tcp", "tcpFin": "tcpfin", "udp": "udp"}
+TIMEOUT_NAMES = tuple(TIMEOUT_FIELDS.values())
+MAX_IPVS_TIMEOUT = (2**31 - 1) // 1000
 
 
 @dataclass(frozen=True, order=True)
@@ -197,6 +203,11 @@ class NodeSpec:
     sysctls: tuple[tuple[str, str], ...] = ()
     # NAT reply path by policy routing on this (backend) node.
     reply_routes: tuple["ReplyRoute", ...] = ()
+    # IPVS connection timeouts in seconds, ((name, seconds), ...) sorted by
+    # name, names from TIMEOUT_NAMES; a name not listed keeps the kernel's.
+    # Pairs, not a record, so the agent's merge of NodeStates treats them like
+    # every other node-level field (concatenated, duplicates dropped).
+    timeouts: tuple[tuple[str, int], ...] = ()
 
     def service(self, key: ServiceKey) -> Service | None:
         return self._by_key.get(key)
@@ -230,12 +241,9 @@ def effective_sysctls(spec: NodeSpec, uplink: str) -> dict[str, str]:
             out["net.ipv4.ip_forward"] = "1"
         if "ipv6" in families:
             out["net.ipv6.conf.all.forwarding"] = "1"
-    if any(s.snat for s in spec.services):
-        # SNAT on the director: IPVS keeps conntrack entries (net/netfilter's
-        # NAT masquerades only tracked packets).
-        out["net.ipv4.vs.conntrack"] = "1"
     if spec.services:
-        # Expire connections to removed dests, as kube-proxy does.
+        # Expire connections to removed dests, as kube-proxy does. The
+        # defaults without an IPVSSettings: a declared value (spec.sysctls) wins.
         out["net.ipv4.vs.expire_nodest_conn"] = "1"
         out["net.ipv4.vs.expire_quiescent_template"] = "1"
     v4_backends = [v for v in spec.backend_vips if ":" not in v.address]
@@ -249,7 +257,18 @@ def effective_sysctls(spec: NodeSpec, uplink: str) -> dict[str, str]:
             if uplink:
                 out[f"net.ipv4.conf.{uplink}.rp_filter"] = "0"
     out.update(dict(spec.sysctls))
+    if any(s.snat for s in spec.services):
+        # SNAT on the director: IPVS keeps conntrack entries (net/netfilter's
+        # NAT masquerades only tracked packets). After the declared values: an
+        # IPVSSettings' conntrack: false must not break a service's SNAT.
+        out["net.ipv4.vs.conntrack"] = "1"
     return out
+
+
+def timeout_map(spec: NodeSpec) -> dict[str, int]:
+    """The timeouts the spec declares (name -> seconds); the last pair of a
+    name wins, as the merge of NodeStates keeps the order of its objects."""
+    return dict(spec.timeouts)
 
 
 def local_addresses(spec: NodeSpec) -> tuple[LocalAddress, ...]:
@@ -562,7 +581,7 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
     if not isinstance(data, Mapping):
         return NodeSpec(), [FieldError("spec", "must be a mapping")]
     _known_keys(data, {"node", "services", "directorAddresses", "backendVips", "uplink", "sysctls",
-                       "replyRoutes"},
+                       "replyRoutes", "timeouts"},
                 "spec", errors)
     services: list[Service] = []
     seen: dict[ServiceKey, int] = {}
@@ -633,8 +652,33 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         uplink=uplink,
         sysctls=tuple(sorted(sysctls.items())),
         reply_routes=tuple(dict.fromkeys(routes)),
+        timeouts=parse_timeouts(data.get("timeouts"), "timeouts", errors),
     )
     return spec, errors
+
+
+def parse_timeouts(raw: Any, path: str, errors: list[FieldError]) -> tuple[tuple[str, int], ...]:
+    """``{tcp, tcpFin, udp}`` in seconds as ``ipvsadm --set`` takes them; 0 or
+    absent keeps the kernel's value. A bad entry is reported and not set."""
+    if not raw:
+        return ()
+    if not isinstance(raw, Mapping):
+        errors.append(FieldError(path, "must be a mapping of tcp, tcpFin, udp to seconds"))
+        return ()
+    _known_keys(raw, set(TIMEOUT_FIELDS), path, errors)
+    out = []
+    for key, name in TIMEOUT_FIELDS.items():
+        n = len(errors)
+        value = _int(raw, key, path, errors, 0, 0, MAX_IPVS_TIMEOUT, " seconds (0: keep the kernel's)")
+        if value and len(errors) == n:
+            out.append((name, value))
+    return tuple(sorted(out))
+
+
+def dump_timeouts(timeouts: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """The document form of timeouts (inverse of parse_timeouts)."""
+    keys = {name: key for key, name in TIMEOUT_FIELDS.items()}
+    return {keys[name]: value for name, value in timeouts}
 
 
 def _parse_sysctls(raw: Any, errors: list[FieldError]) -> dict[str, str]:
@@ -732,4 +776,6 @@ def dump_node_spec(spec: NodeSpec) -> dict:
     if spec.reply_routes:
         out["replyRoutes"] = [{"address": r.address, "port": r.port, "protocol": r.protocol,
                                "via": list(r.via)} for r in spec.reply_routes]
+    if spec.timeouts:
+        out["timeouts"] = dump_timeouts(spec.timeouts)
     return out

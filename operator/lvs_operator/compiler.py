@@ -10,8 +10,12 @@ takes plain API objects (dicts as the API server returns them) and returns:
   and replyRoutes (NAT with ``natReturn: policy-route``) on each backend node
   named by a RealServer's ``nodeName``. The spec is exactly the node-spec
   document ``lvs_model.nodespec.parse_node_spec`` reads.
-- ``vs_status`` / ``rs_status`` / ``pool_status``: the status each object
-  should have, aggregated from the agents' reports in the current NodeStates'
+- and one NodeState per (node, IPVSSettings) for the kernel-wide IPVS
+  settings (timeouts, net.ipv4.vs sysctls) of the nodes the IPVSSettings
+  selects; a node two of them select takes the oldest's (``ipvssettings``
+  argument, keyword only: they need nothing else but the Nodes).
+- ``vs_status`` / ``rs_status`` / ``pool_status`` / ``settings_status``: the
+  status each object should have, aggregated from the agents' reports in the current NodeStates'
   status (``nodestates`` argument).
 - ``events``: Warning events for conditions that just turned bad (compared
   with the status the objects carry now), so a steady state posts nothing.
@@ -32,7 +36,7 @@ from lvs_model.errors import FieldError
 from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyRoute, Service,
                                 ServiceKey, dump_node_spec)
 
-from .crmodel import Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
+from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
 
 HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = C.HEALTH_VALUES
 
@@ -57,6 +61,7 @@ class Result:
     vs_status: dict[tuple[str, str], dict] = field(default_factory=dict)
     rs_status: dict[tuple[str, str], dict] = field(default_factory=dict)
     pool_status: dict[str, dict] = field(default_factory=dict)
+    settings_status: dict[str, dict] = field(default_factory=dict)  # IPVSSettings name -> status
     events: list[Event] = field(default_factory=list)
     # VirtualServices whose result depends on other VirtualServices (a service
     # key conflict, a NodeState name collision): a partial compile must
@@ -227,7 +232,8 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                     nodes: Iterable[Mapping[str, Any]] = (),
                     namespaces: Iterable[Mapping[str, Any]] = (),
                     nodestates: Iterable[Mapping[str, Any]] = (),
-                    *, namespace: str = C.DEFAULT_NAMESPACE, now: str = "1970-01-01T00:00:00Z") -> Result:
+                    *, namespace: str = C.DEFAULT_NAMESPACE, now: str = "1970-01-01T00:00:00Z",
+                    ipvssettings: Iterable[Mapping[str, Any]] = ()) -> Result:
     vss = sorted((VirtualService.of(o) for o in virtualservices), key=lambda v: v.meta.age_key)
     rss = sorted((RealServer.of(o) for o in realservers), key=lambda r: r.meta.age_key)
     pool_objs = sorted((VIPPool.of(o) for o in pools), key=lambda p: p.name)
@@ -389,6 +395,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                                            now, result.events, nodes_by_name)
     for p in pool_objs:
         result.pool_status[p.name] = _pool_status(p, _overlaps(p, pool_objs, ns_labels), now)
+    _compile_settings(ipvssettings, node_objs, current, namespace, now, result)
     return result
 
 
@@ -637,3 +644,93 @@ def _pool_status(p: VIPPool, overlaps: list[str], now: str) -> dict:
         "split spec.addresses so each VIP belongs to one pool" if overlaps else
         "no other pool open to other namespaces shares an address or mark", 0, now, prev)
     return {"conditions": [valid, limits, overlap]}
+
+
+# --------------------------------------------------------------------------
+# Kernel-wide IPVS settings
+# --------------------------------------------------------------------------
+
+def _compile_settings(objs: Iterable[Mapping[str, Any]], nodes: list[Node], current: Mapping[str, Mapping],
+                      namespace: str, now: str, result: Result) -> None:
+    """One NodeState per (selected node, IPVSSettings) carrying its timeouts
+    and sysctls; a node already taken by an older IPVSSettings is left to it
+    and named in the younger one's Conflict condition. Needs only the Nodes,
+    so its outcome never depends on which VirtualServices a pass compiles."""
+    owner: dict[str, str] = {}  # node -> the IPVSSettings that has it
+    for st in sorted((IPVSSettings.of(o) for o in objs), key=lambda x: x.meta.age_key):
+        (timeouts, sysctls), errors = _memo(("ipvssettings", st.meta.uid, st.meta.resource_version),
+                                            lambda: _with_errors(st.node_fields))
+        selected = [n.name for n in nodes if selector_matches(st.node_selector, n.labels)] if not errors else []
+        taken = {n: owner[n] for n in selected if n in owner}
+        applied = [n for n in selected if n not in taken]
+        reports = {}
+        for node in applied:
+            owner[node] = st.name
+            if not (timeouts or sysctls):
+                continue
+            name = C.settings_nodestate_name(node, st.name)
+            if name in result.nodestates:  # a VirtualService's NodeState has that name
+                name = C.hashed_settings_nodestate_name(node, st.name)
+            body = {
+                "apiVersion": C.API_VERSION, "kind": C.NODESTATE_KIND,
+                "metadata": {
+                    "name": name, "namespace": namespace,
+                    "labels": {C.LABEL_NODE: C.label_value(node), C.LABEL_IPVSSETTINGS: C.label_value(st.name),
+                               C.LABEL_MANAGED_BY: C.MANAGED_BY},
+                    "annotations": {C.ANNOTATION_IPVSSETTINGS: st.name},
+                },
+                "spec": _dump_node_spec(NodeSpec(node=node, timeouts=timeouts, sysctls=sysctls)),
+            }
+            result.nodestates[name] = body
+            reports[node] = _settings_report(current.get(name), body)
+        result.settings_status[st.name] = _settings_status(st, errors, applied, taken, reports,
+                                                           bool(timeouts or sysctls), now)
+
+
+def _settings_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> str:
+    """"" when the node's agent programmed this very spec, else why not yet."""
+    if obj is None:
+        return "not written yet"
+    status = obj.get("status") or {}
+    gen = (obj.get("metadata") or {}).get("generation")
+    if obj.get("spec") != desired["spec"] or gen is None or status.get("observedGeneration") != gen:
+        return "waiting for the agent"
+    cond = _prev_condition(status, "Programmed")
+    return "" if cond.get("status") == "True" else (cond.get("message") or "not programmed")
+
+
+def _settings_status(st: IPVSSettings, errors: tuple[FieldError, ...], applied: list[str],
+                     taken: Mapping[str, str], reports: Mapping[str, str], declares: bool, now: str) -> dict:
+    gen = st.meta.generation
+    prev = st.status.get("conditions") or ()
+    status: dict[str, Any] = {"observedGeneration": gen, "nodes": applied, "nodeCount": len(applied)}
+    if errors:
+        acc = condition("Accepted", False, "Invalid", f"{_fmt_errors(errors)}; nothing of it is applied",
+                        gen, now, prev)
+    else:
+        acc = condition("Accepted", True, "Accepted", "valid", gen, now, prev)
+    if taken:
+        by = defaultdict(list)
+        for node, other in sorted(taken.items()):
+            by[other].append(node)
+        conflict = condition("Conflict", True, "Conflict", "; ".join(
+            f"node(s) {', '.join(ns)} already take their settings from IPVSSettings {other}, created earlier: "
+            "the oldest wins, so this one does not apply there" for other, ns in sorted(by.items())), gen, now, prev)
+    else:
+        conflict = condition("Conflict", False, "NoConflict", "no older IPVSSettings selects its nodes",
+                             gen, now, prev)
+    pending = sorted(f"{n}: {why}" for n, why in reports.items() if why)
+    if errors:
+        prog = condition("Programmed", False, "Invalid", "not applied: the spec is invalid", gen, now, prev)
+    elif not applied:
+        prog = condition("Programmed", False, "NoNodes",
+                         "spec.nodeSelector matches no Node that another IPVSSettings does not have", gen, now, prev)
+    elif not declares:
+        prog = condition("Programmed", True, "NothingDeclared",
+                         "declares no setting: its nodes keep the defaults", gen, now, prev)
+    elif pending:
+        prog = condition("Programmed", False, "Pending", "; ".join(pending), gen, now, prev)
+    else:
+        prog = condition("Programmed", True, "Programmed", f"programmed on {len(applied)} node(s)", gen, now, prev)
+    status["conditions"] = [acc, conflict, prog]
+    return status

@@ -24,7 +24,8 @@ import yaml
 
 from lvs_model import channel as C
 from lvs_model import kernel as K
-from lvs_model.nodespec import DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT, MIN_HEALTH_INTERVAL
+from lvs_model.nodespec import (DEFAULT_DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT, MAX_IPVS_TIMEOUT, MIN_HEALTH_INTERVAL,
+                                TIMEOUT_FIELDS)
 from lvs_model.sysctls import DEVICE_RE, RESERVED_DEVICES, SYSCTL_NAME_RE, SYSCTL_VALUE_RE, allowed_names
 
 from .crmodel import NAT_RETURN
@@ -419,7 +420,56 @@ def nodestate_spec() -> dict:
                     "x-kubernetes-validations": [_rule(
                         "self.all(k, k.matches('" + SYSCTL_NAME_RE + "'))",
                         "spec.sysctls: only " + ", ".join(allowed_names()) + " may be set")]},
-    }, "One node's share of one VirtualService, in the node-spec document format.", required=["node"])
+        "timeouts": timeouts_schema(),
+    }, "One node's share of one VirtualService (or of one IPVSSettings), in the node-spec document format.",
+        required=["node"])
+
+
+def timeouts_schema() -> dict:
+    return _obj({k: _int(0, MAX_IPVS_TIMEOUT, f"Seconds (ipvsadm --set's {name}); 0 or absent: the kernel's.")
+                 for k, name in TIMEOUT_FIELDS.items()},
+                "IPVS connection timeouts, as `ipvsadm --set TCP TCPFIN UDP`: tcp (established TCP), tcpFin "
+                "(TCP after a FIN), udp; in seconds. 0 or absent keeps the kernel's value (900, 120, 300 "
+                "unless somebody changed them).")
+
+
+# --------------------------------------------------------------------------
+# IPVSSettings
+# --------------------------------------------------------------------------
+
+def _flag(desc: str) -> dict:
+    return {"type": "boolean", "description": desc}
+
+
+def ipvssettings_spec() -> dict:
+    return _obj({
+        "nodeSelector": label_selector(
+            "The nodes (a director group) these settings are for; {} selects every node. A node two "
+            "IPVSSettings select takes the oldest's; the other says so in its Conflict condition."),
+        "timeouts": timeouts_schema(),
+        "connReuseMode": _int(0, 3, "net.ipv4.vs.conn_reuse_mode (0-3); absent: the kernel's (1)."),
+        "expireNodestConn": _flag("net.ipv4.vs.expire_nodest_conn; absent: true on a node that directs "
+                                  "a service (kube-lvs's default, as kube-proxy's)."),
+        "expireQuiescentTemplate": _flag("net.ipv4.vs.expire_quiescent_template; absent: true on a node "
+                                         "that directs a service (kube-lvs's default)."),
+        "sloppyTcp": _flag("net.ipv4.vs.sloppy_tcp: take over TCP connections mid-flow (a director that "
+                           "did not see the SYN); absent: the kernel's (false)."),
+        "sloppySctp": _flag("net.ipv4.vs.sloppy_sctp, the same for SCTP; absent: the kernel's (false)."),
+        "conntrack": _flag("net.ipv4.vs.conntrack: keep netfilter connection tracking for IPVS traffic; "
+                           "absent: the kernel's (false). Always on where a natReturn: snat service is "
+                           "directed (SNAT needs it), whatever this says."),
+    }, "Kernel-wide IPVS settings for the selected nodes. What is left out stays as without any "
+       "IPVSSettings: the agent's defaults, else the kernel's value.", required=["nodeSelector"])
+
+
+def ipvssettings_status() -> dict:
+    return _obj({
+        "observedGeneration": _int(0, fmt="int64"),
+        "nodes": {"type": "array", "items": _str(max_length=253),
+                  "description": "The nodes these settings apply to (selected, not taken by an older one)."},
+        "nodeCount": _int(0),
+        "conditions": condition_schema(),
+    }, "Written by the operator.")
 
 
 def _device(field_: str) -> dict:
@@ -460,7 +510,7 @@ AGE = _col("Age", ".metadata.creationTimestamp", "date")
 
 
 def crd(kind: str, plural: str, short: str, scope: str, spec: dict, status: dict, columns: list[dict],
-        desc: str) -> dict:
+        desc: str, singular: str = "") -> dict:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -468,7 +518,7 @@ def crd(kind: str, plural: str, short: str, scope: str, spec: dict, status: dict
                      "labels": {"app.kubernetes.io/name": "kube-lvs", "app.kubernetes.io/part-of": "kube-lvs"}},
         "spec": {
             "group": C.GROUP,
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular or kind.lower(),
                       "shortNames": [short], "categories": [C.CATEGORY]},
             "scope": scope,
             "versions": [{
@@ -518,6 +568,17 @@ def all_crds() -> dict[str, dict]:
                 _col("Addresses", ".spec.addresses"), _col("FWMarks", ".spec.fwmarks", priority=1),
                 _col("Namespaces", ".spec.namespaces"), AGE],
             "Admin-owned: which VIPs and firewall marks which namespaces may use."),
+        "ipvssettings.yaml": crd(
+            C.IPVSSETTINGS_KIND, C.IPVSSETTINGS_PLURAL, "lvsset", "Cluster",
+            ipvssettings_spec(), ipvssettings_status(), [
+                _col("Nodes", ".status.nodeCount", "integer"),
+                _col("TCP", ".spec.timeouts.tcp", "integer"), _col("TCPFIN", ".spec.timeouts.tcpFin", "integer"),
+                _col("UDP", ".spec.timeouts.udp", "integer"),
+                _col("Programmed", '.status.conditions[?(@.type=="Programmed")].status'),
+                _col("Conflict", '.status.conditions[?(@.type=="Conflict")].status', priority=1),
+                AGE],
+            "Admin-owned: kernel-wide IPVS settings (connection timeouts, net.ipv4.vs sysctls) for a "
+            "group of nodes.", singular="ipvssetting"),
         "nodestates.yaml": crd(
             C.NODESTATE_KIND, C.NODESTATE_PLURAL, "lvsnode", "Namespaced",
             nodestate_spec(), nodestate_status(), [

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from lvs_model.errors import FieldError
-from lvs_model.nodespec import Dest, Service, parse_dest, parse_service
+from lvs_model.nodespec import Dest, Service, parse_dest, parse_service, parse_timeouts
+from lvs_model.sysctls import sysctl_error
 
 # Fields of a VirtualService spec that are not part of the service document.
 VS_OPERATOR_FIELDS = ("method", "tunnel", "directorSelector", "natReturn")
@@ -313,3 +314,66 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
         if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
             return False
     return True
+
+
+# --------------------------------------------------------------------------
+# Kernel-wide IPVS settings
+# --------------------------------------------------------------------------
+
+# IPVSSettings spec field -> the net.ipv4.vs sysctl it declares (all in
+# lvs_model.sysctls' allowlist). Booleans are written 1/0.
+SETTINGS_SYSCTLS = {
+    "connReuseMode": "net.ipv4.vs.conn_reuse_mode",
+    "expireNodestConn": "net.ipv4.vs.expire_nodest_conn",
+    "expireQuiescentTemplate": "net.ipv4.vs.expire_quiescent_template",
+    "sloppyTcp": "net.ipv4.vs.sloppy_tcp",
+    "sloppySctp": "net.ipv4.vs.sloppy_sctp",
+    "conntrack": "net.ipv4.vs.conntrack",
+}
+SETTINGS_FIELDS = ("nodeSelector", "timeouts", *SETTINGS_SYSCTLS)
+
+
+@dataclass(frozen=True)
+class IPVSSettings:
+    """Kernel-wide IPVS settings (cluster-scoped) for the nodes its
+    ``nodeSelector`` matches: a director group. What it leaves out stays as
+    without it (the agent's defaults, the kernel's values)."""
+
+    meta: Meta
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> "IPVSSettings":
+        return cls(Meta.of(obj), dict(obj.get("spec") or {}), dict(obj.get("status") or {}))
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def node_selector(self) -> Mapping[str, Any] | None:
+        return self.spec.get("nodeSelector")
+
+    def node_fields(self, errors: list[FieldError]) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+        """(timeouts, sysctls) as the node-spec document's fields, with errors
+        at ``spec.*`` paths; a bad field is reported and left out."""
+        for k in self.spec:
+            if k not in SETTINGS_FIELDS:
+                errors.append(FieldError(f"spec.{k}", f"unknown field (known: {', '.join(SETTINGS_FIELDS)})"))
+        if not isinstance(self.node_selector, Mapping):
+            errors.append(FieldError("spec.nodeSelector", "is required ({} selects every node)"))
+        timeouts = parse_timeouts(self.spec.get("timeouts"), "spec.timeouts", errors)
+        sysctls = []
+        for key, name in SETTINGS_SYSCTLS.items():
+            if key not in self.spec:
+                continue
+            raw = self.spec[key]
+            value = str(int(raw)) if isinstance(raw, (bool, int)) else str(raw)
+            why = sysctl_error(name, value) if key == "connReuseMode" or isinstance(raw, bool) else \
+                f"{raw!r} must be true or false"
+            if why:
+                errors.append(FieldError(f"spec.{key}", why))
+            else:
+                sysctls.append((name, value))
+        return timeouts, tuple(sorted(sysctls))

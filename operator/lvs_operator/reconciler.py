@@ -41,7 +41,7 @@ from .compiler import Event, Result, compile_cluster
 
 log = logging.getLogger("lvs_operator")
 
-KINDS = ("virtualservices", "realservers", "vippools", "nodes", "namespaces", "nodestates")
+KINDS = ("virtualservices", "realservers", "vippools", "nodes", "namespaces", "nodestates", "ipvssettings")
 
 
 def now_rfc3339() -> str:
@@ -127,11 +127,12 @@ def plan_writes(result: Result, snapshot: Mapping[str, Iterable[Mapping[str, Any
             obj = by_key.get(ref)
             if obj is not None and (obj.get("status") or {}) != wanted[ref]:
                 w.status.append((plural, ref[0], ref[1], wanted[ref]))
-    pools = {key_of(o)[1]: o for o in snapshot.get("vippools", ())}
-    for name in sorted(result.pool_status):
-        obj = pools.get(name)
-        if obj is not None and (obj.get("status") or {}) != result.pool_status[name]:
-            w.status.append(("vippools", "", name, result.pool_status[name]))
+    for plural, wanted in (("vippools", result.pool_status), ("ipvssettings", result.settings_status)):
+        cluster_scoped = {key_of(o)[1]: o for o in snapshot.get(plural, ())}
+        for name in sorted(wanted):
+            obj = cluster_scoped.get(name)
+            if obj is not None and (obj.get("status") or {}) != wanted[name]:
+                w.status.append((plural, "", name, wanted[name]))
     w.events = list(result.events)
     return w
 
@@ -163,8 +164,11 @@ def scope_of_change(kind: str, key: tuple[str, str], old: Mapping[str, Any] | No
     A RealServer affects the VirtualService it names (before and after); a
     NodeState (an agent's report) the VirtualService it was compiled from; a
     VirtualService whose status alone changed (our own write coming back)
-    itself. Everything else (a VirtualService created, deleted or edited: it
-    can win or lose a conflict; pools, nodes, namespaces) needs a full pass.
+    itself; an IPVSSettings whose status alone changed nothing. Everything
+    else (a VirtualService created, deleted or edited: it can win or lose a
+    conflict; pools, nodes, namespaces, IPVSSettings, an agent's report on an
+    IPVSSettings' NodeState) needs a full pass: only full passes compile
+    IPVSSettings (scoped_snapshot).
     """
     if kind == "realservers":
         return {r for r in (_vs_ref_of_realserver(old), _vs_ref_of_realserver(new)) if r}
@@ -173,6 +177,8 @@ def scope_of_change(kind: str, key: tuple[str, str], old: Mapping[str, Any] | No
         return refs or None
     if kind == "virtualservices" and old and new and _without_status(old) == _without_status(new):
         return {key}
+    if kind == "ipvssettings" and old and new and _without_status(old) == _without_status(new):
+        return set()
     return None
 
 
@@ -184,10 +190,13 @@ SCOPED_KINDS: dict[str, Callable[[Mapping[str, Any]], Ref | None]] = {
 
 def scoped_snapshot(snap: Mapping[str, list[dict]], refs: set[Ref]) -> dict[str, list[dict]]:
     """The part of a snapshot a compile of ``refs`` needs (all pools, nodes and
-    namespaces; only their VirtualServices, RealServers and NodeStates)."""
+    namespaces; only their VirtualServices, RealServers and NodeStates; no
+    IPVSSettings: their NodeStates are not in it, so only a full pass may
+    compile them, or it would write them anew and never delete one)."""
     out = dict(snap)
     for kind, ref_of in SCOPED_KINDS.items():
         out[kind] = [o for o in snap.get(kind, ()) if ref_of(o) in refs]
+    out["ipvssettings"] = []
     return out
 
 
@@ -196,7 +205,7 @@ def compile_snapshot(snapshot: Mapping[str, Iterable[Mapping[str, Any]]], namesp
         snapshot.get("virtualservices", ()), snapshot.get("realservers", ()), snapshot.get("vippools", ()),
         snapshot.get("nodes", ()), snapshot.get("namespaces", ()),
         [o for o in snapshot.get("nodestates", ()) if key_of(o)[0] == namespace],
-        namespace=namespace, now=now)
+        namespace=namespace, now=now, ipvssettings=snapshot.get("ipvssettings", ()))
 
 
 # --------------------------------------------------------------------------
