@@ -32,15 +32,14 @@ not changed at all.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
-from pathlib import Path
 from typing import Iterable, Mapping
 
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
+
+from .jsonrecord import JsonRecord
 
 DrainKey = tuple[ServiceKey, DestKey]
 _ADDR_PORT = attrgetter("address", "port")
@@ -151,30 +150,12 @@ def _from_json(data: Mapping) -> Records:
     return out
 
 
-class DrainStore:
-    """The drain records on disk, replaced atomically (a crash mid-write
-    leaves the previous record). A missing or unreadable file is no drains:
+class DrainStore(JsonRecord[Records]):
+    """The drain records on disk. A missing or unreadable file is no drains:
     a dest then found leaving starts a new drain, never an early delete."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def load(self) -> Records:
-        try:
-            return _from_json(json.loads(self.path.read_text()))
-        except FileNotFoundError:
-            return {}
-        except (ValueError, TypeError, KeyError):
-            return {}
-
-    def save(self, records: Mapping[DrainKey, float]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".drain.")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(_to_json(records), separators=(",", ":")))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        super().__init__(path, _from_json, _to_json, dict)
 
 
 def read_active(netns: str | None, keys: Iterable[ServiceKey], conn=None) -> dict[DrainKey, int]:

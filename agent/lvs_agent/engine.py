@@ -272,9 +272,8 @@ class Engine:
             if incremental:
                 if mem is not None and sweep > 0:
                     check, node_side, done = self._sweep_slice(mem, owned, sweep)
-                if mem is not None:
-                    check = [*check, *self._drain_due()]
-                d = I.delta(mem, spec, self._owned[0] if self._owned else None, check)
+                drains = self._drain_due() if mem is not None else []
+                d = I.delta(mem, spec, self._owned[0] if self._owned else None, [*check, *drains])
             uplink = mem.uplink if mem is not None else ""
             if d is None or d.full:
                 if d is not None:

@@ -24,15 +24,13 @@ behaviour before: configured weights until the checks decide).
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Mapping
 
 from lvs_model.nodespec import DestKey, ServiceKey
 
 from .health import HEALTHY, UNHEALTHY, DestHealth, Verdicts
+from .jsonrecord import JsonRecord
 
 VERDICT_RECORD = "verdicts.json"  # in the agent's state directory
 
@@ -54,26 +52,9 @@ def from_json(data: Mapping) -> Verdicts:
     return out
 
 
-class VerdictStore:
+class VerdictStore(JsonRecord[Verdicts]):
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def load(self) -> Verdicts:
-        try:
-            return from_json(json.loads(self.path.read_text()))
-        except FileNotFoundError:
-            return {}
-        except (ValueError, TypeError, KeyError):
-            return {}
-
-    def save(self, verdicts: Mapping[tuple[ServiceKey, DestKey], DestHealth]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".verdicts.")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(to_json(verdicts), separators=(",", ":")))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        super().__init__(path, from_json, to_json, dict)
 
 
 __all__ = ["VERDICT_RECORD", "VerdictStore", "from_json", "to_json"]

@@ -19,17 +19,8 @@ from lvs_agent.engine import Engine
 from lvs_agent.observe import read_ipvs
 from lvs_model.nodespec import DestKey
 
-from engine_helpers import HoldServer, reconcile_ok, spec
-from test_engine_lifecycle import HOLD_PORT, Held, hold_doc
-
-
-@pytest.fixture
-def echo_nat(seed_nat):
-    t = seed_nat
-    servers = [HoldServer(ns, name, HOLD_PORT, echo=True) for ns, name in zip(t.real_servers, t.names)]
-    yield t
-    for s in servers:
-        s.close()
+from engine_helpers import reconcile_ok, spec
+from test_engine_lifecycle import HOLD_PORT, Held, echo_nat, hold_doc  # noqa: F401 - echo_nat: a fixture
 
 
 def drain_engine(t, tmp_path) -> Engine:
