@@ -30,7 +30,7 @@ from .gcpause import GCPauses
 from .health import HealthChecker, effective_spec
 from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, stale_statuses,
                         status_changed)
-from .object_cache import ObjectCache
+from .object_cache import ObjectCache, reconcile_from_cache
 from .verdicts import VERDICT_RECORD, VerdictStore
 from lvs_model.status_writer import StatusWriter
 from lvs_model.watchstream import Gone, check, follow
@@ -85,6 +85,10 @@ class Agent:
         self.resync, self.conn_status_interval = resync, conn_status_interval
         self.objects: dict[str, dict] = {}
         self.synced = False
+        # Programming from the cache file alone: no list since the start. Such
+        # passes add and update only (object_cache.additive), one per resync.
+        self.from_cache = False
+        self._objects_lock = threading.Lock()  # the first list against a cache load
         self.stopping = False
         self.reconciles = 0
         self.reconcile_errors = 0
@@ -152,11 +156,17 @@ class Agent:
             return dirty
 
     def _load_cache(self) -> None:
+        """Seed the objects from the cache file, only before the first list:
+        a list that finished first stands (the watch resumes from its version,
+        so an object it no longer has would never be deleted again)."""
         cached = self.cache.load()
-        if cached is not None:
-            self.objects = cached
-            self.synced = True
-            log.info("API server unreachable at start: using %d cached objects", len(self.objects))
+        if cached is None:
+            return
+        with self._objects_lock:
+            if self.synced:
+                return
+            self.objects, self.synced, self.from_cache = cached, True, True
+        log.info("API server unreachable at start: using %d cached objects", len(cached))
 
     CACHE_EVERY = 5.0  # seconds: at 10k objects the cache is megabytes of JSON
 
@@ -178,6 +188,14 @@ class Agent:
         self._cache_thread = threading.Thread(target=self._save_cache, daemon=True,
                                               kwargs={"pause": self._yield_to_pass})
         self._cache_thread.start()
+
+    def _flush_cache(self) -> None:
+        """On the way out (SIGTERM): what the watch changed since the last
+        write. Without it a restart read objects up to CACHE_EVERY old."""
+        if self._cache_thread is not None:
+            self._cache_thread.join()
+        if self._cache_dirty:
+            self._save_cache()
 
     def _yield_to_pass(self) -> None:
         """Between slices of background work: wait while a change is programmed."""
@@ -210,14 +228,15 @@ class Agent:
                 continue
             changed.append(name)
         changed += [n for n in self.objects if n not in fresh]
-        self.objects = fresh
+        with self._objects_lock:
+            self.objects = fresh
+            self.synced, self.from_cache = True, False
         if first:
             self._sent.clear()
             self._touch()
         for name in changed:
             self._sent.pop(name, None)
             self._touch(name)
-        self.synced = True
         self._save_cache()
         self.wake()
         return listed["metadata"]["resourceVersion"]
@@ -367,14 +386,17 @@ class Agent:
             merged, programmed = self._merged, self._programmed
         started = self._pass_at = time.monotonic()
         sweep = 0
-        if full:
+        hold = self.from_cache  # no list yet: adds and updates only, the first full pass to come
+        if full and not hold:
             # Even if it fails: the engine goes full by itself after a failure,
             # and the loop must not spin on a failing reconcile.
             self._last_full = self._swept_at = started
-        else:
+        elif not full:
             sweep = self._sweep_size(len(merged.spec.services), started, change=woken)
         try:
-            if full:
+            if hold:
+                report = await asyncio.to_thread(reconcile_from_cache, self.engine, programmed)
+            elif full:
                 report = await asyncio.to_thread(self.engine.reconcile, programmed)
             else:
                 report = await asyncio.to_thread(self.engine.reconcile, programmed, incremental=True,
@@ -518,11 +540,13 @@ class Agent:
                 pass
             woken = self._wake.is_set()
             self._wake.clear()
-            due = time.monotonic() - self._pass_at >= tick
+            # From the cache alone only health changes: an (adds-only, full) pass per resync.
+            due = time.monotonic() - self._pass_at >= (max(tick, self.resync) if self.from_cache else tick)
             if self.synced and not self.stopping and (woken or due):
                 await self.reconcile_once(full=self._last_full is None, woken=woken)
             if self._cache_dirty and self._until_cache() == 0.0:
                 self._save_cache_soon()
+        self._flush_cache()
         await self.checker.stop()
         self.status.stop()
         self.gc.uninstall()

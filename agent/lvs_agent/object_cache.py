@@ -1,5 +1,5 @@
 """The agent's copy of its NodeStates on disk: what it programs when it starts
-while the API server is away."""
+while the API server is away (adds and updates only, `reconcile_from_cache`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,11 @@ import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
+
+from lvs_model.nodespec import NodeSpec
+
+from . import ops as O
+from .plan import Plan, claim
 
 
 def slim(obj: dict) -> dict:
@@ -61,3 +66,38 @@ class ObjectCache:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(body)
             os.replace(tmp, self.path)
+
+
+# What a pass programmed from the cache alone leaves out: every op that
+# removes or undoes something (a drained dest is a removal too, and a
+# replaced SNAT table drops the rules of services the cache does not list).
+_REMOVALS = (O.DelService, O.DelDest, O.DelAddress, O.DelLink, O.DelRule, O.DelRoute, O.DelNftTable)
+
+
+def additive(p: Plan) -> Plan:
+    """``p`` with only its adds and updates.
+
+    The cache can be older than the ownership record: it is written every few
+    seconds, the record before every apply. A service created after the last
+    cache write is owned but not in the cache, and a full reconcile from the
+    cache alone would delete it (and its VIP, its dests...) while the API
+    server, once it answers, still wants it. Until the first list has come,
+    nothing is removed; the first full reconcile after it removes what the
+    API server no longer has."""
+    keep = [op for op in p.ops
+            if not isinstance(op, _REMOVALS) and not getattr(op, "restore", False)
+            and not (isinstance(op, O.SetLinkUp) and not op.up)
+            and not (isinstance(op, O.ReplaceNftTable) and not op.create)]
+    return Plan(keep, dict(p.problems))
+
+
+def reconcile_from_cache(engine: Any, spec: NodeSpec) -> Any:
+    """The engine's full reconcile (plan, claim, save, apply, settle, save)
+    with an `additive` plan: the agent's pass before its first list (an
+    engine.Report)."""
+    from .engine import build_report
+    with engine._lock:
+        p, obs, owned, uplink = engine.plan(spec)
+        p = additive(p)
+        results = engine._claim_apply_settle(p, owned, claim(owned, p, obs, spec, uplink))
+    return build_report(spec, p, results, uplink)
