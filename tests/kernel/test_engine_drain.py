@@ -9,6 +9,7 @@ dest all fail on that code.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from lvs_agent.engine import Engine
 from lvs_agent.observe import read_ipvs
 from lvs_model.nodespec import DestKey
 
+from agent_helpers import new_agent, passes, stop
 from engine_helpers import reconcile_ok, spec
 from test_engine_lifecycle import HOLD_PORT, Held, echo_nat, hold_doc  # noqa: F401 - echo_nat: a fixture
 
@@ -151,3 +153,47 @@ def test_drain_timeout_ends_a_drain_with_the_connection_still_open(echo_nat, tmp
             conn.close()
         reconcile_ok(e, {})
         e.close()
+
+
+def test_agent_shows_a_draining_dest_and_deletes_it_once_drained(echo_nat, tmp_path):
+    """The agent's own loop (its default re-check interval): a RealServer
+    gone from the NodeState while a client holds a connection through it is
+    listed Draining at weight 0 with its active connection, new connections
+    avoid it, and once the connection closes the agent's passes delete it and
+    its status entry goes. Before drain.py the first pass deleted it."""
+    t = echo_nat
+    obj = {"metadata": {"name": "d1-web", "generation": 1}, "spec": {"node": "d1", **hold_doc(t)}}
+    a = new_agent(t.director, tmp_path, {"d1-web": obj})
+    a.conn_status_interval = 0.2  # connection counts read into statuses every pass, not every 30 s
+    conn = None
+
+    def dests() -> dict:
+        return {d["address"]: d for d in (a.statuses.get("d1-web") or {}).get("dests", [])}
+
+    async def go():
+        nonlocal conn
+        await passes(a, lambda: set(dests()) == set(t.rips), 30)
+        conn = await asyncio.to_thread(Held, t.client, t.vip, HOLD_PORT)
+        victim = t.rips[t.names.index(conn.server)]
+        other = next(r for r in t.rips if r != victim)
+        a.objects["d1-web"] = {"metadata": {"name": "d1-web", "generation": 2},
+                               "spec": {"node": "d1", **doc(t, [other])}}
+        a._touch("d1-web")
+        await passes(a, lambda: dests().get(victim, {}).get("activeConns") == 1, 30, full=False)
+        assert dests()[victim] == {"service": f"tcp:{t.vip}:{HOLD_PORT}", "address": victim, "port": HOLD_PORT,
+                                   "health": "Draining", "weight": 0, "activeConns": 1, "inactiveConns": 0}
+        assert kernel_dests(t)[victim] == (0, 1)
+        assert await asyncio.to_thread(conn.echo, "held") == "held"
+        conn.close()
+        await passes(a, lambda: victim not in kernel_dests(t), 30, full=False)
+        await passes(a, lambda: set(dests()) == {other}, 30, full=False)
+        assert a.engine.draining == {}
+        await stop(a)
+
+    try:
+        asyncio.run(go())
+    finally:
+        if conn is not None:
+            conn.close()
+        with Engine(tmp_path / "ownership.json", netns=t.director) as e:
+            reconcile_ok(e, {})

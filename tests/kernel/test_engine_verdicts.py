@@ -15,14 +15,12 @@ import asyncio
 import threading
 import time
 
-import pytest
-
-from lvs_agent.engine import DRAIN_RECORD, Engine
+from lvs_agent.engine import Engine
 from lvs_agent.health import UNHEALTHY
-from lvs_agent.main import Agent
 from lvs_agent.observe import read_ipvs
 from lvs_agent.verdicts import VERDICT_RECORD, VerdictStore
 
+from agent_helpers import new_agent, passes, stop
 from engine_helpers import HoldServer, spec
 
 PORT = 8080
@@ -43,34 +41,6 @@ def weights(t) -> dict[str, int]:
     return {d.address: d.weight for d in svc.dests} if svc is not None else {}
 
 
-def new_agent(t, state) -> Agent:
-    engine = Engine(state / "ownership.json", netns=t.director, drain_path=state / DRAIN_RECORD)
-    a = Agent("d1", "kube-lvs-system", engine, None, state / "nodestates.json",
-              patch_status=lambda ns, name, body: None)
-    a.objects = {"d1-web": nodestate(t)}
-    a.synced = True
-    a._touch()
-    return a
-
-
-async def passes(a: Agent, t, done, seconds: float) -> None:
-    """The agent's passes (the first full) until ``done()``; fails after ``seconds``."""
-    began, full = time.monotonic(), True
-    while time.monotonic() - began < seconds:
-        await a.reconcile_once(full=full, woken=True)
-        full = False
-        if done():
-            return
-        await asyncio.sleep(0.2)
-    pytest.fail(f"not reached in {seconds}s: verdicts {a.checker.verdicts}, kernel {weights(t)}")
-
-
-async def stop(a: Agent) -> None:
-    await a.checker.stop()
-    a.status.stop()
-    a.engine.close()
-
-
 def test_a_restarted_agent_keeps_a_dead_server_at_zero(seed_nat, tmp_path):
     t = seed_nat
     dead_rip, alive_rip = t.rips
@@ -78,10 +48,10 @@ def test_a_restarted_agent_keeps_a_dead_server_at_zero(seed_nat, tmp_path):
     servers[0].close()  # the dead server: nothing listens on its port
     seen: list[dict[str, int]] = []
     try:
-        first = new_agent(t, tmp_path)
+        first = new_agent(t.director, tmp_path, {"d1-web": nodestate(t)})
 
         async def run_first():
-            await passes(first, t, lambda: weights(t) == {dead_rip: 0, alive_rip: 3}, 60)
+            await passes(first, lambda: weights(t) == {dead_rip: 0, alive_rip: 3}, 60)
             await stop(first)
         asyncio.run(run_first())
         saved = VerdictStore(tmp_path / VERDICT_RECORD).load()
@@ -97,7 +67,7 @@ def test_a_restarted_agent_keeps_a_dead_server_at_zero(seed_nat, tmp_path):
                 time.sleep(0.02)
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        second = new_agent(t, tmp_path)
+        second = new_agent(t.director, tmp_path, {"d1-web": nodestate(t)})
 
         def fresh_checks_decided() -> bool:
             # The new agent's own checks have failed the dead server ``fall`` times.
@@ -105,7 +75,7 @@ def test_a_restarted_agent_keeps_a_dead_server_at_zero(seed_nat, tmp_path):
             return h is not None and h.failures >= FALL
 
         async def run_second():
-            await passes(second, t, fresh_checks_decided, 60)
+            await passes(second, fresh_checks_decided, 60)
             await second.reconcile_once(full=False, woken=True)
             await stop(second)
         asyncio.run(run_second())
