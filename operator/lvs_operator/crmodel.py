@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Self
 
 from lvs_model.errors import FieldError
 from lvs_model.nodespec import Dest, Service, parse_dest, parse_service, parse_timeouts
@@ -55,15 +55,20 @@ class Meta:
 
 
 @dataclass(frozen=True)
-class VirtualService:
+class CustomResource:
+    """A namespaced or cluster-scoped custom resource: its metadata, spec and status."""
+
     meta: Meta
     spec: Mapping[str, Any]
     status: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> "VirtualService":
+    def of(cls, obj: Mapping[str, Any]) -> Self:
         return cls(Meta.of(obj), dict(obj.get("spec") or {}), dict(obj.get("status") or {}))
 
+
+@dataclass(frozen=True)
+class VirtualService(CustomResource):
     @property
     def method(self) -> str:
         return self.spec.get("method") or DEFAULT_METHOD
@@ -114,15 +119,7 @@ class VirtualService:
 
 
 @dataclass(frozen=True)
-class RealServer:
-    meta: Meta
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> "RealServer":
-        return cls(Meta.of(obj), dict(obj.get("spec") or {}), dict(obj.get("status") or {}))
-
+class RealServer(CustomResource):
     @property
     def virtual_service(self) -> str:
         return str(self.spec.get("virtualService") or "")
@@ -334,18 +331,10 @@ SETTINGS_FIELDS = ("nodeSelector", "timeouts", *SETTINGS_SYSCTLS)
 
 
 @dataclass(frozen=True)
-class IPVSSettings:
+class IPVSSettings(CustomResource):
     """Kernel-wide IPVS settings (cluster-scoped) for the nodes its
     ``nodeSelector`` matches: a director group. What it leaves out stays as
     without it (the agent's defaults, the kernel's values)."""
-
-    meta: Meta
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> "IPVSSettings":
-        return cls(Meta.of(obj), dict(obj.get("spec") or {}), dict(obj.get("status") or {}))
 
     @property
     def name(self) -> str:
