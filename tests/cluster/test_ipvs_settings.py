@@ -177,3 +177,17 @@ def test_the_operator_compiles_settings_oldest_wins_edits_and_collects(control_p
                                                             f"{N2}.ipvssettings.{young}"]), 60, "young on both")
     wait_for(lambda: _conditions(api, young)[1].get("Conflict", {}).get("status") == "False", 60,
              "young's Conflict cleared")
+
+
+def test_the_operator_reads_ipvssettings_and_writes_only_their_status(control_plane, api):
+    """deploy/'s RBAC both ways for the new kind (before it: no rule, every
+    "yes" here was a "no" and the operator's caches never listed)."""
+    def can(*args):
+        r = control_plane.kubectl("auth", "can-i", *args,
+                                  f"--as=system:serviceaccount:{OPNS}:kube-lvs-operator", check=False)
+        return r.stdout.strip() == "yes"
+    kind = f"{C.IPVSSETTINGS_PLURAL}.{C.GROUP}"
+    assert can("list", kind) and can("watch", kind) and can("get", kind)
+    assert can("patch", kind, "--subresource=status")
+    assert not can("update", kind) and not can("patch", kind)  # the admins' spec
+    assert not can("create", kind) and not can("delete", kind)
