@@ -9,6 +9,8 @@ by an explicit sysctl.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lvs_model import channel as C
@@ -26,7 +28,8 @@ DIRECTORS = {"matchLabels": {"lvs.kube-lvs.io/director": "true"}}
 def settings(name, ts="2026-01-01T00:00:00Z", gen=1, status=None, **spec):
     spec.setdefault("nodeSelector", DIRECTORS)
     o = obj(name, spec, namespace="", ts=ts, gen=gen, status=status)
-    o["metadata"]["resourceVersion"] = f"{name}-{gen}"
+    # Distinct per content: the compiler memoises by (uid, resourceVersion), as the API server's are.
+    o["metadata"]["resourceVersion"] = f"{name}-{gen}-{json.dumps(spec, sort_keys=True)}"
     return o
 
 
@@ -198,3 +201,23 @@ def test_settings_changes_need_a_full_pass_and_scoped_passes_leave_them_alone():
     scoped = scoped_snapshot(_snap([s], written), {("team-a", "web")})
     ws = plan_writes(compile_snapshot(scoped, NS, "now"), scoped, NS)
     assert not ws.create and not ws.delete and not ws.status
+
+
+def test_the_agent_merges_a_settings_nodestate_with_the_services_and_its_values_win():
+    """Operator to agent: the NodeStates of one director merge into one spec
+    whose timeouts and declared sysctls are the IPVSSettings' and override
+    the defaults; adding the settings NodeState after the services takes the
+    full merge (node-level fields changed), not the fast path."""
+    from lvs_agent.nodestate import merge
+
+    vss, rss = [vs("web", address="192.168.0.10", port=80)], [rs("a", "web", "10.0.0.51", port=80)]
+    s = settings("lvs", timeouts={"tcp": 120}, expireNodestConn=False)
+    r = compile_cluster(vss, rss, POOLS, NODES, ipvssettings=[s])
+    mine = {n: b for n, b in r.nodestates.items() if b["spec"]["node"] == "d1"}
+    assert sorted(mine) == ["d1-team-a-web", "d1.ipvssettings.lvs"]
+    services_only = merge({"d1-team-a-web": mine["d1-team-a-web"]}, "d1")
+    assert effective_sysctls(services_only.spec, "")["net.ipv4.vs.expire_nodest_conn"] == "1"
+    both = merge(mine, "d1", services_only)
+    assert both.spec.timeouts == (("tcp", 120),) and not both.errors
+    assert effective_sysctls(both.spec, "")["net.ipv4.vs.expire_nodest_conn"] == "0"
+    assert [s.key for s in both.spec.services] == [s.key for s in services_only.spec.services]
