@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
-from lvs_agent.engine import Engine
 from lvs_agent.object_cache import reconcile_from_cache
 from lvs_agent.state import outcome_unknown
 from lvs_lab.netns import call_in_netns
-from lvs_lab.topology import Lab
 
 from engine_helpers import reconcile_ok, spec
+from test_engine_lifecycle import bare, ipvsadm  # noqa: F401 - bare: the fixture
 
 ARP = "net.ipv4.conf.lo.arp_ignore"
-
-
-@pytest.fixture
-def bare(tmp_path):
-    """A namespace with lo up and nothing else (IPVS needs no traffic here)."""
-    with Lab() as lab:
-        ns = lab.host("records")
-        lab.apply()
-        e = Engine(tmp_path / "own.json", netns=ns)
-        yield lab, ns, e
-        e.close()
 
 
 def read(ns: str, name: str = ARP) -> str:
@@ -42,10 +28,6 @@ def write(ns: str, value: str, name: str = ARP) -> None:
         with open(path, "w") as f:
             f.write(value)
     call_in_netns(ns, do)
-
-
-def ipvsadm(lab: Lab, ns: str, *args: str) -> str:
-    return lab.run(ns, "ipvsadm", *args).stdout
 
 
 def test_a_sysctl_changed_by_hand_is_left_when_no_longer_wanted(bare):
