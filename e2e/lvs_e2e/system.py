@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from lvs_cluster.control_plane import ControlPlane, die_with_parent
 from lvs_lab.vm import LabVM
 from lvs_model.channel import DEFAULT_NAMESPACE
@@ -213,7 +215,6 @@ class System:
             self.add_node(node)
         token = self.kubectl("create", "token", AGENT_SA, "-n", DEFAULT_NAMESPACE, "--duration=24h",
                              "--bound-object-kind=Node", f"--bound-object-name={node}").strip()
-        import yaml
         user = f"system:serviceaccount:{DEFAULT_NAMESPACE}:{AGENT_SA}@{node}"
         path = self.workdir / f"agent-{node}.kubeconfig"
         path.write_text(yaml.safe_dump({
@@ -230,7 +231,9 @@ class System:
         its mountinfo and its command line (to check it is the agent)."""
         assert self.ctl is not None
         pid = self.agent_pids[node]
-        read = lambda what: self.ctl.run(["cat", f"/proc/{pid}/{what}"]).check().out  # noqa: E731
+
+        def read(what: str) -> str:
+            return self.ctl.run(["cat", f"/proc/{pid}/{what}"]).check().out
         return status_caps(read("status")), read("mountinfo"), read("cmdline").replace("\0", " ")
 
     def stop_agent(self, node: str, sig: int = 15) -> int | None:
