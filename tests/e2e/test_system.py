@@ -100,6 +100,51 @@ def test_metrics_endpoint_reports_the_kernel(nat):
     assert "192.168.0.30:8080" not in text  # the foreign service is not ours to report
 
 
+def probes_to_client(system) -> int:
+    """SYNs the director sent to the client's port 80 (an nftables counter in
+    the client's namespace): what a health check of that address would send."""
+    out = system.g("ip", "netns", "exec", "nat-client", "nft", "-j", "list", "table", "inet", "e2e_probe")
+    rules = [i["rule"] for i in json.loads(out)["nftables"] if "rule" in i]
+    return sum(e["counter"]["packets"] for r in rules for e in r["expr"] if "counter" in e)
+
+
+def test_a_tenant_real_server_outside_the_pool_is_neither_programmed_nor_probed(nat):
+    """Issue 16: the seed pool limits real servers to 10.0.0.0/24. A tenant's
+    RealServer at the client's address (any host the director can reach)
+    gets AddressNotAllowed; the director's kernel never gets the dest and its
+    agent never probes the address, while the allowed servers keep working."""
+    for cmd in ("add table inet e2e_probe",
+                "add chain inet e2e_probe input { type filter hook input priority 0 ; }",
+                "add rule inet e2e_probe input ip saddr { 192.168.0.30, 10.0.0.30 } tcp dport 80 "
+                "tcp flags syn counter"):
+        nat.g("ip", "netns", "exec", "nat-client", "nft", *cmd.split())
+    nat.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "lvs.kube-lvs.io/v1alpha1", "kind": "RealServer",
+        "metadata": {"name": "outside", "namespace": "web"},
+        "spec": {"virtualService": "http", "address": "192.168.0.1", "port": 80}}))
+    try:
+        def refused():
+            conds = {c["type"]: c for c in realservers(nat, "web").get("outside", {}).get("conditions", [])}
+            return conds.get("Accepted", {}).get("reason") == "AddressNotAllowed" and conds["Accepted"]
+        cond = wait_until("the RealServer refused", refused, timeout=90, every=2)
+        assert "spec.realServerAddresses" in cond["message"]
+        # Several health-check intervals (2 s) and a sweep later: nothing reached the kernel or the address.
+        assert set(nat.requests("nat", NAT_VIP, 4)) == {"rs1", "rs2"}
+        import time
+        time.sleep(8)
+        assert "192.168.0.1:80" not in nat.ipvsadm("nat-director", "-Ln")
+        assert probes_to_client(nat) == 0
+        nodestates = nat.kubectl("get", "nodestates.lvs.kube-lvs.io", "-n", "kube-lvs-system", "-o", "json")
+        assert "192.168.0.1\"" not in nodestates.replace(" ", "")
+        # The counter counts: one SYN from the director to that address shows up.
+        nat.g("ip", "netns", "exec", "nat-director", "bash", "-c",
+              "exec 3<>/dev/tcp/192.168.0.1/80 || true")
+        assert probes_to_client(nat) >= 1
+    finally:
+        nat.kubectl("delete", "realservers.lvs.kube-lvs.io", "-n", "web", "outside", "--ignore-not-found")
+        nat.g("ip", "netns", "exec", "nat-client", "nft", "delete", "table", "inet", "e2e_probe")
+
+
 def test_stopped_server_turns_unhealthy_and_comes_back(nat):
     nat.stop_server("nat", "rs2")
     wait_until("rs2 Unhealthy", lambda: healths(nat, "web").get("rs2") == "Unhealthy", timeout=120, every=2)
@@ -200,6 +245,8 @@ def test_seed_tun_with_agents_on_the_real_servers(system):
     for rs in ("rs1", "rs2"):
         s.start_server("tun", rs)
         s.start_agent(rs, f"tun-{rs}")
+        # The admin lets the pool's tenants name these nodes (the pool's backendNodeSelector).
+        s.kubectl("label", "node", rs, "lvs.kube-lvs.io/role=backend", "--overwrite")
     s.kubectl("label", "node", "nat-director", "lvs.kube-lvs.io/director-")
     s.kubectl("label", "node", "tun-director", "lvs.kube-lvs.io/director=true")
     s.start_agent("tun-director", "tun-director")
