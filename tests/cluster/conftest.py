@@ -26,6 +26,18 @@ def nodestate_api(control_plane):
     return client.CustomObjectsApi(control_plane.api_client())
 
 
+@pytest.fixture(scope="module")
+def kube_lvs(control_plane):
+    """The control plane with deploy/ installed (kubectl apply -k, as README
+    says) and every CRD established."""
+    from lvs_model import channel as C
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy"))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                          *[f"crd/{p}.{C.GROUP}" for p in (C.VIRTUALSERVICE_PLURAL, C.REALSERVER_PLURAL,
+                                                            C.VIPPOOL_PLURAL, C.NODESTATE_PLURAL)])
+    return control_plane
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: F811
     _mark_users(config, items)
     for item in items:

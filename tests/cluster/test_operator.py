@@ -173,12 +173,8 @@ def rs(namespace, name, virtual_service, address, **spec):
 
 
 @pytest.fixture(scope="module")
-def env(control_plane, tmp_path_factory, request):
-    cp = control_plane
-    cp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy"))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               *[f"crd/{p}.{C.GROUP}" for p in (C.VIRTUALSERVICE_PLURAL, C.REALSERVER_PLURAL,
-                                                 C.VIPPOOL_PLURAL, C.NODESTATE_PLURAL)])
+def env(kube_lvs, tmp_path_factory, request):
+    cp = kube_lvs
     cp.apply([node(D1, "10.10.0.30", "fd00:10::30", director=True, role="director"),
               node(D2, "10.10.0.31", "fd00:10::31", director=True, role="director"),
               node(D3, "10.10.0.32", role="director-spare"),

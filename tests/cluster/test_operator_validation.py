@@ -138,12 +138,9 @@ PLURAL = {"VirtualService": C.VIRTUALSERVICE_PLURAL, "RealServer": C.REALSERVER_
 
 
 @pytest.fixture(scope="module")
-def api(control_plane):
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy"))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          *[f"crd/{p}.{C.GROUP}" for p in PLURAL.values()])
+def api(kube_lvs):
     from kubernetes import client
-    return client.CustomObjectsApi(control_plane.api_client())
+    return client.CustomObjectsApi(kube_lvs.api_client())
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from lvs_model import channel as C
-from test_operator import OPNS, ROOT, SA, Operator, wait_for
+from test_operator import OPNS, SA, Operator, wait_for
 
 RUN = uuid.uuid4().hex[:4]
 TENANT_NS = f"lvs-tenant-{RUN}"
@@ -77,12 +77,8 @@ class Tenant:
 
 
 @pytest.fixture(scope="module")
-def env(control_plane, tmp_path_factory, request):
-    cp = control_plane
-    cp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy"))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               *[f"crd/{p}.{C.GROUP}" for p in (C.VIRTUALSERVICE_PLURAL, C.REALSERVER_PLURAL,
-                                                 C.VIPPOOL_PLURAL, C.NODESTATE_PLURAL)])
+def env(kube_lvs, tmp_path_factory, request):
+    cp = kube_lvs
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "lvs-tenant", "namespace": TENANT_NS},
             "rules": [{"apiGroups": [C.GROUP], "resources": ["virtualservices", "realservers"],
