@@ -86,7 +86,7 @@ class NetNS:
         shutil.rmtree(self.rundir, ignore_errors=True)
         self.rundir.mkdir(parents=True)
         _run(["ip", "netns", "add", name])
-        # Adding a dest fails with EINVAL while lo is down (DESIGN.md §5).
+        # Adding a dest fails with EINVAL while lo is down.
         _run(["ip", "-n", name, "link", "set", "lo", "up"])
         self.fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
         self.procs: list[subprocess.Popen] = []
@@ -909,7 +909,7 @@ def run(sizes: list[int], *, mode: str, repeat: int = 1, repeat_upto: int = 10_0
                                 "per-op path")
         if "ours" not in caps.limits:
             caps.limits["ours"] = (10_000, "netlink_batch fast path absent; the pyroute2 per-op path "
-                                   "(~9 ms/op under TCG, DESIGN.md §5) would take ~20 min at 100k")
+                                   "(~9 ms/op under TCG) would take ~20 min at 100k")
     for who, (lim, reason) in sorted(caps.limits.items()):
         if any(n > lim for n in sizes):
             notes["program"].append(f"{who} capped at {lim:,} dests: {reason}")

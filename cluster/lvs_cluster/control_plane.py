@@ -9,7 +9,7 @@ all-interfaces addresses are refused). Certificates, the service-account
 signing keys and all kubeconfigs are generated fresh into ``workdir``; the
 components' logs go to ``workdir/logs``. The API server's serving certificate
 is valid for 127.0.0.1, ::1, localhost, the in-cluster names and 10.0.2.100
-(where a lab VM with a qemu guestfwd reaches a host port, DESIGN.md §4).
+(where a lab VM with a qemu guestfwd reaches a host port).
 """
 
 from __future__ import annotations
