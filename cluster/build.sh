@@ -4,6 +4,7 @@
 #
 #   bash cluster/build.sh                  build into the cache unless already there
 #   bash cluster/build.sh --print-bin-dir  print the cache bin directory and exit
+#   bash cluster/build.sh --print-helm     print the path of the cached helm and exit
 #   bash cluster/build.sh --force          rebuild even if the binaries exist
 #   bash cluster/build.sh --update K8S ETCD
 #        regenerate cluster/go/go.mod + go.sum for k8s.io/kubernetes vK8S and
@@ -11,6 +12,10 @@
 #
 # Binaries go to ${KUBE_LVS_CACHE:-$HOME/.cache/kube-lvs}/k8s/<k8s>-etcd<etcd>/bin,
 # never into the repository. If all four exist the script exits at once.
+#
+# helm (the chart's tests: lint, template, install) is built the same way from
+# its own module, cluster/go/helm (its k8s.io libraries are its release's, not
+# the control plane's pins), into ${KUBE_LVS_CACHE:-~/.cache/kube-lvs}/helm/<version>/bin.
 #
 # Why the replace lines: k8s.io/kubernetes pins its staging modules (k8s.io/api,
 # k8s.io/client-go, ...) at v0.0.0 with `replace => ./staging/...`, and replace
@@ -162,13 +167,48 @@ build() {
   "$dir/etcd" --version | sed 's/^/   /'
 }
 
+helm_path() {
+  local v
+  v="$(awk '$1 == "require" && $2 == "helm.sh/helm/v4" { print $3; exit }' "$moddir/helm/go.mod")"
+  [[ -n "$v" ]] || { echo "build.sh: cannot read helm's version from $moddir/helm/go.mod" >&2; exit 2; }
+  echo "${KUBE_LVS_CACHE:-$HOME/.cache/kube-lvs}/helm/${v#v}/bin/helm"
+}
+
+# helm, from cluster/go/helm's pinned version; the Go build cache it shares
+# with the control plane's build keeps the common k8s.io packages compiled once.
+build_helm() {
+  local path dir go v start tmp log
+  path="$(helm_path)"
+  dir="$(dirname "$path")"
+  if [[ -x "$path" && "${FORCE:-0}" != 1 ]]; then echo "helm present at $path"; return 0; fi
+  go="$(find_go)"
+  v="$(basename "$(dirname "$dir")")"
+  mkdir -p "$(dirname "$dir")"
+  exec 8>"$(dirname "$dir")/.build.lock"
+  flock 8
+  if [[ -x "$path" && "${FORCE:-0}" != 1 ]]; then echo "helm present at $path"; return 0; fi
+  echo ">> building helm v$v into $dir"
+  start=$(date +%s)
+  tmp="$(mktemp -d "$(dirname "$dir")/.bin.XXXXXX")"
+  chmod 755 "$tmp"
+  log="$(dirname "$dir")/build.log"
+  (cd "$moddir/helm" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly" \
+     "$go" build -trimpath -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=v$v" \
+     -o "$tmp/helm" helm.sh/helm/v4/cmd/helm) >"$log" 2>&1 ||
+    { echo "build.sh: helm build failed; log: $log" >&2; tail -n 40 "$log" >&2; rm -rf "$tmp"; exit 1; }
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+  echo ">> built helm in $(( $(date +%s) - start ))s: $("$path" version --short)"
+}
+
 case "${1:-}" in
   --print-bin-dir) bin_dir ;;
-  --force) FORCE=1 build ;;
+  --print-helm) helm_path ;;
+  --force) FORCE=1 build; FORCE=1 build_helm ;;
   --update)
     [[ $# == 3 ]] || { echo "usage: $0 --update vK8S vETCD" >&2; exit 2; }
-    (update_mod "$2" "$3"); build ;;
-  "") build ;;
-  -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) echo "usage: $0 [--print-bin-dir|--force|--update vK8S vETCD]" >&2; exit 2 ;;
+    (update_mod "$2" "$3"); build; build_helm ;;
+  "") build; build_helm ;;
+  -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "usage: $0 [--print-bin-dir|--print-helm|--force|--update vK8S vETCD]" >&2; exit 2 ;;
 esac
