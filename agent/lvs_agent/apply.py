@@ -96,7 +96,7 @@ def _ipvs_one(ipvs, op: O.Op) -> None:
         case O.AddService(s):
             ipvs.service("add", service=pyroute2_service(s))
         case O.SetService(s):
-            # "set", never "update": pyroute2's "update" sends DEL (DESIGN.md §5).
+            # "set", never "update": pyroute2's "update" sends DEL (it deletes).
             ipvs.service("set", service=pyroute2_service(s))
         case O.DelService(k):
             ipvs.service("del", service=pyroute2_service_key(k))
@@ -423,6 +423,9 @@ class Applier:
                         rtnl.apply(op)
                     elif isinstance(op, O.NFT_OPS):
                         _apply_nft(op, self.netns)
+                    elif isinstance(op, O.FOU_OPS):
+                        from .fou import apply_op as apply_fou  # fou.py imports this package's observer
+                        apply_fou(op, self.netns)
                     elif isinstance(op, (O.AddLink, O.SetLinkUp, O.DelLink)):
                         if ipr is None:
                             ipr = open_iproute(self.netns)

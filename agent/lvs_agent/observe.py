@@ -238,7 +238,7 @@ def decode_dest(address: str, port: int, fwd: int, weight: int, u_thresh: int, l
     return Dest(
         address=canon_ip(address), port=port, weight=weight, method=method,
         tunnel_type=K.TUNNEL_TYPE_BY_CODE.get(tun_type, "ipip"),
-        # pyroute2 reads the big-endian attribute as host order (DESIGN.md §5).
+        # pyroute2 reads the big-endian attribute as host order.
         tunnel_port=socket.ntohs(tun_port_be),
         tunnel_csum=K.TUNNEL_CSUM_BY_CODE.get(tun_flags & 0x3, "none"),
         upper_threshold=u_thresh, lower_threshold=l_thresh)
@@ -277,7 +277,7 @@ def _dest_from_pyroute2(msg) -> tuple[Dest, dict]:
 def pyroute2_service(svc: Service):
     """The pyroute2 IPVSService for a model service: every field the kernel
     needs for add/set, netmask always explicit (fwmark and IPv6 get EINVAL
-    without one, DESIGN.md §5)."""
+    without one)."""
     from pyroute2 import IPVSService
     fam = K.FAMILIES[svc.family]
     kw: dict = {"af": fam}
@@ -754,6 +754,8 @@ def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None,
             finally:
                 if own_ipr:
                     ipr.close()
+        from .fou import read_ports  # FOU/GUE receive ports, keyed beside the links (fou.py)
+        links.update(read_ports(netns))
     names = set(sysctls)
     timeouts = {n for n in names if n.startswith(TIMEOUT_KEY_PREFIX)}
     obs = Observed(services=dict(table.services), addresses=addrs, links=links,

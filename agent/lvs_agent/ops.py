@@ -26,6 +26,20 @@ class DelLink:
 
 
 @dataclass(frozen=True)
+class AddFouPort:
+    """``ip fou add port PORT gue`` (family ipv4 or ipv6): see fou.py."""
+
+    family: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DelFouPort:
+    family: str
+    port: int
+
+
+@dataclass(frozen=True)
 class SetSysctl:
     name: str
     value: str
@@ -145,11 +159,12 @@ class DelNftTable:
     name: str
 
 
-Op = (AddLink | SetLinkUp | DelLink | SetSysctl | SetIPVSTimeouts | AddAddress | DelAddress | AddService
+Op = (AddLink | SetLinkUp | DelLink | AddFouPort | DelFouPort | SetSysctl | SetIPVSTimeouts | AddAddress | DelAddress | AddService
       | SetService | DelService | AddDest | SetDest | DelDest | AddRule | DelRule | AddRoute
       | DelRoute | ReplaceNftTable | DelNftTable)
 
 ROUTING_OPS = (AddRule, DelRule, AddRoute, DelRoute)
+FOU_OPS = (AddFouPort, DelFouPort)
 NFT_OPS = (ReplaceNftTable, DelNftTable)
 
 IPVS_OPS = (AddService, SetService, DelService, AddDest, SetDest, DelDest)
@@ -187,6 +202,8 @@ def describe(op: Op) -> str:
             return f"set link {n} {'up' if up else 'down'}"
         case DelLink(n):
             return f"delete link {n}"
+        case AddFouPort(f, p) | DelFouPort(f, p):
+            return f"{'add' if isinstance(op, AddFouPort) else 'delete'} {f} fou port {p} gue"
         case SetSysctl(n, v, restore):
             return f"{'restore' if restore else 'set'} sysctl {n}={v}"
         case SetIPVSTimeouts(t, restore):

@@ -166,13 +166,19 @@ class BackendVip:
     address: str
     method: str  # dr | tun
     tunnel_type: str = "ipip"
+    # GUE: the UDP port the directors send to (the dest's tunnel port); the
+    # agent opens it as a FOU/GUE receive port, without which the kernel
+    # drops every GUE packet. 0: none opened (configured by hand).
+    tunnel_port: int = 0
 
     @property
     def device(self) -> str:
         if self.method == "dr":
             return "lo"
         v6 = ":" in self.address
-        return {"ipip": "ip6tnl0" if v6 else "tunl0", "gre": "gre0", "gue": "tunl0"}[self.tunnel_type]
+        # GUE carries an IPIP (IPv6: ip6ip6) packet: it lands on that tunnel's device.
+        return {"ipip": "ip6tnl0" if v6 else "tunl0", "gre": "gre0",
+                "gue": "ip6tnl0" if v6 else "tunl0"}[self.tunnel_type]
 
 
 @dataclass(frozen=True)
@@ -616,8 +622,11 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         addr = _host_ip(raw.get("address"), f"{path}.address", errors, what="a VIP")
         method = _choice(raw, "method", path, errors, "tun", ("dr", "tun"))
         ttype = _choice(raw, "tunnelType", path, errors, "ipip", K.TUNNEL_TYPES)
+        tport = _int(raw, "tunnelPort", path, errors, 0, 0, 65535)
+        if tport and (method, ttype) != ("tun", "gue"):
+            errors.append(FieldError(f"{path}.tunnelPort", "only GUE tunnels have a port"))
         if len(errors) == n:
-            backend.append(BackendVip(addr, method, ttype))
+            backend.append(BackendVip(addr, method, ttype, tport))
     routes: list[ReplyRoute] = []
     for i, raw in enumerate(data.get("replyRoutes") or []):
         path = f"replyRoutes[{i}]"
@@ -767,7 +776,8 @@ def dump_node_spec(spec: NodeSpec) -> dict:
     if spec.backend_vips:
         out["backendVips"] = [
             {"address": v.address, "method": v.method,
-             **({"tunnelType": v.tunnel_type} if v.tunnel_type != "ipip" else {})}
+             **({"tunnelType": v.tunnel_type} if v.tunnel_type != "ipip" else {}),
+             **({"tunnelPort": v.tunnel_port} if v.tunnel_port else {})}
             for v in spec.backend_vips]
     if spec.uplink:
         out["uplink"] = spec.uplink

@@ -145,7 +145,8 @@ def test_tun_seed_and_gue_override():
         "node": "b1", "services": [], "backendVips": [{"address": "192.168.1.3", "method": "tun"}]}
     assert r.nodestates["b2-team-a-tun"]["spec"] == {
         "node": "b2", "services": [],
-        "backendVips": [{"address": "192.168.1.3", "method": "tun", "tunnelType": "gue"}]}
+        # The GUE port travels to the backend, whose agent opens it (FOU).
+        "backendVips": [{"address": "192.168.1.3", "method": "tun", "tunnelType": "gue", "tunnelPort": 6080}]}
     assert set(r.nodestates) == {"d1-team-a-tun", "d2-team-a-tun", "b1-team-a-tun", "b2-team-a-tun"}
     check_specs_parse(r)
 

@@ -1,0 +1,130 @@
+"""GUE backends: the backend VIP carries the GUE port, and the planner opens
+it as a FOU receive port, records it, and closes only the ports it opened.
+
+Before this change a GUE backend VIP had no port and the agent never opened
+one, so every GUE packet met a closed UDP port (the kernel tier's traffic
+test shows it); each test here fails on that code (no tunnelPort field, no
+AddFouPort op).
+"""
+from __future__ import annotations
+
+import pytest
+
+from lvs_agent import fou as F
+from lvs_agent import ops as O
+from lvs_agent.object_cache import additive
+from lvs_agent.plan import Plan, claim, plan, settle
+from lvs_agent.state import LinkState, Observed, Ownership
+from lvs_model.nodespec import BackendVip, NodeSpec, dump_node_spec, parse_node_spec
+
+from test_plan import simulate
+
+GUE = NodeSpec(backend_vips=(BackendVip("192.168.1.3", "tun", "gue", 6080),))
+KEY = "fou:ipv4:6080:gue"
+
+
+def kernel_apply(kernel: Observed, ops: list[O.Op]) -> list[tuple[O.Op, str | None]]:
+    """test_plan's kernel simulation, plus FOU ports (EEXIST on a taken port)."""
+    out = []
+    for op in ops:
+        match op:
+            case O.AddFouPort(f, port):
+                taken = any(F.is_key(k) and F.parse_key(k)[:2] == (f, port) for k in kernel.links)
+                if not taken:
+                    kernel.links[F.key(f, port)] = LinkState("fou", True)
+                out.append((op, "EEXIST: File exists" if taken else None))
+            case O.DelFouPort(f, port):
+                gone = [k for k in kernel.links if F.is_key(k) and F.parse_key(k)[:2] == (f, port)]
+                for k in gone:
+                    del kernel.links[k]
+                out.append((op, None if gone else "EINVAL: Invalid argument"))
+            case _:
+                out += simulate(kernel, [op])
+    return out
+
+
+def reconcile(spec: NodeSpec, kernel: Observed, owned: Ownership) -> tuple[Plan, Ownership]:
+    p = plan(spec, kernel, owned, "eth0")
+    claimed = claim(owned, p, kernel, spec, "eth0")
+    return p, settle(claimed, kernel_apply(kernel, p.ops))
+
+
+def base_kernel() -> Observed:
+    k = Observed(links={"eth0": LinkState("veth", True), "tunl0": LinkState("ipip", False)})
+    k.sysctls = {n: "0" for n in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.tunl0.rp_filter",
+                                   "net.ipv4.conf.eth0.rp_filter", "net.ipv4.conf.eth0.arp_ignore",
+                                   "net.ipv4.conf.eth0.arp_announce")}
+    return k
+
+
+def test_the_node_spec_carries_the_gue_port_both_ways():
+    doc = {"backendVips": [{"address": "192.168.1.3", "method": "tun", "tunnelType": "gue", "tunnelPort": 6080}]}
+    spec, errors = parse_node_spec(doc)
+    assert not errors and spec == GUE
+    assert dump_node_spec(spec)["backendVips"] == doc["backendVips"]
+
+
+@pytest.mark.parametrize("vip", [{"method": "tun", "tunnelPort": 6080},
+                                 {"method": "dr", "tunnelType": "gue", "tunnelPort": 6080}])
+def test_a_port_without_gue_is_refused_with_its_field(vip):
+    _, errors = parse_node_spec({"backendVips": [{"address": "192.168.1.3", **vip}]})
+    assert [e.path for e in errors] == ["backendVips[0].tunnelPort"]
+
+
+def test_ipv6_gue_lands_on_ip6tnl0():
+    # IPVS puts an ip6ip6 packet in an IPv6 GUE tunnel: the ip6_tunnel device receives it.
+    assert BackendVip("fd00:2::100", "tun", "gue", 6080).device == "ip6tnl0"
+    assert F.wanted(NodeSpec(backend_vips=(BackendVip("fd00:2::100", "tun", "gue", 6080),))) \
+        == {"fou:ipv6:6080:gue"}
+
+
+def test_gue_backend_opens_its_port_records_it_and_closes_it():
+    kernel, owned = base_kernel(), Ownership()
+    p, owned = reconcile(GUE, kernel, owned)
+    assert O.AddFouPort("ipv4", 6080) in p.ops
+    assert KEY in kernel.links and owned.links[KEY] == "created"
+    assert ("tunl0", "192.168.1.3") in kernel.addresses
+    assert plan(GUE, kernel, owned, "eth0").ops == []  # converged
+    p, owned = reconcile(NodeSpec(), kernel, owned)
+    assert O.DelFouPort("ipv4", 6080) in p.ops
+    assert KEY not in kernel.links and KEY not in owned.links
+
+
+def test_a_port_opened_by_hand_is_used_and_never_closed():
+    kernel, owned = base_kernel(), Ownership()
+    kernel.links[KEY] = LinkState("fou", True)
+    p, owned = reconcile(GUE, kernel, owned)
+    assert not any(isinstance(op, O.AddFouPort) for op in p.ops) and KEY not in owned.links
+    p, owned = reconcile(NodeSpec(), kernel, owned)
+    assert not any(isinstance(op, O.DelFouPort) for op in p.ops) and KEY in kernel.links
+
+
+def test_a_port_taken_by_another_fou_type_is_not_ours():
+    kernel, owned = base_kernel(), Ownership()
+    kernel.links["fou:ipv4:6080:direct"] = LinkState("fou", True)
+    p, owned = reconcile(GUE, kernel, owned)
+    assert O.AddFouPort("ipv4", 6080) in p.ops  # tried: the kernel says EEXIST
+    assert KEY not in owned.links
+    reconcile(NodeSpec(), kernel, owned)
+    assert "fou:ipv4:6080:direct" in kernel.links
+
+
+def test_a_port_closed_by_hand_is_opened_again():
+    kernel, owned = base_kernel(), Ownership()
+    _, owned = reconcile(GUE, kernel, owned)
+    del kernel.links[KEY]
+    p, owned = reconcile(GUE, kernel, owned)
+    assert O.AddFouPort("ipv4", 6080) in p.ops and owned.links[KEY] == "created"
+
+
+def test_the_record_keeps_the_port_across_a_restart():
+    kernel, owned = base_kernel(), Ownership()
+    _, owned = reconcile(GUE, kernel, owned)
+    owned = Ownership.from_json(owned.to_json())
+    p, _ = reconcile(NodeSpec(), kernel, owned)
+    assert O.DelFouPort("ipv4", 6080) in p.ops
+
+
+def test_a_pass_from_the_cache_alone_never_closes_a_port():
+    p = Plan([O.AddFouPort("ipv4", 6081), O.DelFouPort("ipv4", 6080)])
+    assert additive(p).ops == [O.AddFouPort("ipv4", 6081)]
