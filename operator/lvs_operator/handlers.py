@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 import kopf
 
@@ -89,7 +89,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     rec = reconciler()
     caches = STATE["caches"] = Caches(operator_kinds(CONFIG["namespace"]), on_change=rec.changed)
     STATE["watch_stop"] = threading.Event()
-    caches.start(_api_client, STATE["watch_stop"])
+    STATE["watch_threads"] = caches.start(_api_client, STATE["watch_stop"])
 
     async def attach_when_listed() -> None:
         await caches.ready.wait()
@@ -123,8 +123,29 @@ async def cleanup(logger: logging.Logger, **_: Any) -> None:
             logger.warning("lease release: %s", e)
 
 
+def dead_parts(state: Mapping[str, Any]) -> list[str]:
+    """The long-lived parts that have ended although the operator is not
+    stopping: the reconciler and elector tasks and the watch threads. Any of
+    them gone means nothing is reconciled any more, so liveness must fail and
+    the kubelet restart the pod."""
+    if state.get("stop") is not None and state["stop"].is_set():
+        return []
+    dead = []
+    for k in ("reconciler_task", "elector_task"):
+        t = state.get(k)
+        if t is not None and t.done():
+            why = t.exception() if not t.cancelled() else "cancelled"
+            dead.append(f"{k.removesuffix('_task')} ({why or 'returned'})")
+    dead += [t.name for t in state.get("watch_threads") or () if not t.is_alive()]
+    return dead
+
+
 @kopf.on.probe(id="reconciler")
 def probe(**_: Any) -> dict:
+    dead = dead_parts(STATE)
+    if dead:
+        # kopf answers the liveness endpoint with 500 when a probe fails.
+        raise kopf.PermanentError(f"not reconciling: {', '.join(dead)} ended")
     r = STATE.get("reconciler")
     elector = STATE.get("elector")
     return {"leader": bool(elector.is_leader) if elector else True,
