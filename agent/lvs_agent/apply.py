@@ -39,6 +39,7 @@ from .observe import (in_netns, netlink_socket, open_iproute, open_ipvs, pyroute
                       write_sysctl)
 from .plan import FALLBACK_TUNNELS
 from .state import unknown_result
+from .tools import missing_message
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ def _apply_nft(op: O.Op, netns: str | None) -> None:
     try:
         p = run_nft(["-f", "-"], netns, input=script)
     except FileNotFoundError:
-        raise OSError(errno.EOPNOTSUPP, "the nft binary (Debian package nftables) is not installed") from None
+        raise OSError(errno.EOPNOTSUPP, missing_message("nft")) from None
     if p.returncode != 0:
         err = " ".join(p.stderr.split())[:400]
         code = errno.ENOENT if "No such file or directory" in err else errno.EINVAL

@@ -50,6 +50,7 @@ from lvs_model.nodespec import NodeSpec, Service, ServiceKey, effective_sysctls,
 from . import drain as D
 from . import incremental as I
 from . import ops as O
+from . import tools
 from .apply import Applier
 from .ipvs_timeouts import observe_keys as observe_timeout_keys
 from .observe import IPVSTable, in_netns, observe, read_ipvs, read_ipvs_services, resolve_default_uplink
@@ -196,7 +197,15 @@ class Engine:
             return self.uplink
         return resolve_default_uplink(self.netns, fast=self.applier.use_batch)
 
-    def _observe(self, spec: NodeSpec, owned: Ownership, with_stats: bool = False, ipvs_table: bool = True):
+    @staticmethod
+    def missing_tools(spec: NodeSpec, owned: Ownership) -> frozenset[str]:
+        """The agent's programs (tools.py) that ``spec`` or the record needs and
+        this host lacks: the planner fails only the services that need them."""
+        needs_nft = bool(owned.nft_tables) or any(s.snat for s in spec.services)
+        return tools.missing(["nft"]) if needs_nft else frozenset()
+
+    def _observe(self, spec: NodeSpec, owned: Ownership, with_stats: bool = False, ipvs_table: bool = True,
+                 missing: frozenset[str] | None = None):
         # The uplink only scopes backend ARP/rp_filter sysctls: resolve it (a
         # route dump) only for a spec with backend VIPs.
         uplink = self.resolve_uplink(spec) if spec.backend_vips or spec.uplink or self.uplink else ""
@@ -205,8 +214,9 @@ class Engine:
         # Rules, routes and nftables are read only when reply paths are (or were) in play.
         routing = ((REPLY_TABLE_BASE, REPLY_TABLE_BASE + REPLY_TABLE_COUNT)
                    if spec.reply_routes or owned.rules or owned.routes else None)
+        missing = self.missing_tools(spec, owned) if missing is None else missing
         nft = ([(NFT_FAMILY, NFT_TABLE)]
-               if any(s.snat for s in spec.services) or owned.nft_tables else [])
+               if (any(s.snat for s in spec.services) or owned.nft_tables) and "nft" not in missing else [])
         extra = {"need_routing": routing, "nft_tables": nft}
         conn = self.applier.batch_conn()
         try:
@@ -256,8 +266,9 @@ class Engine:
         """Dry run: what reconcile would do now."""
         with self._lock:
             owned = self.load_owned()
-            obs, _, uplink = self._observe(spec, owned)
-            return plan(spec, obs, owned, uplink), obs, owned, uplink
+            missing = self.missing_tools(spec, owned)
+            obs, _, uplink = self._observe(spec, owned, missing=missing)
+            return plan(spec, obs, owned, uplink, missing=missing), obs, owned, uplink
 
     def reconcile(self, spec: NodeSpec, incremental: bool = False, sweep: int = 0) -> Report:
         """Make the kernel match ``spec``. ``incremental``: re-read and re-plan
@@ -295,10 +306,12 @@ class Engine:
         return report
 
     def _reconcile_full(self, spec: NodeSpec, owned: Ownership) -> tuple[Report, Plan, str]:
-        obs, _, uplink = self._observe(spec, owned)
+        missing = self.missing_tools(spec, owned)
+        obs, _, uplink = self._observe(spec, owned, missing=missing)
         want = self._drain(spec.services, obs.services, owned, None)
-        p = plan(spec, obs, owned, uplink, services=want)
-        results = self._claim_apply_settle(p, owned, claim(owned, p, obs, spec, uplink, services=want))
+        p = plan(spec, obs, owned, uplink, services=want, missing=missing)
+        results = self._claim_apply_settle(p, owned, claim(owned, p, obs, spec, uplink, services=want,
+                                                           missing=missing))
         return build_report(spec, p, results, uplink), p, uplink
 
     # -- drain (drain.py) ----------------------------------------------------
@@ -367,12 +380,14 @@ class Engine:
         results: list = []
         if node_side:
             part = I.restrict_owned(owned, keys, node=True)
-            obs, _, uplink = self._observe(spec, part, ipvs_table=False)
+            missing = self.missing_tools(spec, part)
+            obs, _, uplink = self._observe(spec, part, ipvs_table=False, missing=missing)
             obs.services = self._read_services(keys) if keys else {}
             kernel_forced(obs, NodeSpec(services=d.want))
             want = self._drain(d.want, obs.services, part, keys)
-            p = plan(spec, obs, part, uplink, services=want)
-            results = self._claim_apply_settle(p, part, claim(part, p, obs, spec, uplink, services=want),
+            p = plan(spec, obs, part, uplink, services=want, missing=missing)
+            results = self._claim_apply_settle(p, part, claim(part, p, obs, spec, uplink, services=want,
+                                                              missing=missing),
                                                lambda rec: I.merge_owned(owned, rec, keys, node=True))
         elif keys:
             obs = Observed(services=self._read_services(keys))

@@ -35,6 +35,7 @@ from lvs_model.sysctls import SYSCTL_NAME_RE, sysctl_error
 
 from .ipvs_timeouts import KEY_PREFIX as TIMEOUT_KEY_PREFIX
 from .state import LinkState, NftTable, Observed, RouteKey, RuleKey
+from .tools import program
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -621,7 +622,7 @@ class RtnlReader:
 # nftables (through the nft binary: only our own table is ever read)
 # --------------------------------------------------------------------------
 
-NFT = os.environ.get("KUBE_LVS_NFT", "nft")
+NFT = program("nft")  # KUBE_LVS_NFT may name another binary (tools.py)
 
 
 def run_nft(args: list[str], netns: str | None = None, input: str | None = None):

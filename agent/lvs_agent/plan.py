@@ -18,6 +18,7 @@ from . import ipvs_timeouts as T
 from . import ops as O
 from .state import (NftTable, Observed, Ownership, RouteKey, RuleKey, SysctlClaim, outcome_unknown,
                     sysctl_claim)
+from .tools import missing_message
 
 # Devices the kernel creates itself when the tunnel module loads: we bring them
 # up but never create or delete them.
@@ -139,11 +140,13 @@ class Plan:
 
 
 def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = "",
-         services: Iterable[Service] | None = None) -> Plan:
+         services: Iterable[Service] | None = None, missing: frozenset[str] = frozenset()) -> Plan:
     """``services``: plan IPVS for these only (their keys are all that
     ``observed.services`` and the IPVS records of ``owned`` hold: a sweep
     slice); None: every service of ``desired``. The node side is always
-    planned from the whole of ``desired``."""
+    planned from the whole of ``desired``. ``missing``: the agent's programs
+    (tools.py) this host lacks: the services that need one get a problem
+    naming it, nothing is planned through it, the rest is planned as usual."""
     p = Plan()
     removals: list[O.Op] = []
 
@@ -212,7 +215,11 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
     have_nft = observed.nft_tables.get(tkey)
     if want_nft is not None:
         body, shape = want_nft
-        if have_nft is not None and tkey not in owned.nft_tables:
+        if "nft" in missing:  # its table could not be read either: nothing to judge or change
+            for k in sorted({k for k, _ in _snat_rules(desired)}):
+                p.problems.setdefault(k, f"natReturn snat {missing_message('nft')}; its return path "
+                                         "is not programmed")
+        elif have_nft is not None and tkey not in owned.nft_tables:
             for s in desired.services:
                 if s.snat:
                     p.problems.setdefault(s.key, (
@@ -274,7 +281,7 @@ def plan_services(desired: Iterable[Service], observed: Mapping[ServiceKey, Serv
 
 
 def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, uplink: str = "",
-          services: Iterable[Service] | None = None) -> Ownership:
+          services: Iterable[Service] | None = None, missing: frozenset[str] = frozenset()) -> Ownership:
     """Ownership to persist *before* applying: everything the plan may create.
 
     Recording first means a crash mid-apply still knows its strays; a create
@@ -298,7 +305,8 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
     own.rules = {r for r in own.rules if r in want_rules or r in observed.rules}
     own.routes = {r for r in own.routes if r in want_routes or r in observed.routes}
     want_nft = snat_table(desired) is not None
-    own.nft_tables = {t for t in own.nft_tables if want_nft or t in observed.nft_tables}
+    unread = "nft" in missing  # the table was not read: what the record says stands
+    own.nft_tables = {t for t in own.nft_tables if want_nft or unread or t in observed.nft_tables}
     return T.claim(_record(own, p, observed), p.ops, observed, desired)
 
 
