@@ -1,25 +1,48 @@
--- Argo CD health for lvs.kube-lvs.io/RealServer: follows the health column.
+-- Argo CD health for lvs.kube-lvs.io/RealServer.
+-- Healthy: Ready (passing health checks) with its node side configured.
+-- Suspended: Draining (weight 0, no new connections).
+-- Degraded: Ready=False for a reason someone must fix, failing health checks
+-- included, or BackendConfigured=False (the FIX tables: the operator's
+-- RS_READY_FIX and RS_BACKEND_FIX, tested to match).
+-- Progressing: no status yet, an unseen generation, or not checked yet.
+local FIX = {
+  VirtualServiceNotFound = true, VirtualServiceInvalid = true, Invalid = true, Duplicate = true,
+  AddressNotAllowed = true, NodeNotAllowed = true, NodeAddressNotAllowed = true, NoPool = true,
+  Conflict = true, Unhealthy = true,
+}
+local BACKEND_FIX = { NoNodeName = true, NodeNotFound = true }
 local hs = {}
-local health = obj.status and obj.status.health or nil
-if health == "Healthy" then
-  hs.status = "Healthy"
-  hs.message = "Passing health checks"
-elseif health == "Unhealthy" then
+if obj.status == nil or obj.status.conditions == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the kube-lvs operator"
+  return hs
+end
+local gen = obj.metadata.generation
+if gen ~= nil and obj.status.observedGeneration ~= nil and obj.status.observedGeneration < gen then
+  hs.status = "Progressing"
+  hs.message = "The operator has not seen generation " .. gen .. " yet"
+  return hs
+end
+local cond = {}
+for _, c in ipairs(obj.status.conditions) do
+  cond[c.type] = c
+end
+local ready = cond["Ready"]
+local backend = cond["BackendConfigured"]
+if ready ~= nil and ready.status == "False" and FIX[ready.reason or ""] then
   hs.status = "Degraded"
-  hs.message = "Failing health checks: weight set to 0 on the directors"
-elseif health == "Draining" then
+  hs.message = (ready.reason or "") .. ": " .. (ready.message or "")
+elseif backend ~= nil and backend.status == "False" and BACKEND_FIX[backend.reason or ""] then
+  hs.status = "Degraded"
+  hs.message = (backend.reason or "") .. ": " .. (backend.message or "")
+elseif ready ~= nil and ready.status == "False" and ready.reason == "Draining" then
   hs.status = "Suspended"
-  hs.message = "Weight 0: draining, no new connections"
+  hs.message = ready.message or "Weight 0: draining, no new connections"
+elseif ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = ready.message or "Passing health checks"
 else
   hs.status = "Progressing"
-  hs.message = "Not checked yet"
-end
-if obj.status and obj.status.conditions then
-  for _, c in ipairs(obj.status.conditions) do
-    if c.status == "False" and (c.type == "Ready" or c.type == "Valid") and c.reason == "Invalid" then
-      hs.status = "Degraded"
-      hs.message = c.message or c.reason
-    end
-  end
+  hs.message = (ready and ready.message) or "Not checked yet"
 end
 return hs

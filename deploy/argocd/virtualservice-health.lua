@@ -1,6 +1,12 @@
 -- Argo CD health for lvs.kube-lvs.io/VirtualService.
--- Degraded: a Conflict, or Ready=False for a reason the user must fix.
--- Progressing: not yet observed at this generation, or directors still applying.
+-- Healthy: Ready. Degraded: a Conflict, or Ready=False for a reason someone
+-- must fix (the FIX table: the operator's VS_READY_FIX, tested to match).
+-- Progressing: no status yet, a generation the operator has not seen, or
+-- directors still programming it (Pending).
+local FIX = {
+  Invalid = true, NoPool = true, Conflict = true, DirectorsNotAllowed = true, NoDirectors = true,
+  Failed = true, NoRealServers = true, NoHealthyRealServers = true,
+}
 local hs = {}
 if obj.status == nil or obj.status.conditions == nil then
   hs.status = "Progressing"
@@ -17,25 +23,21 @@ local cond = {}
 for _, c in ipairs(obj.status.conditions) do
   cond[c.type] = c
 end
-if cond["Conflict"] ~= nil and cond["Conflict"].status == "True" then
+local conflict = cond["Conflict"]
+if conflict ~= nil and conflict.status == "True" then
   hs.status = "Degraded"
-  hs.message = cond["Conflict"].message or "VIP conflict"
+  hs.message = conflict.message or "Another VirtualService declares this service"
   return hs
 end
 local ready = cond["Ready"]
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = ready.message or "Ready"
-  return hs
+elseif ready ~= nil and ready.status == "False" and FIX[ready.reason or ""] then
+  hs.status = "Degraded"
+  hs.message = (ready.reason or "") .. ": " .. (ready.message or "")
+else
+  hs.status = "Progressing"
+  hs.message = (ready and ready.message) or "Programming directors"
 end
-local fatal = { Invalid = true, PoolDenied = true, NoPool = true, Conflict = true, NoDirectors = true }
-for _, c in ipairs(obj.status.conditions) do
-  if c.status == "False" and fatal[c.reason or ""] then
-    hs.status = "Degraded"
-    hs.message = c.message or c.reason
-    return hs
-  end
-end
-hs.status = "Progressing"
-hs.message = (ready and ready.message) or "Programming directors"
 return hs

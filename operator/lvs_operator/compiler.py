@@ -43,6 +43,19 @@ HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = C.HEALTH_VALUES
 VS_CONDITIONS = ("Accepted", "Conflict", "Programmed", "Ready")
 RS_CONDITIONS = ("Accepted", "Ready")
 
+# Every reason this module writes into a False Ready (and a RealServer's False
+# BackendConfigured), by what it asks of whoever reads it: FIX, someone must
+# change an object or a pool; WAIT, the agents are still at work. Argo CD's
+# health checks (deploy/argocd/*.lua) map them and are tested against these
+# tuples, so a reason added here cannot go unmapped there.
+VS_READY_FIX = ("Invalid", "NoPool", "Conflict", "DirectorsNotAllowed", "NoDirectors", "Failed",
+                "NoRealServers", "NoHealthyRealServers")
+VS_READY_WAIT = ("Pending",)
+RS_READY_FIX = ("VirtualServiceNotFound", "VirtualServiceInvalid", "Invalid", "Duplicate", "AddressNotAllowed",
+                "NodeNotAllowed", "NodeAddressNotAllowed", "NoPool", "Conflict", "Unhealthy")
+RS_READY_WAIT = ("NotChecked", "Draining")
+RS_BACKEND_FIX = ("NoNodeName", "NodeNotFound")
+
 
 @dataclass(frozen=True)
 class Event:
