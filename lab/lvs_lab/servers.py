@@ -335,6 +335,126 @@ def wait_udp(ns: str | None, host: str, port: int = 80, *, deadline: float = 10.
         time.sleep(interval)
 
 
+def udp_names_one_socket(ns: str | None, host: str, port: int = 80, count: int = 1, *,
+                         timeout: float = 2.0) -> list[str | None]:
+    """``count`` datagrams from ONE socket (one source port), one at a time:
+    what one client's flow looks like to IPVS (a UDP "connection")."""
+    def run() -> list[str | None]:
+        s = socket.socket(_family(host), socket.SOCK_DGRAM)
+        s.settimeout(timeout)
+        out: list[str | None] = []
+        try:
+            s.connect((host, port))
+            for _ in range(count):
+                try:
+                    s.send(b"who?\n")
+                    r = _parse(s.recv(4096))
+                    out.append(r.name if r else None)
+                except OSError:
+                    out.append(None)
+        finally:
+            s.close()
+        return out
+    return call_in_netns(ns, run)
+
+
+def hold_tcp(ns: str | None, host: str, port: int, *, source: str | None = None,
+             sport: int = 0, timeout: float = 3.0) -> tuple[str | None, socket.socket | None]:
+    """Open a TCP connection and keep it (IPVS counts it active while held);
+    the server must send a line first (a greeting with its name). Returns
+    (that name, the socket) or (None, None) when nobody answered."""
+    def do():
+        s = socket.socket(_family(host), socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            if source or sport:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((source or "", sport))
+            s.connect((host, port))
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+            if data.strip():
+                return data.decode().strip(), s
+        except OSError:
+            pass
+        s.close()
+        return None, None
+    return call_in_netns(ns, do)
+
+
+def reset_close(sock: socket.socket) -> None:
+    """Close with a RST (SO_LINGER 0): IPVS moves the connection to its CLOSE
+    state, which expires in seconds, not to TIME_WAIT's two minutes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class SctpServer:
+    """Answers every SCTP association on ``bind``:``port`` with its name
+    (one-to-one style sockets, IPPROTO_SCTP; needs the kernel's sctp module).
+    Bound to one address, so its INIT-ACK lists no other address of its own
+    (which a client behind NAT could not reach)."""
+
+    def __init__(self, ns: str | None, name: str, bind: str, port: int):
+        self.name = name
+
+        def make() -> socket.socket:
+            s = socket.socket(_family(bind), socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((bind, port))
+            s.listen(16)
+            return s
+
+        self.sock = call_in_netns(ns, make)
+        self.served = 0
+        threading.Thread(target=self._loop, name=f"sctp:{name}", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                c, addr = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                try:
+                    c.sendall(_body(self.name, _peer_ip(addr)))
+                    self.served += 1
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _sctp_once(host: str, port: int, timeout: float, source: str | None) -> Reply | None:
+    s = socket.socket(_family(host), socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    try:
+        s.settimeout(timeout)
+        if source:
+            s.bind((source, 0))
+        s.connect((host, port))
+        return _parse(s.recv(4096))
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def sctp_replies(ns: str | None, host: str, port: int = 80, count: int = 1, *,
+                 timeout: float = 3.0, source: str | None = None) -> list[Reply | None]:
+    """``count`` SCTP associations from namespace ``ns``, each read to its
+    server's greeting (bind ``source``: the INIT then lists only it)."""
+    return call_in_netns(ns, lambda: [_sctp_once(host, port, timeout, source) for _ in range(count)])
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

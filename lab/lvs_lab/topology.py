@@ -31,6 +31,8 @@ tun_cross      client 192.168.1.1, director 192.168.1.2, VIP 192.168.1.3 on
 dr             client .1, director .2, VIP .100, rs1 .10, rs2 .11 on 192.168.2.0/24
 nat6           client fd00:0::1 -- director fd00:0::30 (VIP) / fd00:1::30 --
                rs1 fd00:1::51, rs2 fd00:1::52 (gw fd00:1::30); forwarding=1
+lan6           client fd00:2::1, director fd00:2::2, rs1 ::10, rs2 ::11 on fd00:2::/64;
+               VIP fd00:2::100 routed to the director (IPv6 DR and TUN)
 udp_nat        seed_nat (the same plan); the fixtures serve UDP echo on port 80 too
 =============  ======================================================================
 """
@@ -580,6 +582,37 @@ def dr(lab: Lab, *, backend_prepare: bool = False, vip_on_director: bool = True,
     return t
 
 
+@_build
+def lan6(lab: Lab, *, real_servers: int = 2, serve: bool = False) -> Topology:
+    """IPv6 on one L2 segment, fd00:2::/64, for DR and TUN (ip6ip6): client ::1,
+    director ::2, rs1 ::10, rs2 ::11; the VIP ::100 is routed to the director
+    (``route add VIP via ::2`` on the client, as an upstream router or BGP
+    would), which holds it where the test puts it (the engine: its dummy
+    device). Not on the director's eth0: the director's tunnels would then
+    leave with the VIP as their outer source, and a real server's ip6_tunnel
+    drops a packet whose outer source is one of its own addresses (the VIP,
+    which it holds too). The real servers' side is left to the test."""
+    vip = "fd00:2::100"
+    client = lab.host("client")
+    director = lab.host("director")
+    lab.connect("client", "lan", "eth0", ["fd00:2::1/64"])
+    lab.ip("client", f"route add {vip}/128 via fd00:2::2")
+    lab.connect("director", "lan", "eth0", ["fd00:2::2/64"])
+    rss, rips, names = [], [], []
+    for i in range(real_servers):
+        name, rip = f"rs{i + 1}", f"fd00:2::{10 + i}"
+        rss.append(lab.host(name))
+        lab.connect(name, "lan", "eth0", [f"{rip}/64"])
+        rips.append(rip)
+        names.append(name)
+    lab.apply()
+    t = Topology("lan6", lab, client, director, rss, "fd00:2::1", vip, rips, dip="fd00:2::2",
+                 names=names, family=6)
+    if serve:
+        t.serve_all()
+    return t
+
+
 def udp_nat(*, lab: Lab | None = None, prefix: str = PREFIX, real_servers: int = 2,
             serve: bool = False) -> Topology:
     """seed_nat, for a UDP service: the servers answer UDP on the same port as TCP."""
@@ -595,4 +628,5 @@ TOPOLOGIES = {
     "tun_cross_subnet": tun_cross_subnet,
     "dr": dr,
     "udp_nat": udp_nat,
+    "lan6": lan6,
 }
