@@ -34,6 +34,25 @@ ANNOTATION_VIRTUALSERVICE = f"{GROUP}/virtualservice"
 LABEL_IPVSSETTINGS = f"{GROUP}/ipvssettings"
 ANNOTATION_IPVSSETTINGS = f"{GROUP}/ipvssettings"
 
+# Objects the operator derives from Kubernetes Services (issue 19): RealServers
+# from a VirtualService's spec.backend Service (value "service"), and
+# VirtualServices from a LoadBalancer Service of LOADBALANCER_CLASS (value
+# "loadbalancer"). The operator creates, updates and deletes only objects
+# carrying this label and LABEL_MANAGED_BY; a hand-made object never has them.
+LABEL_DERIVED_FROM = f"{GROUP}/derived-from"
+DERIVED_FROM_SERVICE, DERIVED_FROM_LOADBALANCER = "service", "loadbalancer"
+# On a derived object: the Service it follows (name, same namespace).
+ANNOTATION_SERVICE = f"{GROUP}/service"
+LABEL_SERVICE = f"{GROUP}/service"
+# spec.loadBalancerClass of the LoadBalancer Services kube-lvs implements.
+LOADBALANCER_CLASS = f"{GROUP}/lvs"
+# Annotations a LoadBalancer Service of that class may carry.
+ANNOTATION_LB_ADDRESS = f"{GROUP}/load-balancer-ip"  # the VIP it asks for
+ANNOTATION_LB_SCHEDULER = f"{GROUP}/scheduler"
+ANNOTATION_LB_NAT_RETURN = f"{GROUP}/nat-return"
+# Kubernetes' own label naming an EndpointSlice's Service.
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+
 # Health values a NodeState status reports per dest.
 HEALTH_VALUES = ("Healthy", "Unhealthy", "Draining", "Unknown")
 
@@ -90,3 +109,13 @@ def settings_nodestate_name(node: str, settings: str) -> str:
 def hashed_settings_nodestate_name(node: str, settings: str) -> str:
     """The always-hashed form (also when the plain one is taken by another NodeState)."""
     return _hashed(f"{node}.ipvssettings.{settings}", (node, settings, "ipvssettings"))
+
+
+def derived_realserver_name(vs_name: str, address: str, port: int) -> str:
+    """``<vs>-<address with dashes>-<port>``, lower-cased, for the RealServer
+    derived from one endpoint of a VirtualService's backend Service; a
+    truncated form plus a hash when that is not a valid object name."""
+    plain = f"{vs_name}-{address.replace(':', '-').replace('.', '-')}-{port}".lower()
+    if len(plain) <= 253 and _SUBDOMAIN_OK.match(plain):
+        return plain
+    return _hashed(plain, (vs_name, address, str(port)))

@@ -224,6 +224,16 @@ def virtualservice_spec() -> dict:
                              f"connections at weight 0 before it is deleted; default {DEFAULT_DRAIN_TIMEOUT}, "
                              "0 deletes at once."),
         "directorSelector": label_selector("Which Nodes direct this service ({} = every node)."),
+        "backend": _obj({
+            "service": _str("Name of a Service in this namespace.", max_length=63),
+            "port": _int(1, 65535, "The Service port by number (its port, not the target); give this or "
+                                   "portName, or neither when the Service has one port."),
+            "portName": _str("The Service port by name.", max_length=63),
+            "weight": _int(0, K.MAX_WEIGHT, "Weight of each ready endpoint (a terminating one that still "
+                                            "serves gets 0).", default=1),
+        }, "A Service whose ready endpoints (from its EndpointSlices) are real servers, as RealServers the "
+           "operator derives and owns; beside or instead of hand-written RealServers (one of those with the "
+           "same address and port wins). NAT only.", required=["service"]),
     }, "A virtual service: what ipvsadm -A declares, plus which nodes direct it.",
         required=["directorSelector"], rules=[
         _rule("has(self.fwmark) || has(self.address)",
@@ -257,6 +267,11 @@ def virtualservice_spec() -> dict:
               "healthCheck.port) or none", ".healthCheck.type"),
         _rule("!has(self.tunnel) || (has(self.method) && self.method == 'tun')",
               "spec.tunnel only applies to method tun", ".tunnel"),
+        _rule("!has(self.backend) || !has(self.method) || self.method == 'nat'",
+              "spec.backend: a Service's endpoints take method nat only: dr and tun need the VIP inside each "
+              "endpoint's network namespace, which the CNI would have to configure", ".backend"),
+        _rule("!has(self.backend) || !has(self.backend.port) || !has(self.backend.portName)",
+              "spec.backend: give port or portName, not both", ".backend"),
         _rule("!has(self.persistence) || !has(self.persistence.netmask) || (" + _FAMILY_EXPR + " == 'ipv6' ? "
               r"self.persistence.netmask.matches('^/?([1-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$') : "
               r"(self.persistence.netmask.matches('^/?([0-9]|[12][0-9]|3[0-2])$') || "

@@ -19,7 +19,7 @@ from lvs_model.nodespec import Dest, Service, parse_dest, parse_service, parse_t
 from lvs_model.sysctls import sysctl_error
 
 # Fields of a VirtualService spec that are not part of the service document.
-VS_OPERATOR_FIELDS = ("method", "tunnel", "directorSelector", "natReturn")
+VS_OPERATOR_FIELDS = ("method", "tunnel", "directorSelector", "natReturn", "backend")
 # Fields of a RealServer spec that are not part of the dest document.
 RS_OPERATOR_FIELDS = ("virtualService", "nodeName")
 
@@ -85,6 +85,12 @@ class VirtualService(CustomResource):
     def nat_return(self) -> str:
         return self.spec.get("natReturn") or "gateway"
 
+    @property
+    def backend(self) -> Mapping[str, Any] | None:
+        """``spec.backend``: the Service whose endpoints are real servers, or None."""
+        b = self.spec.get("backend")
+        return b if isinstance(b, Mapping) else None
+
     def service_doc(self) -> dict[str, Any]:
         doc = {k: v for k, v in self.spec.items() if k not in VS_OPERATOR_FIELDS}
         doc["name"] = f"{self.meta.namespace}/{self.meta.name}"
@@ -105,6 +111,8 @@ class VirtualService(CustomResource):
                                      "servers answer the client directly; drop it"))
         if self.tunnel and self.method != "tun":
             errors.append(FieldError("spec.tunnel", "only applies to method tun"))
+        if "backend" in self.spec:
+            errors.extend(backend_errors(self.spec.get("backend"), self.method))
         if self.director_selector is None:
             errors.append(FieldError("spec.directorSelector", "is required ({} selects every node)"))
         svc = parse_service(self.service_doc(), "spec", errors)
@@ -116,6 +124,34 @@ class VirtualService(CustomResource):
             parse_dest(probe, "spec", svc, sub)
             errors.extend(e for e in sub if e.path.startswith("spec.tunnel"))
         return svc if len(errors) == n else None
+
+
+def backend_errors(backend: Any, method: str) -> list[FieldError]:
+    """What is wrong with a ``spec.backend`` (a Service's endpoints as real
+    servers). Only NAT: DR and TUN need the VIP inside each endpoint's own
+    network namespace (a pod's), which no agent configures there; that is the
+    CNI's side, so such a VirtualService would black-hole its traffic."""
+    out: list[FieldError] = []
+    if not isinstance(backend, Mapping):
+        return [FieldError("spec.backend", "must be an object {service, port or portName, weight}")]
+    if not isinstance(backend.get("service"), str) or not backend.get("service"):
+        out.append(FieldError("spec.backend.service", "is required: the name of a Service in this namespace"))
+    port, name = backend.get("port"), backend.get("portName")
+    if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
+        out.append(FieldError("spec.backend.port", f"{port!r} is not a port number (1-65535)"))
+    if name is not None and not (isinstance(name, str) and name):
+        out.append(FieldError("spec.backend.portName", f"{name!r} is not a Service port name"))
+    if port is not None and name is not None:
+        out.append(FieldError("spec.backend", "give port or portName, not both"))
+    weight = backend.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 65535:
+        out.append(FieldError("spec.backend.weight", f"{weight!r} is not a weight (0-65535)"))
+    if method != "nat":
+        out.append(FieldError("spec.backend", f"a Service's endpoints take method nat only, not {method}: "
+                              "dr and tun need the VIP inside each endpoint's network namespace, which the "
+                              "CNI would have to configure; use nat (natReturn snat or policy-route), or "
+                              "hand-written RealServers for hosts you configure yourself"))
+    return out
 
 
 @dataclass(frozen=True)

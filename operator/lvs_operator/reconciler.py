@@ -37,11 +37,15 @@ from lvs_model import channel as C
 from lvs_model.status_patch import JSON_PATCH, PatchError
 from lvs_model.status_writer import StatusWriter
 
+from . import loadbalancer as LB
 from .compiler import Event, Result, compile_cluster
+from .owned import OwnedWrites, plan_owned
+from .services import backed_by, derive_realservers, is_derived, slice_service
 
 log = logging.getLogger("lvs_operator")
 
-KINDS = ("virtualservices", "realservers", "vippools", "nodes", "namespaces", "nodestates", "ipvssettings")
+KINDS = ("virtualservices", "realservers", "vippools", "nodes", "namespaces", "nodestates", "ipvssettings",
+         "services", "endpointslices")
 
 
 def now_rfc3339() -> str:
@@ -62,7 +66,15 @@ def project(kind: str, body: Mapping[str, Any]) -> dict:
     body = plain(body)
     meta = body.get("metadata") or {}
     keep = {k: meta[k] for k in ("name", "namespace", "uid", "creationTimestamp", "generation",
-                                 "resourceVersion", "labels", "annotations") if k in meta}
+                                 "resourceVersion", "labels", "annotations", "ownerReferences") if k in meta}
+    if kind == "endpointslices":  # no spec: the fields are top-level
+        keep.pop("annotations", None)
+        return {"metadata": keep, **{k: body[k] for k in ("addressType", "endpoints", "ports") if k in body}}
+    if kind == "services":
+        spec = body.get("spec") or {}
+        st = body.get("status") or {}
+        return {"metadata": keep, "spec": {k: spec[k] for k in ("type", "loadBalancerClass", "ports") if k in spec},
+                "status": {k: st[k] for k in ("loadBalancer", "conditions") if k in st}}
     if kind == "nodes":
         keep.pop("annotations", None)
         return {"metadata": keep, "status": {"addresses": (body.get("status") or {}).get("addresses") or []}}
@@ -299,12 +311,29 @@ class Reconciler:
                 index.setdefault(r, set()).add(key)
         if self._own_echo(kind, key, old, new):
             return
-        refs = scope_of_change(kind, key, old, new)
+        refs = (self._service_scope(kind, key, old, new) if kind in ("services", "endpointslices")
+                else scope_of_change(kind, key, old, new))
         if refs is None or self.scope is None:
             self.scope = None
         else:
             self.scope |= refs
         self.kick()
+
+    def _service_scope(self, kind: str, key: tuple[str, str], old: dict | None, new: dict | None) -> set[Ref] | None:
+        """A Service or EndpointSlice change: the VirtualServices backed by its
+        Service; None (a full pass) for a LoadBalancer Service of our class
+        (before or after): its VIP and VirtualServices are planned in full passes."""
+        if kind == "services":
+            if any(o is not None and LB.is_ours(o) for o in (old, new)):
+                return None
+            if any(o is not None and LB.CONDITION in {c.get("type") for c in (o.get("status") or {}).get(
+                    "conditions") or ()} for o in (old, new)):
+                return None  # ours until now: released in a full pass
+            services = {key}
+        else:
+            services = {r for r in (slice_service(old or {}), slice_service(new or {})) if r}
+        vss = ((self.caches or {}).get("virtualservices") or {}).values()
+        return set().union(*(backed_by(vss, s) for s in services)) if services else set()
 
     def _own_echo(self, kind: str, key: tuple[str, str], old: dict | None, new: dict | None) -> bool:
         """Whether ``new`` is exactly what this operator wrote: the object the
@@ -489,15 +518,100 @@ class Reconciler:
             scope = self.narrow(scope, len(snap.get("virtualservices", ())))
             if scope is not None:
                 snap = scoped_snapshot(snap, scope)  # a snapshot(scope) passes unchanged
-        result = compile_snapshot(snap, self.namespace, now_rfc3339())
+        now = now_rfc3339()
+        derived_writes = 0
+        if scope is None:  # LoadBalancer Services: VIPs are only allocated against every VirtualService
+            lb = LB.plan_loadbalancers(snap.get("services", ()), snap.get("virtualservices", ()),
+                                       snap.get("vippools", ()), snap.get("namespaces", ()), now)
+            vw = plan_owned("virtualservices", lb.virtualservices, snap.get("virtualservices", ()),
+                            lambda o: LB.owner_service(o) is not None)
+            snap = self.write_owned(vw, snap)
+            derived_writes += len(vw) + self.write_service_statuses(lb, snap.get("services", ()))
+        der = derive_realservers(snap.get("virtualservices", ()), snap.get("services", ()),
+                                 snap.get("endpointslices", ()), snap.get("realservers", ()))
+        rw = plan_owned("realservers", der.realservers, snap.get("realservers", ()), is_derived)
+        snap = self.write_owned(rw, snap)
+        derived_writes += len(rw)
+        result = compile_snapshot(snap, self.namespace, now)
+        result.events.extend(der.events + (lb.events if scope is None else []))
         if scope is None:
             self.entangled = result.entangled
             self.full_passes += 1
         w = plan_writes(result, snap, self.namespace)
         if not w:
-            return 0
+            return derived_writes
         self.execute(w)
-        return len(w)
+        return len(w) + derived_writes
+
+    def write_owned(self, w: OwnedWrites, snap: Mapping[str, list[dict]]) -> dict[str, list[dict]]:
+        """Create, replace and delete the derived objects ``w`` plans (in the
+        tenants' namespaces), and return the snapshot with them as written, so
+        this very pass compiles them (with the uids a new one just got)."""
+        if not w:
+            return dict(snap)
+        from kubernetes.client.exceptions import ApiException
+        api = self.api_factory()
+        g, v = C.GROUP, C.VERSION
+        written: dict[tuple[str, str], dict | None] = {}
+        errors = []
+        for op, body in [("create", b) for b in w.create] + [("replace", b) for b in w.replace]:
+            ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            try:
+                if op == "create":
+                    obj = api.create_namespaced_custom_object(g, v, ns, w.plural, body)
+                else:
+                    obj = api.replace_namespaced_custom_object(g, v, ns, w.plural, name, body)
+                self._note(w.plural, obj, ns, name)
+                written[(ns, name)] = project(w.plural, obj)
+                log.info("%s %s %s/%s", "created" if op == "create" else "updated", w.plural, ns, name)
+            except ApiException as e:
+                errors.append(f"{op} {w.plural} {ns}/{name}: {e.status} {e.reason}")
+        for ns, name, uid in w.delete:
+            try:
+                api.delete_namespaced_custom_object(g, v, ns, w.plural, name,
+                                                    body={"preconditions": {"uid": uid}} if uid else None)
+                log.info("deleted %s %s/%s", w.plural, ns, name)
+            except ApiException as e:
+                if e.status != 404:
+                    errors.append(f"delete {w.plural} {ns}/{name}: {e.status} {e.reason}")
+                    continue
+            self._note(w.plural, None, ns, name)
+            written[(ns, name)] = None
+        if errors:
+            raise RuntimeError("; ".join(errors[:5]))
+        out = dict(snap)
+        objs = {key_of(o): o for o in snap.get(w.plural, ())}
+        for k, obj in written.items():
+            if obj is None:
+                objs.pop(k, None)
+            else:
+                objs[k] = obj
+        out[w.plural] = list(objs.values())
+        return out
+
+    def write_service_statuses(self, lb: "LB.LBPlan", services: Iterable[Mapping[str, Any]]) -> int:
+        """Patch ``status.loadBalancer`` and our condition of the Services
+        whose status differs from the plan (the status subresource only)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+        current = {key_of(s): s for s in services}
+        todo = [(ref, st) for ref, st in sorted(lb.service_status.items())
+                if ref in current and LB.status_differs(current[ref], st)]
+        if not todo:
+            return 0
+        core = client.CoreV1Api(self.api_factory().api_client)
+        for (ns, name), st in todo:
+            patch = [{"op": "add", "path": "/status/loadBalancer", "value": st["loadBalancer"]},
+                     {"op": "add", "path": "/status/conditions", "value": st["conditions"]}]
+            try:
+                obj = core.patch_namespaced_service_status(name, ns, patch, _content_type=JSON_PATCH)
+                self._note("services", core.api_client.sanitize_for_serialization(obj), ns, name)
+                log.info("Service %s/%s: load balancer %s", ns, name,
+                         (st["loadBalancer"].get("ingress") or [{}])[0].get("ip") or "released")
+            except ApiException as e:
+                if e.status != 404:
+                    raise RuntimeError(f"status of Service {ns}/{name}: {e.status} {e.reason}") from e
+        return len(todo)
 
     def narrow(self, scope: set[Ref] | None, known: int | None = None) -> set[Ref] | None:
         """``scope``, or None where a full pass is as cheap (over a quarter of the
@@ -663,7 +777,8 @@ class Reconciler:
             "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "reportingController": f"{C.GROUP}/operator", "reportingInstance": self.identity[:128],
             "action": "Reconcile", "reason": ev.reason, "type": ev.type, "note": ev.message[:1024],
-            "regarding": {"apiVersion": C.API_VERSION, "kind": ev.kind, "name": ev.name,
+            "regarding": {"apiVersion": "v1" if ev.kind == "Service" else C.API_VERSION, "kind": ev.kind,
+                          "name": ev.name,
                           **({"namespace": ev.namespace} if ev.namespace else {}), "uid": ev.uid},
         }
         api.create_namespaced_custom_object("events.k8s.io", "v1", ns, "events", body)

@@ -48,7 +48,7 @@ def operator_kinds(namespace: str) -> tuple[Kind, ...]:
     g, v = C.GROUP, C.VERSION
     return (Kind(C.VIRTUALSERVICE_PLURAL, g, v), Kind(C.REALSERVER_PLURAL, g, v), Kind(C.VIPPOOL_PLURAL, g, v),
             Kind("nodes"), Kind("namespaces"), Kind(C.NODESTATE_PLURAL, g, v, namespace),
-            Kind(C.IPVSSETTINGS_PLURAL, g, v))
+            Kind(C.IPVSSETTINGS_PLURAL, g, v), Kind("services"), Kind("endpointslices", "discovery.k8s.io", "v1"))
 
 
 def key_of(obj: dict) -> Key:
