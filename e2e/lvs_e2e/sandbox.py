@@ -23,6 +23,15 @@ In the lab VM an agent then starts as
 The guest's root is the host's, read-only, so the manifest's mount path is
 placed under a per-agent prefix in the guest's tmpfs and ``--sysctl-root``
 follows it.
+
+``image_command`` runs the agent from the image instead (lvs_e2e.image_root:
+the built image's root filesystem, exported): after the same mounts, made at
+the manifest's own paths inside the image's tree (/proc, /sys and /dev bound
+in, /proc/sys read-only, the node's /proc/sys/net and the state directory at
+their mountPaths, the kubeconfig in a tmpfs at /run/kube-lvs as a projected
+volume would be), ``chroot`` into the tree, the image's environment (its
+Config.Env: PATH, ...) and nothing else, then ``setpriv`` and ``lvs-agent``
+as the image's PATH finds them.
 """
 from __future__ import annotations
 
@@ -36,6 +45,8 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "deploy" / "base" / "agent.yaml"
 SYSCTL_ROOT_ENV = "KUBE_LVS_SYSCTL_ROOT"
 HOST_SYSCTL_NET = "/proc/sys/net"
+HOST_STATE = "/var/lib/kube-lvs"  # the agent's state hostPath (its default --state-dir)
+IMAGE_FILES = "/run/kube-lvs"  # where an image-run agent finds its kubeconfig and CA
 
 # capability(7) numbers, as in linux/capability.h.
 CAPABILITIES = (
@@ -63,6 +74,7 @@ class AgentSandbox:
     read_only_root: bool
     sysctl_mount: str  # where the host's /proc/sys/net is mounted, e.g. /host/proc/sys/net
     sysctl_root: str  # the agent's --sysctl-root, e.g. /host/proc/sys
+    state_mount: str = HOST_STATE  # where the state hostPath is mounted
 
     @property
     def cap_mask(self) -> int:
@@ -85,6 +97,22 @@ class AgentSandbox:
         return ["ip", "netns", "exec", netns, "sh", "-c", script, "sh",
                 *self.setpriv(), *agent, "--sysctl-root", root]
 
+    def image_mount_points(self) -> list[str]:
+        """The directories the image's tree must have for `image_command`."""
+        return ["/proc", "/sys", "/dev", "/run", self.sysctl_mount, self.state_mount]
+
+    def image_command(self, netns: str, root: str, env: tuple[str, ...] | list[str], state_dir: str,
+                      files: dict[str, str], agent: list[str]) -> list[str]:
+        """The guest command that starts ``agent`` (its argv inside the image,
+        without --sysctl-root and --state-dir) chrooted into ``root`` with the
+        image's ``env``; ``state_dir`` (the guest's) is mounted at the
+        manifest's state mountPath, each of ``files`` (name -> guest path) is
+        copied to IMAGE_FILES/name."""
+        script = image_setup_script(root, self.sysctl_mount, state_dir, self.state_mount, files,
+                                    self.read_only_root)
+        return ["ip", "netns", "exec", netns, "sh", "-c", script, "sh", "chroot", root, "/usr/bin/env", "-i",
+                *env, *self.setpriv(), *agent, "--sysctl-root", self.sysctl_root, "--state-dir", self.state_mount]
+
 
 def cap_mask(names: tuple[str, ...] | list[str]) -> int:
     mask = 0
@@ -106,10 +134,45 @@ def setup_script(sysctl_mount: str, state_dir: str, read_only_root: bool) -> str
         "mount -o remount,bind,ro /proc/sys",
     ]
     if read_only_root:
-        lines.append(
-            "awk '{print $5, $6}' /proc/self/mountinfo | while read -r mp opts; do"
-            f" case \"$mp\" in /proc|/proc/*|/dev|/dev/*|{net}|{state}) continue;; esac;"
+        lines.append(_read_only_rest(f"/proc|/proc/*|/dev|/dev/*|{net}|{state}"))
+    lines.append('exec "$@"')
+    return "\n".join(lines)
+
+
+def _read_only_rest(keep: str) -> str:
+    """Shell: remount read-only every writable mount but those the ``case``
+    patterns ``keep`` match (readOnlyRootFilesystem)."""
+    return ("awk '{print $5, $6}' /proc/self/mountinfo | while read -r mp opts; do"
+            f" case \"$mp\" in {keep}) continue;; esac;"
             " case \",$opts,\" in *,rw,*) mount -o remount,bind,ro \"$mp\";; esac; done")
+
+
+def image_setup_script(root: str, sysctl_mount: str, state_dir: str, state_mount: str,
+                       files: dict[str, str], read_only_root: bool) -> str:
+    """`setup_script` for an agent chrooted into the image's tree ``root``:
+    the same mounts at the manifest's paths inside it. The tree is read-only
+    (the guest's view of the host), so its mount points must exist already
+    (AgentSandbox.image_mount_points)."""
+    q = shlex.quote
+    net, state, run = q(root + sysctl_mount), q(root + state_mount), q(root + IMAGE_FILES)
+    r = q(root)
+    lines = [
+        "set -e",
+        f"mkdir -p {q(state_dir)}",
+        f"mount --rbind /proc {r}/proc",
+        f"mount --bind {r}/proc/sys {r}/proc/sys",  # the runtime's read-only /proc/sys
+        f"mount -o remount,bind,ro {r}/proc/sys",
+        f"mount --rbind /sys {r}/sys",
+        f"mount --rbind /dev {r}/dev",
+        f"mount --bind {HOST_SYSCTL_NET} {net}",  # hostPath /proc/sys/net, read-write
+        f"mount --bind {q(state_dir)} {state}",  # hostPath /var/lib/kube-lvs
+        f"mount -t tmpfs -o mode=0755 tmpfs {r}/run",
+        f"mkdir -m 0700 {run}",
+        *(f"cp {q(src)} {run}/{q(name)}" for name, src in sorted(files.items())),
+    ]
+    if read_only_root:
+        keep = "|".join(f"{r}{p}" for p in ("/proc", "/proc/*", "/dev", "/dev/*")) + f"|{net}|{state}"
+        lines.append(_read_only_rest(keep))
     lines.append('exec "$@"')
     return "\n".join(lines)
 
@@ -132,6 +195,15 @@ def _sysctl_mount(doc: dict, container: dict) -> str:
                 raise ManifestError(f"{HOST_SYSCTL_NET} must be mounted read-write")
             return m["mountPath"]
     raise ManifestError(f"no hostPath volume of {HOST_SYSCTL_NET} mounted in the agent container")
+
+
+def _state_mount(doc: dict, container: dict) -> str:
+    """The mountPath of the hostPath volume of the agent's state directory."""
+    volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"].get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        if volumes.get(m["name"], {}).get("hostPath", {}).get("path") == HOST_STATE:
+            return m["mountPath"]
+    raise ManifestError(f"no hostPath volume of {HOST_STATE} mounted in the agent container")
 
 
 def _sysctl_root(container: dict) -> str:
@@ -163,7 +235,7 @@ def from_manifest(path: Path = MANIFEST) -> AgentSandbox:
     return AgentSandbox(capabilities=added, uid=int(sc.get("runAsUser", 0)), gid=int(sc.get("runAsGroup", 0)),
                         no_new_privs=sc.get("allowPrivilegeEscalation") is False,
                         read_only_root=bool(sc.get("readOnlyRootFilesystem")),
-                        sysctl_mount=mount, sysctl_root=root)
+                        sysctl_mount=mount, sysctl_root=root, state_mount=_state_mount(doc, container))
 
 
 def status_caps(status_text: str) -> dict[str, int]:

@@ -22,8 +22,9 @@ from lvs_cluster.control_plane import ControlPlane, die_with_parent
 from lvs_lab.vm import LabVM
 from lvs_model.channel import DEFAULT_NAMESPACE
 
+from . import image_root
 from .remote import Controller
-from .sandbox import AgentSandbox, from_manifest, status_caps
+from .sandbox import IMAGE_FILES, AgentSandbox, from_manifest, status_caps
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_RUN = "/tmp/e2e"  # guest tmpfs: agent state, logs, markers
@@ -31,11 +32,16 @@ OPERATOR_SA = "kube-lvs-operator"
 AGENT_SA = "kube-lvs-agent"
 DIRECTOR_LABEL = "lvs.kube-lvs.io/director"
 VM_HOST = "10.0.2.100"  # the host, as the guestfwds show it to the VM
+# Where the agents run from: "image" (the built image's root filesystem, the
+# artifact users install) or "venv" (this checkout's virtualenv: no image
+# build, for quick local runs).
+AGENT_FROM_ENV = "KUBE_LVS_E2E_AGENT"
 
 
 _CLIENT = r"""
 import socket, sys
 vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with_peer = len(sys.argv) > 4  # "name@the client address the server saw"
 names = []
 for _ in range(n):
     try:
@@ -46,7 +52,7 @@ for _ in range(n):
             while chunk := s.recv(4096):
                 data += chunk
         body = data.split(b"\r\n\r\n", 1)[-1].split()
-        names.append(body[0].decode() if body else "-")
+        names.append(("@".join(b.decode() for b in body[:2]) if with_peer else body[0].decode()) if body else "-")
     except OSError:
         names.append("-")
 print(" ".join(names))
@@ -82,6 +88,16 @@ class System:
         self.topologies: set[str] = set()
         self.sandbox: AgentSandbox = from_manifest()  # how deploy/ runs the agent
         self.agent_pids: dict[str, int] = {}
+        self.image: image_root.ImageRoot | None = None  # agents run from it when set
+
+    def use_image(self) -> image_root.ImageRoot:
+        """Run the agents from the built image (lvs_e2e.image_root): built if
+        out of date, its root filesystem exported where the VM sees it."""
+        self.log("building the image (deploy/image/build.sh) and exporting its root filesystem")
+        image_root.build(self.log)
+        self.image = image_root.export(self.sandbox.image_mount_points())
+        self.log(f"agents run from {self.image.path} ({self.image.image_id[:19]})")
+        return self.image
 
     # -- host side ---------------------------------------------------------------
     def start_control_plane(self) -> None:
@@ -182,14 +198,37 @@ class System:
         deploy/base/agent.yaml, a token bound to the node, the API server
         through a relay into the namespace. ``resync``: 5 s (the tests wait
         for drift repair), not the product's 30."""
-        assert self.ctl is not None
+        assert self.ctl is not None and self.cp is not None
         self._start_api_relay(netns)
         state = f"{GUEST_RUN}/agent-{node}"
-        agent = [f"{self.bin}/lvs-agent", "--node", node, "--kubeconfig", str(self._node_kubeconfig(node)),
-                 "--state-dir", state, "--resync", str(resync), "--metrics-port", str(metrics_port),
-                 "--metrics-address", "127.0.0.1"]
-        argv = self.sandbox.command(netns, f"{state}.root", state, agent)
+        rest = ["--node", node, "--resync", str(resync), "--metrics-port", str(metrics_port),
+                "--metrics-address", "127.0.0.1"]
+        if self.image is not None:  # the image's lvs-agent, chrooted into its filesystem
+            files = {"kubeconfig": str(self._node_kubeconfig(node, ca=f"{IMAGE_FILES}/ca.crt")),
+                     "ca.crt": str(self.cp.ca_file)}
+            agent = ["lvs-agent", "--kubeconfig", f"{IMAGE_FILES}/kubeconfig", *rest]
+            argv = self.sandbox.image_command(netns, str(self.image.path), (*self.image.env, "HOME=/root"),
+                                              state, files, agent)
+        else:
+            agent = [f"{self.bin}/lvs-agent", "--kubeconfig", str(self._node_kubeconfig(node)),
+                     "--state-dir", state, *rest]
+            argv = self.sandbox.command(netns, f"{state}.root", state, agent)
         self.agent_pids[node] = self.ctl.spawn(f"agent-{node}", argv, log=f"{GUEST_RUN}/agent-{node}.log")
+
+    def agent_mounts(self, node: str) -> tuple[str, str]:
+        """(the node's /proc/sys/net, the state directory) as ``node``'s agent
+        sees them in its mountinfo."""
+        if self.image is not None:  # chrooted: the manifest's own paths
+            return self.sandbox.sysctl_mount, self.sandbox.state_mount
+        state = f"{GUEST_RUN}/agent-{node}"
+        return f"{state}.root{self.sandbox.sysctl_mount}", state
+
+    def agent_executable(self, node: str) -> tuple[str, str]:
+        """(/proc/PID/root, /proc/PID/exe) of ``node``'s running agent, as
+        the guest's root sees them."""
+        assert self.ctl is not None
+        pid = self.agent_pids[node]
+        return tuple(self.g("readlink", f"/proc/{pid}/{what}").strip() for what in ("root", "exe"))
 
     def _start_api_relay(self, netns: str) -> None:
         """127.0.0.1:<API port> in ``netns`` leads to the API server (lvs_e2e.api_relay)."""
@@ -203,13 +242,14 @@ class System:
                               VM_HOST, str(self.cp.port), ready], log=f"{GUEST_RUN}/{name}.log")
         wait_until(f"API relay in {netns}", lambda: self.ctl.run(["test", "-e", ready]).rc == 0, 120, 0.5)
 
-    def _node_kubeconfig(self, node: str) -> Path:
+    def _node_kubeconfig(self, node: str, ca: str | None = None) -> Path:
         """A kubeconfig for ``node``'s agent: the agent's ServiceAccount with a
         token bound to the Node, so the API server puts the node's name in the
         request (what a pod-bound token does for the DaemonSet) and the policy
         of deploy/base/agent-scope.yaml admits its NodeStates only. The CA is a
         file: the client would write inline CA data to a temporary file, and
-        the agent's root filesystem is read-only."""
+        the agent's root filesystem is read-only. ``ca``: the CA file's path
+        as the agent sees it (default: the host's)."""
         assert self.cp is not None
         if self.kubectl("get", "node", node, check=False) == "":
             self.add_node(node)
@@ -220,7 +260,7 @@ class System:
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "agent",
             "clusters": [{"name": "lab", "cluster": {"server": f"https://127.0.0.1:{self.cp.port}",
-                                                     "certificate-authority": str(self.cp.ca_file)}}],
+                                                     "certificate-authority": ca or str(self.cp.ca_file)}}],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "agent", "context": {"cluster": "lab", "user": user}}]}))
         path.chmod(0o600)
@@ -248,12 +288,14 @@ class System:
         return self.guest_log(f"agent-{node}.log")
 
     # -- traffic -------------------------------------------------------------------
-    def requests(self, kind: str, vip: str, count: int, port: int = 80) -> list[str]:
+    def requests(self, kind: str, vip: str, count: int, port: int = 80, peers: bool = False) -> list[str]:
         """`count` HTTP requests, one connection each, from `<kind>-client` to the VIP;
-        the answering names ("-" for a failed request). One process for all."""
+        the answering names ("-" for a failed request), with ``peers`` as
+        "name@address" (the client address the server saw). One process for all."""
         assert self.ctl is not None
         out = self.ctl.run(["ip", "netns", "exec", f"{kind}-client", self.python, "-c", _CLIENT,
-                            vip, str(port), str(count)], timeout=30 + 3 * count).check().out
+                            vip, str(port), str(count), *(["peer"] if peers else [])],
+                           timeout=30 + 3 * count).check().out
         return out.split()
 
     def distribution(self, kind: str, vip: str, count: int) -> Counter:

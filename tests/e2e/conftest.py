@@ -1,8 +1,11 @@
 """End-to-end tier: API server and operator on the host, agents and traffic in
 the lab VM. Needs the control-plane binaries (bash cluster/build.sh) and the
-lab kernel (bash lab/setup.sh); `make e2e` provides both."""
+lab kernel (bash lab/setup.sh); `make e2e` provides both. The agents run from
+the built image's root filesystem (deploy/image/build.sh, cached by its
+inputs); KUBE_LVS_E2E_AGENT=venv runs them from this checkout's virtualenv."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -37,9 +40,11 @@ def system(tmp_path_factory):
         find_kernel()
     except LabError as e:
         pytest.fail(f"lab kernel missing ({e}): run bash lab/setup.sh")
-    from lvs_e2e.system import System
+    from lvs_e2e.system import AGENT_FROM_ENV, System
     s = System(log=lambda m: print(f"[e2e] {m}", flush=True))
     try:
+        if os.environ.get(AGENT_FROM_ENV, "image") != "venv":
+            s.use_image()
         s.start_control_plane()
         s.start_operator()
         for node, director in (("nat-director", True), ("tun-director", False), ("rs1", False), ("rs2", False)):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lvs_e2e.sandbox import writable_mounts
-from lvs_e2e.system import GUEST_RUN, wait_until
+from lvs_e2e.system import AGENT_FROM_ENV, GUEST_RUN, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NAT_VIP, TUN_VIP = "192.168.0.30", "192.168.1.3"
@@ -76,8 +76,7 @@ def assert_daemonset_privileges(system, node: str) -> None:
     assert caps["CapInh"] == 0 and caps["CapAmb"] == 0, caps
     assert caps["NoNewPrivs"] == int(sb.no_new_privs), caps
     options = {f[4]: f[5].split(",") for f in (ln.split() for ln in mountinfo.splitlines())}
-    state = f"{GUEST_RUN}/agent-{node}"
-    net = f"{state}.root{sb.sysctl_mount}"
+    net, state = system.agent_mounts(node)
     assert "ro" in options["/proc/sys"], mountinfo
     assert "rw" in options[net] and "rw" in options[state], mountinfo
     if sb.read_only_root:
@@ -85,8 +84,63 @@ def assert_daemonset_privileges(system, node: str) -> None:
         assert all(m.startswith("/dev/") for m in others), others
 
 
+def assert_runs_from_the_image(system, node: str) -> None:
+    """``node``'s agent is the image's: its root is the exported image's tree
+    and its executable (the image's Python) lies in it, not the host's venv.
+    Before issue 22 item 6 the agents ran from the host's virtualenv."""
+    if os.environ.get(AGENT_FROM_ENV) == "venv":
+        pytest.skip(f"{AGENT_FROM_ENV}=venv: the agents run from this checkout's virtualenv")
+    assert system.image is not None, "make e2e runs the agents from the image"
+    root, exe = system.agent_executable(node)
+    assert system.image.exe_of(root, exe), (root, exe, system.image.path)
+    assert not Path(exe).is_relative_to(Path(system.python).parents[1]), exe
+
+
 def test_agent_runs_with_the_daemonsets_privileges(nat):
     assert_daemonset_privileges(nat, "nat-director")
+    assert_runs_from_the_image(nat, "nat-director")
+
+
+SNAT_PORT = 81
+
+
+def snat_objects() -> str:
+    """A second VirtualService on the seed's VIP with natReturn: snat (the
+    director masquerades, through its nftables table) over the same servers."""
+    vs = {"apiVersion": "lvs.kube-lvs.io/v1alpha1", "kind": "VirtualService",
+          "metadata": {"name": "http-snat", "namespace": "web"},
+          "spec": {"address": NAT_VIP, "port": SNAT_PORT, "protocol": "tcp", "scheduler": "rr", "method": "nat",
+                   "natReturn": "snat",
+                   "directorSelector": {"matchLabels": {"lvs.kube-lvs.io/director": "true"}}}}
+    rss = [{"apiVersion": "lvs.kube-lvs.io/v1alpha1", "kind": "RealServer",
+            "metadata": {"name": f"snat-{rs}", "namespace": "web"},
+            "spec": {"virtualService": "http-snat", "address": addr, "port": 80}}
+           for rs, addr in (("rs1", "10.0.0.51"), ("rs2", "10.0.0.52"))]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [vs, *rss]})
+
+
+def test_snat_virtualservice_from_the_image_masquerades(nat):
+    """Issue 22 item 6: the image lacked nft, so a natReturn: snat service
+    made the director's whole reconcile fail. From the image, its agent now
+    programs the SNAT table: the servers see the director's inside address
+    on the SNAT service and the client's on the gateway one, the NodeState
+    reports both programmed, and deleting the service deletes the table."""
+    nat.kubectl("apply", "-f", "-", input=snat_objects())
+    seen = wait_until("SNAT service answering from both real servers",
+                      lambda: (lambda r: r if {x.split("@")[0] for x in r} == {"rs1", "rs2"} else None)(
+                          nat.requests("nat", NAT_VIP, 4, port=SNAT_PORT, peers=True)),
+                      timeout=180, every=2)
+    assert {x.split("@")[1] for x in seen} == {"10.0.0.30"}, seen  # masqueraded to the director's DIP
+    assert {x.split("@")[1] for x in nat.requests("nat", NAT_VIP, 2, peers=True)} == {"192.168.0.1"}
+    table = nat.g("ip", "netns", "exec", "nat-director", "nft", "list", "table", "inet", "kube-lvs")
+    assert "masquerade" in table and f"proto-dst {SNAT_PORT}" in table, table
+    nodestates = nat.kubectl("get", "nodestates.lvs.kube-lvs.io", "-n", "kube-lvs-system", "-o", "json")
+    assert "needs nft" not in nodestates
+    nat.kubectl("delete", "-f", "-", input=snat_objects())
+    wait_until("the SNAT table deleted with its service",
+               lambda: nat.ctl.run(["ip", "netns", "exec", "nat-director", "nft", "list", "table", "inet",
+                                    "kube-lvs"]).rc != 0, timeout=120, every=2)
+    assert set(nat.requests("nat", NAT_VIP, 4)) == {"rs1", "rs2"}
 
 
 def test_metrics_endpoint_reports_the_kernel(nat):
@@ -260,6 +314,7 @@ def test_seed_tun_with_agents_on_the_real_servers(system):
     assert arp.strip() == "1"  # written through the mounted sysctl root: its /proc/sys is read-only
     for node in ("rs1", "tun-director"):
         assert_daemonset_privileges(s, node)
+        assert_runs_from_the_image(s, node)
     wait_until("TUN RealServers Healthy", lambda: healths(s, "web-tun") == {"rs1": "Healthy", "rs2": "Healthy"},
                timeout=120, every=2)
     # Remove it: the backends are put back as they were.
