@@ -1,11 +1,14 @@
 """The container image: built with Debian's Docker engine from a registry-free
-base (debootstrap + docker import), then both entrypoints run in it."""
+base (debootstrap + docker import), then both entrypoints run in it, and every
+program the agent runs (lvs_agent.tools) is in it."""
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from lvs_agent.tools import EXTERNAL_TOOLS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,3 +43,14 @@ def test_runs_as_non_root_by_default(image):
 def test_lvsctl_is_in_the_image(image):
     r = run(image, "lvsctl", "--help")
     assert r.returncode == 0 and "lvsctl" in r.stdout
+
+
+@pytest.mark.parametrize("tool", sorted(EXTERNAL_TOOLS))
+def test_every_program_the_agent_runs_is_in_the_image(image, tool):
+    """Issue 22 item 6: the image lacked nft, the one program the agent runs
+    (for a natReturn: snat service's table). Each tool of lvs_agent.tools
+    runs in the image from its PATH, and the agent's own lookup finds it."""
+    r = run(image, tool, "--version")
+    assert r.returncode == 0, (tool, r.stdout, r.stderr)
+    r = run(image, "python3", "-c", "from lvs_agent import tools; print(sorted(tools.missing(list(tools.EXTERNAL_TOOLS))))")
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
