@@ -12,7 +12,7 @@ whose claim settle keeps. Rules:
   dests to it would touch a foreign object;
 - removing what is already gone is success (DelService ESRCH/ENOENT, DelDest
   ENOENT, DelAddress EADDRNOTAVAIL, DelLink ENODEV);
-- the kernel's fallback tunnel devices (tunl0, ip6tnl0, gre0) appear when
+- the kernel's fallback tunnel devices (tunl0, ip6tnl0, gre0, ip6gre0) appear when
   their module loads and cannot be deleted: "adding" one loads the module,
   "deleting" one brings it down.
 

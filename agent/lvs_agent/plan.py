@@ -22,7 +22,7 @@ from .tools import missing_message
 
 # Devices the kernel creates itself when the tunnel module loads: we bring them
 # up but never create or delete them.
-FALLBACK_TUNNELS = {"tunl0": "ipip", "ip6tnl0": "ip6tnl", "gre0": "gre"}
+FALLBACK_TUNNELS = {"tunl0": "ipip", "ip6tnl0": "ip6tnl", "gre0": "gre", "ip6gre0": "ip6gre"}
 
 # NAT reply path by policy routing (backend nodes). kube-lvs owns the routing
 # tables REPLY_TABLE_BASE .. +REPLY_TABLE_COUNT-1 (0x4c56 = 19542 .. 19797;

@@ -176,8 +176,9 @@ class BackendVip:
         if self.method == "dr":
             return "lo"
         v6 = ":" in self.address
-        # GUE carries an IPIP (IPv6: ip6ip6) packet: it lands on that tunnel's device.
-        return {"ipip": "ip6tnl0" if v6 else "tunl0", "gre": "gre0",
+        # GUE carries an IPIP (IPv6: ip6ip6) packet: it lands on that tunnel's
+        # device; IPv6 GRE is ip6_gre's (its fallback device ip6gre0).
+        return {"ipip": "ip6tnl0" if v6 else "tunl0", "gre": "ip6gre0" if v6 else "gre0",
                 "gue": "ip6tnl0" if v6 else "tunl0"}[self.tunnel_type]
 
 

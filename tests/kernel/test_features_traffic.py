@@ -334,14 +334,13 @@ def test_gue_and_gre_backends_configured_by_the_agent(engines):
         engs = [engines(ns, name) for ns, name in zip(t.real_servers, t.names)]
         for e, doc in zip(engs, backends):
             reconcile_ok(e, doc)
-        assert f"port {GUE_PORT} gue" in fou_ports(t, t.real_servers[0])
-        assert f"{t.vip}/32" in t.lab.run(t.real_servers[1], "ip", "-o", "addr", "show", "dev", "gre0").stdout
-        assert fou_ports(t, t.real_servers[1]).strip() == ""
-
         t.wait_tcp()
         names = t.tcp_names(4)
         assert set(names) == set(t.names) and all(a != b for a, b in zip(names, names[1:])), names
         assert {r.peer for r in t.tcp_replies(2)} == {t.client_ip}  # replies straight from the servers
+        assert f"port {GUE_PORT} gue" in fou_ports(t, t.real_servers[0])
+        assert f"{t.vip}/32" in t.lab.run(t.real_servers[1], "ip", "-o", "addr", "show", "dev", "gre0").stdout
+        assert fou_ports(t, t.real_servers[1]).strip() == ""
 
         t.wait_udp()
         flow = udp_names_one_socket(t.client, t.vip, 80, 6)
@@ -380,6 +379,9 @@ def test_a_gue_port_opened_by_hand_is_left_open(engines):
     # ip6ip6 inside GUE over IPv6: a fou6 port, the inner packet on ip6tnl0
     # (failed before: the model put an IPv6 GUE VIP on tunl0 and opened no port).
     ("tun", {"type": "gue", "port": GUE_PORT}, "ip6tnl0"),
+    # IPv6 GRE: ip6_gre's fallback device (failed before: the VIP went to gre0,
+    # IPv4's GRE device, and ip6gre0 stayed down).
+    ("tun", {"type": "gre"}, "ip6gre0"),
 ])
 def test_ipv6_dr_and_tun(engines, method, tunnel, device):
     with topology.lan6(serve=True) as t:
@@ -390,13 +392,13 @@ def test_ipv6_dr_and_tun(engines, method, tunnel, device):
                          "directorAddresses": [t.vip]})
         vip = {"address": t.vip, "method": method}
         if tunnel:
-            vip.update(tunnelType=tunnel["type"], tunnelPort=tunnel["port"])
+            vip.update(tunnelType=tunnel["type"], **({"tunnelPort": tunnel["port"]} if "port" in tunnel else {}))
         for ns, name in zip(t.real_servers, t.names):
             reconcile_ok(engines(ns, name), {"backendVips": [vip], "uplink": "eth0"})
-        held = t.lab.run(t.real_servers[0], "ip", "-o", "addr", "show", "dev", device).stdout
-        assert f"{t.vip}/128" in held, held
         t.wait_tcp()
         names = t.tcp_names(4)
         assert set(names) == set(t.names) and all(a != b for a, b in zip(names, names[1:])), names
         assert {r.peer for r in t.tcp_replies(2)} == {t.client_ip}
+        held = t.lab.run(t.real_servers[0], "ip", "-o", "addr", "show", "dev", device).stdout
+        assert f"{t.vip}/128" in held, held
         reconcile_ok(d, {})

@@ -71,9 +71,12 @@ def test_a_port_without_gue_is_refused_with_its_field(vip):
     assert [e.path for e in errors] == ["backendVips[0].tunnelPort"]
 
 
-def test_ipv6_gue_lands_on_ip6tnl0():
-    # IPVS puts an ip6ip6 packet in an IPv6 GUE tunnel: the ip6_tunnel device receives it.
+def test_ipv6_tunnels_land_on_ipv6_devices():
+    # IPVS puts an ip6ip6 packet in an IPv6 GUE tunnel: the ip6_tunnel device
+    # receives it; IPv6 GRE is ip6_gre's (before: tunl0 and gre0, IPv4's).
     assert BackendVip("fd00:2::100", "tun", "gue", 6080).device == "ip6tnl0"
+    assert BackendVip("fd00:2::100", "tun", "gre").device == "ip6gre0"
+    assert BackendVip("192.168.1.3", "tun", "gre").device == "gre0"
     assert F.wanted(NodeSpec(backend_vips=(BackendVip("fd00:2::100", "tun", "gue", 6080),))) \
         == {"fou:ipv6:6080:gue"}
 
