@@ -10,6 +10,7 @@
 # the VM again), merged into the same report. Prints the tables and copies the
 # results to bench/results/:
 #   latest.{json,md,txt}   full run (default sizes 1k, 10k, 100k dests)
+#   latest.*.png           its plots (lvs_bench.plots: time versus size, latency CDF)
 #   smoke.{json,md,txt}    --smoke (20 and 40 dests: checks the harness, not speed)
 #   runs/<date>.json       every full run, kept
 # Needs root (apt-get for the peers, qemu). Exit code: the harness's (1 if any
@@ -105,8 +106,13 @@ main() {
         mkdir -p "$ROOT/bench/results/runs"
         cp "$job/bench/latest.json" "$ROOT/bench/results/runs/$(date -u +%Y%m%d-%H%M%S).json"
     fi
+    if [ "$copied" = 1 ] && [ -f "$ROOT/bench/results/$name.json" ]; then
+        # The pictures beside the tables (matplotlib: pip install -e '.[bench]').
+        PYTHONPATH="$ROOT/bench" "$PY" -m lvs_bench.plots "$ROOT/bench/results/$name.json" >&2 \
+            || log "no plots: matplotlib missing? (pip install -e '.[bench]')"
+    fi
     if [ "$copied" = 1 ]; then
-        log "results: bench/results/$name.{json,md,txt} (exit $rc)"
+        log "results: bench/results/$name.{json,md,txt} and $name.*.png (exit $rc)"
     else
         log "no results came back (exit $rc); VM console tail:"
         tail -n 40 "$job/console.log" 2>/dev/null >&2 || true
