@@ -37,6 +37,7 @@ need ip iproute2
 need gzip gzip
 need nft nftables   # firewall-mark tests mark packets with nft in a director namespace
 need curl curl
+need prometheus prometheus  # the e2e tier scrapes an agent with a real Prometheus in its namespace
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx insmod && file_static=1 || file_static=0
 if [ "$file_static" = 1 ] && ldd /bin/busybox >/dev/null 2>&1; then file_static=0; fi
 [ "$file_static" = 1 ] || need_pkgs+=(busybox-static)
@@ -53,6 +54,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt_update
     log "apt-get install ${need_pkgs[*]}"
     apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    # The tests start their own Prometheus in a namespace in the VM; the
+    # package's service has no business on the host.
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 else
     log "host packages present (qemu, busybox-static, cpio, kmod, ipvsadm, iproute2)"
 fi
