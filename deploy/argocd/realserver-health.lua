@@ -1,4 +1,4 @@
--- Argo CD health for lvs.kube-lvs.io/RealServer.
+-- Argo CD health for lvs.kube-lvs.io/RealServer (after common.lua).
 -- Healthy: Ready (passing health checks) with its node side configured.
 -- Suspended: Draining (weight 0, no new connections).
 -- Degraded: Ready=False for a reason someone must fix, failing health checks
@@ -11,22 +11,6 @@ local FIX = {
   Conflict = true, Unhealthy = true,
 }
 local BACKEND_FIX = { NoNodeName = true, NodeNotFound = true }
-local hs = {}
-if obj.status == nil or obj.status.conditions == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the kube-lvs operator"
-  return hs
-end
-local gen = obj.metadata.generation
-if gen ~= nil and obj.status.observedGeneration ~= nil and obj.status.observedGeneration < gen then
-  hs.status = "Progressing"
-  hs.message = "The operator has not seen generation " .. gen .. " yet"
-  return hs
-end
-local cond = {}
-for _, c in ipairs(obj.status.conditions) do
-  cond[c.type] = c
-end
 local ready = cond["Ready"]
 local backend = cond["BackendConfigured"]
 if ready ~= nil and ready.status == "False" and FIX[ready.reason or ""] then

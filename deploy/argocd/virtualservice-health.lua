@@ -1,4 +1,4 @@
--- Argo CD health for lvs.kube-lvs.io/VirtualService.
+-- Argo CD health for lvs.kube-lvs.io/VirtualService (after common.lua).
 -- Healthy: Ready. Degraded: a Conflict, or Ready=False for a reason someone
 -- must fix (the FIX table: the operator's VS_READY_FIX, tested to match).
 -- Progressing: no status yet, a generation the operator has not seen, or
@@ -7,22 +7,6 @@ local FIX = {
   Invalid = true, NoPool = true, Conflict = true, DirectorsNotAllowed = true, NoDirectors = true,
   Failed = true, NoRealServers = true, NoHealthyRealServers = true,
 }
-local hs = {}
-if obj.status == nil or obj.status.conditions == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the kube-lvs operator"
-  return hs
-end
-local gen = obj.metadata.generation
-if gen ~= nil and obj.status.observedGeneration ~= nil and obj.status.observedGeneration < gen then
-  hs.status = "Progressing"
-  hs.message = "The operator has not seen generation " .. gen .. " yet"
-  return hs
-end
-local cond = {}
-for _, c in ipairs(obj.status.conditions) do
-  cond[c.type] = c
-end
 local conflict = cond["Conflict"]
 if conflict ~= nil and conflict.status == "True" then
   hs.status = "Degraded"

@@ -7,6 +7,7 @@ deploy/argocd` errored).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,10 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "deploy" / "argocd"
 NAMESPACE = "argocd"  # the patch names Argo CD's default namespace, as its install does
-EXPECTED = {
-    "resource.customizations.health.lvs.kube-lvs.io_VirtualService": (ARGOCD / "virtualservice-health.lua"),
-    "resource.customizations.health.lvs.kube-lvs.io_RealServer": (ARGOCD / "realserver-health.lua"),
-}
+KINDS = ("VirtualService", "RealServer")
 # Keys an Argo CD install already has: they must survive.
 EXISTING = {
     "url": "https://argocd.example",
@@ -29,6 +27,14 @@ ARGOCD_CM = {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "argocd-cm", "namespace": NAMESPACE,
                           "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"}},
              "data": EXISTING}
+
+
+def generator():
+    """deploy/argocd/generate.py: what each kind's health check is."""
+    spec = importlib.util.spec_from_file_location("argocd_generate", ARGOCD / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
 
 
 @pytest.fixture
@@ -49,8 +55,10 @@ def data(control_plane) -> dict[str, str]:
 
 def assert_installed(control_plane):
     got = data(control_plane)
-    for key, script in EXPECTED.items():
-        assert got.get(key) == script.read_text(), key
+    gen = generator()
+    for kind in KINDS:
+        key = f"resource.customizations.health.lvs.kube-lvs.io_{kind}"
+        assert got.get(key) == gen.script(kind), key
     for key, value in EXISTING.items():
         assert got.get(key) == value, f"{key} was lost"
 

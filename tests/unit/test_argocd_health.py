@@ -10,6 +10,7 @@ NoHealthyRealServers and DirectorsNotAllowed were Progressing, a RealServer
 whose VirtualService was not found was Progressing, and the tests used
 reasons the operator never emits (VIPInUse, PoolDenied, Programming).
 """
+import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -26,9 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "deploy" / "argocd"
 
 
-def health(script: str, obj: dict) -> tuple[str, str]:
-    """(status, message) of an Argo CD health script for ``obj``, the way
-    Argo CD runs it: the script's body with ``obj`` bound, returning a table."""
+def _generator():
+    spec = importlib.util.spec_from_file_location("argocd_generate", HERE / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
+
+
+GEN = _generator()
+
+
+def health(kind: str, obj: dict) -> tuple[str, str]:
+    """(status, message) of the Argo CD health check of ``kind`` for ``obj``,
+    the way Argo CD runs it: the script with ``obj`` bound, returning a table."""
     lua = lupa.LuaRuntime(unpack_returned_tuples=True)
 
     def to_lua(v):
@@ -38,7 +49,7 @@ def health(script: str, obj: dict) -> tuple[str, str]:
             return lua.table_from([to_lua(x) for x in v])
         return v
 
-    fn = lua.eval("function(obj) " + (HERE / script).read_text() + " end")
+    fn = lua.eval("function(obj) " + GEN.script(kind) + " end")
     hs = fn(to_lua(obj))
     return hs["status"], hs["message"]
 
@@ -55,11 +66,11 @@ def c(type_, status, reason="", message="why"):
 
 
 def vs_health(o):
-    return health("virtualservice-health.lua", o)
+    return health("VirtualService", o)
 
 
 def rs_health(o):
-    return health("realserver-health.lua", o)
+    return health("RealServer", o)
 
 
 # The compiler's code that decides VirtualService and RealServer statuses (the
@@ -116,11 +127,11 @@ def test_realserver_waiting_reasons():
     assert set(RS_READY_WAIT) == {"NotChecked", "Draining"}  # each one has its case above
 
 
-@pytest.mark.parametrize("script", ["virtualservice-health.lua", "realserver-health.lua"])
-def test_without_status_or_at_an_unseen_generation_is_progressing(script):
-    assert health(script, obj())[0] == "Progressing"
+@pytest.mark.parametrize("kind", ["VirtualService", "RealServer"])
+def test_without_status_or_at_an_unseen_generation_is_progressing(kind):
+    assert health(kind, obj())[0] == "Progressing"
     stale = obj(c("Ready", "False", "Invalid"), gen=3, observed=2)
-    assert health(script, stale)[0] == "Progressing"
+    assert health(kind, stale)[0] == "Progressing"
 
 
 def test_virtualservice_ready_and_conflict():
@@ -138,12 +149,7 @@ def test_realserver_ready():
 
 def test_the_patch_carries_the_scripts_as_they_are():
     """argocd-cm-patch.yaml is generated from the .lua files; a stale one fails."""
-    import importlib.util
     import yaml
-    spec = importlib.util.spec_from_file_location("argocd_generate", HERE / "generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    assert (HERE / "argocd-cm-patch.yaml").read_text() == gen.current()
+    assert (HERE / "argocd-cm-patch.yaml").read_text() == GEN.current()
     data = yaml.safe_load((HERE / "argocd-cm-patch.yaml").read_text())["data"]
-    assert data == {f"resource.customizations.health.lvs.kube-lvs.io_{k}": (HERE / f).read_text()
-                    for k, f in gen.SCRIPTS.items()}
+    assert data == {f"resource.customizations.health.lvs.kube-lvs.io_{k}": GEN.script(k) for k in GEN.SCRIPTS}
