@@ -38,8 +38,13 @@ class ImageRoot:
 
     def exe_of(self, pid_root: str, exe: str) -> bool:
         """Whether a process whose /proc/PID/root and /proc/PID/exe read as
-        given runs a program of this tree."""
-        return Path(pid_root) == self.path and Path(exe).is_relative_to(self.path)
+        given runs a program of this tree. Read from another mount namespace
+        the links may carry the reader's view of the host's root in front
+        (the lab guest mounts it at /newroot)."""
+        root = Path(pid_root)
+        tail = len(self.path.parts) - 1  # the tree's path without its leading /
+        return (root.parts[-tail:] == self.path.parts[1:] and Path(exe).is_relative_to(root)
+                and Path(exe) != root)
 
 
 def _docker(*args: str) -> str:
