@@ -18,8 +18,7 @@ import pytest
 
 from lvs_agent.engine import Engine
 from lvs_lab import topology
-from lvs_lab.netns import call_in_netns
-from lvs_lab.servers import tcp_names, wait_tcp
+from lvs_lab.servers import hold_tcp as hold, tcp_names, wait_tcp  # hold: open and keep a connection
 from lvs_model.nodespec import parse_node_spec
 
 from engine_helpers import HoldServer
@@ -28,26 +27,6 @@ SOURCES = [f"192.168.0.{i}" for i in range(1, 9)]  # .1 is the client's own addr
 DH_VIPS = [f"192.168.0.{i}" for i in range(40, 48)]
 FWM_VIP = "192.168.0.60"
 HOLD_PORT = 8080
-
-
-def hold(ns: str, host: str, port: int) -> tuple[str | None, socket.socket | None]:
-    """Open a connection from ``ns`` and keep it; returns (server name, socket)."""
-    def do():
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(3)
-        try:
-            s.connect((host, port))
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(64)
-                if not chunk:
-                    break
-                data += chunk
-            return data.decode().strip() or None, s
-        except OSError:
-            s.close()
-            return None, None
-    return call_in_netns(ns, do)
 
 
 @pytest.fixture(scope="module")
