@@ -425,7 +425,7 @@ def nodestate_spec() -> dict:
         "directorAddresses": {"type": "array", "maxItems": 16,
                               "items": _obj({"address": _str(), "device": _device("directorAddresses[].device")})},
         "backendVips": {"type": "array", "items": _obj({"address": _str(), "method": _str(),
-                                                         "tunnelType": _str()})},
+                                                         "tunnelType": _str(), "tunnelPort": _int(0, 65535)})},
         "replyRoutes": {"type": "array", "items": _obj({"address": _str(), "port": _int(), "protocol": _str(),
                                                          "via": {"type": "array", "items": _str()}})},
         "uplink": _device("uplink"),

@@ -249,7 +249,8 @@ def expected_methods() -> dict[str, dict]:
     # TUN: ipip on B2, GUE on B3 (its RealServer overrides the tunnel).
     out[f"{B2}-{NS1}-tun"] = {"node": B2, "services": [], "backendVips": [{"address": "192.168.10.3", "method": "tun"}]}
     out[f"{B3}-{NS1}-tun"] = {"node": B3, "services": [],
-                              "backendVips": [{"address": "192.168.10.3", "method": "tun", "tunnelType": "gue"}]}
+                              "backendVips": [{"address": "192.168.10.3", "method": "tun", "tunnelType": "gue",
+                                               "tunnelPort": 6080}]}
     out[f"{B1}-{NS1}-v6"] = {"node": B1, "services": [],
                              "backendVips": [{"address": "2001:db8:10::1", "method": "tun"}]}
     out[f"{B2}-{NS1}-v6"] = {"node": B2, "services": [],
