@@ -199,6 +199,22 @@ class ReplyRoute:
 
 
 @dataclass(frozen=True)
+class DirectorGroup:
+    """The directors that serve ``vips`` together (a VirtualService's
+    directorSelector): one of them holds each VIP, the others keep the same
+    IPVS services as hot standby. ``sync_id`` (1-255; 0: none) runs the
+    kernel's connection sync daemon on ``device`` ("" : the uplink)."""
+
+    name: str
+    members: tuple[str, ...] = ()
+    vips: tuple[str, ...] = ()
+    sync_id: int = 0
+    device: str = ""
+    preferred: str = ""
+    fail_back: bool = False
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     node: str = ""
     services: tuple[Service, ...] = ()
@@ -215,6 +231,9 @@ class NodeSpec:
     # Pairs, not a record, so the agent's merge of NodeStates treats them like
     # every other node-level field (concatenated, duplicates dropped).
     timeouts: tuple[tuple[str, int], ...] = ()
+    # Director high availability: the groups this director belongs to. None:
+    # this director holds every VIP it is given (a single director).
+    director_groups: tuple[DirectorGroup, ...] = ()
 
     def service(self, key: ServiceKey) -> Service | None:
         return self._by_key.get(key)
@@ -588,7 +607,7 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
     if not isinstance(data, Mapping):
         return NodeSpec(), [FieldError("spec", "must be a mapping")]
     _known_keys(data, {"node", "services", "directorAddresses", "backendVips", "uplink", "sysctls",
-                       "replyRoutes", "timeouts"},
+                       "replyRoutes", "timeouts", "directorGroups"},
                 "spec", errors)
     services: list[Service] = []
     seen: dict[ServiceKey, int] = {}
@@ -663,8 +682,42 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         sysctls=tuple(sorted(sysctls.items())),
         reply_routes=tuple(dict.fromkeys(routes)),
         timeouts=parse_timeouts(data.get("timeouts"), "timeouts", errors),
+        director_groups=parse_director_groups(data.get("directorGroups"), errors),
     )
     return spec, errors
+
+
+def parse_director_groups(raw: Any, errors: list[FieldError]) -> tuple[DirectorGroup, ...]:
+    out: list[DirectorGroup] = []
+    for i, g in enumerate(raw or []):
+        path = f"directorGroups[{i}]"
+        if not isinstance(g, Mapping):
+            errors.append(FieldError(path, "must be a mapping"))
+            continue
+        n = len(errors)
+        _known_keys(g, {"name", "members", "vips", "syncId", "device", "preferred", "failBack"}, path, errors)
+        members = g.get("members") or []
+        if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+            errors.append(FieldError(f"{path}.members", "must be a list of node names"))
+            members = []
+        vips = tuple(_host_ip(v, f"{path}.vips[{j}]", errors, what="a VIP") for j, v in enumerate(g.get("vips") or []))
+        sync_id = _int(g, "syncId", path, errors, 0, 0, 255)
+        device = str(g.get("device", ""))
+        if device and device_error(device):
+            errors.append(FieldError(f"{path}.device", device_error(device)))
+        if len(errors) == n:
+            out.append(DirectorGroup(str(g.get("name", "")), tuple(sorted(set(members))), tuple(sorted(set(vips))),
+                                     sync_id, device, str(g.get("preferred", "")), bool(g.get("failBack", False))))
+    return tuple(dict.fromkeys(out))
+
+
+def dump_director_group(g: DirectorGroup) -> dict:
+    out: dict[str, Any] = {"name": g.name, "members": list(g.members), "vips": list(g.vips)}
+    for key, value in (("syncId", g.sync_id), ("device", g.device), ("preferred", g.preferred),
+                       ("failBack", g.fail_back)):
+        if value:
+            out[key] = value
+    return out
 
 
 def parse_timeouts(raw: Any, path: str, errors: list[FieldError]) -> tuple[tuple[str, int], ...]:
@@ -789,4 +842,6 @@ def dump_node_spec(spec: NodeSpec) -> dict:
                                "via": list(r.via)} for r in spec.reply_routes]
     if spec.timeouts:
         out["timeouts"] = dump_timeouts(spec.timeouts)
+    if spec.director_groups:
+        out["directorGroups"] = [dump_director_group(g) for g in spec.director_groups]
     return out

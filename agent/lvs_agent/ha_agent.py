@@ -1,0 +1,246 @@
+"""The agent's director side in a director group: hold only the VIPs it owns.
+
+Every director of a group programs the same IPVS services (hot standby: a
+takeover needs no IPVS change, only the address); the spec the engine gets
+lists only the VIP addresses this director holds (``held_spec``), so a VIP
+it gives up is removed by the ordinary rule (an address the record lists and
+the spec does not), and one it takes over is added like any other. After the
+pass that added them, the new VIPs are announced (gratuitous ARP / NA) on the
+group's device. The kernel's connection sync daemon runs on that device with
+the group's sync id, master and backup in every director, so whichever holds
+a VIP sends its connections and the others have them.
+
+The pure parts (policies, held_spec, unserved, wanted_daemons) are unit
+tested; :class:`HaController` is the shell: one thread renews this director's
+Lease, reads the group's Leases, decides (ha_owner.decide) and wakes the
+agent when what it holds changes. Without director groups in the spec it does
+nothing at all: no Lease, no daemon, every VIP held (a single director
+behaves as before).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Callable, Iterable
+
+from lvs_model.nodespec import NodeSpec
+
+from . import ha_owner as H
+from .ipvs_sync import SyncDaemon
+
+log = logging.getLogger("lvs_agent.ha")
+
+
+# --------------------------------------------------------------------------
+# Pure
+# --------------------------------------------------------------------------
+
+def policies(spec: NodeSpec) -> dict[str, H.Policy]:
+    """VIP -> how it is placed, for every VIP of a group this director is in.
+    A VIP in two groups (two NodeStates that disagree) takes the first."""
+    out: dict[str, H.Policy] = {}
+    for g in spec.director_groups:
+        if g.members and spec.node not in g.members:
+            continue
+        p = H.Policy(frozenset(g.members) or None, g.preferred or None, g.fail_back)
+        for v in g.vips:
+            out.setdefault(v, p)
+    return out
+
+
+def held_spec(spec: NodeSpec, held: Iterable[str]) -> NodeSpec:
+    """``spec`` with the director addresses of group VIPs this director does
+    not hold left out (addresses outside every group are kept)."""
+    grouped = set(policies(spec))
+    if not grouped:
+        return spec
+    keep = set(held)
+    addrs = tuple(a for a in spec.director_addresses if a.address not in grouped or a.address in keep)
+    return spec if addrs == spec.director_addresses else replace(spec, director_addresses=addrs)
+
+
+def unserved(spec: NodeSpec, vips: Iterable[str]) -> frozenset[str]:
+    """The VIPs whose services all have no dest with a weight above 0 (after
+    the health verdicts: a failed server's weight is 0). A VIP with no
+    service here is not counted: nothing to say about it."""
+    out = set()
+    for vip in vips:
+        svcs = [s for s in spec.services if s.address == vip]
+        if svcs and not any(d.weight > 0 for s in svcs for d in s.dests):
+            out.add(vip)
+    return frozenset(out)
+
+
+def wanted_daemons(spec: NodeSpec, uplink: str) -> tuple[list[SyncDaemon], str]:
+    """The sync daemons (master and backup) for this director, and a problem
+    when the groups ask for more than one: a namespace runs one daemon per
+    state, so the group with the lowest sync id wins and the others are named."""
+    groups = sorted({(g.sync_id, g.device or uplink) for g in spec.director_groups
+                     if g.sync_id and (not g.members or spec.node in g.members) and (g.device or uplink)})
+    if not groups:
+        return [], ""
+    sync_id, device = groups[0]
+    problem = ""
+    if len(groups) > 1:
+        problem = (f"one sync daemon per director: sync id {sync_id} on {device} runs, "
+                   f"not {', '.join(f'{i} on {d}' for i, d in groups[1:])}")
+    return [SyncDaemon("master", device, sync_id), SyncDaemon("backup", device, sync_id)], problem
+
+
+def announce_device(spec: NodeSpec, vip: str, uplink: str) -> str:
+    for g in spec.director_groups:
+        if vip in g.vips and g.device:
+            return g.device
+    return uplink
+
+
+# --------------------------------------------------------------------------
+# Shell
+# --------------------------------------------------------------------------
+
+class HaController:
+    """This director's side of its groups.
+
+    ``lease``: an ha_lease.DirectorLease; ``announce(device, vip)``: the
+    takeover announcement; ``sync(wanted)``: make the sync daemons match;
+    ``on_change``: wake the agent; ``clock``: monotonic seconds."""
+
+    def __init__(self, lease: Any, announce: Callable[[str, str], None],
+                 sync: Callable[[list[SyncDaemon]], None] | None = None,
+                 on_change: Callable[[], None] = lambda: None, renew_every: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.lease, self.announce, self.sync, self.on_change = lease, announce, sync, on_change
+        self.renew_every, self.clock = renew_every, clock
+        self.tracker = H.LeaseTracker()
+        self.held: frozenset[str] = frozenset()
+        self.pending: set[str] = set()  # taken over, not yet announced
+        self.announced_by_others: set[str] = set()
+        self.spec = NodeSpec()
+        self.uplink = ""
+        self.takeovers = 0
+        self.lease_errors = 0
+        self.sync_problem = ""
+        self.daemons: list[SyncDaemon] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- inputs ----------------------------------------------------------
+    def update(self, spec: NodeSpec, uplink: str = "") -> None:
+        """The agent's latest spec (health verdicts applied) and uplink."""
+        with self._lock:
+            self.spec, self.uplink = spec, uplink
+
+    def seen_announcement(self, vip: str) -> None:
+        """Another director announced ``vip`` (its gratuitous ARP was seen)."""
+        with self._lock:
+            self.announced_by_others.add(vip)
+
+    # -- outputs ---------------------------------------------------------
+    def filter(self, spec: NodeSpec) -> NodeSpec:
+        with self._lock:
+            return held_spec(spec, self.held)
+
+    def active(self, vip: str) -> str | None:
+        """Who holds ``vip`` as this director sees its group (None: unknown)."""
+        with self._lock:
+            pol = policies(self.spec).get(vip)
+            if pol is None:
+                return None
+            return H.owner(vip, self.tracker.live(self.clock()), pol)
+
+    # -- one round -------------------------------------------------------
+    def step(self) -> bool:
+        """Renew, read, decide. True when what this director holds changed."""
+        with self._lock:
+            spec, uplink = self.spec, self.uplink
+        vips = policies(spec)
+        if not vips:
+            return False
+        bad = unserved(spec, vips)
+        try:
+            self.lease.renew(self.held, bad)
+        except Exception as e:  # noqa: BLE001 - the API server away: the list below freezes
+            self.lease_errors += 1
+            log.warning("renewing the director lease: %s", e)
+        try:
+            self.tracker.observe(self.lease.members(), self.clock())
+        except Exception as e:  # noqa: BLE001
+            self.tracker.unreadable()
+            log.warning("reading the director leases (owners frozen): %s", e)
+        with self._lock:
+            others = frozenset(self.announced_by_others)
+            new = H.decide(spec.node, vips, self.tracker.live(self.clock()), self.held,
+                           frozen=self.tracker.frozen, announced_by_others=others)
+            before, self.held = self.held, new
+            taken = H.takeovers(before, new)
+            self.pending |= taken
+            self.pending &= new
+            self.announced_by_others -= before - new
+        for vip in sorted(taken):
+            self.takeovers += 1
+            log.info("took over VIP %s", vip)
+        for vip in sorted(before - new):
+            log.info("gave up VIP %s", vip)
+        self._sync(spec, uplink)
+        if new != before:
+            try:
+                self.lease.renew(new, bad)  # tell the others now, not a period later
+            except Exception:  # noqa: BLE001
+                self.lease_errors += 1
+            self.on_change()
+        return new != before
+
+    def _sync(self, spec: NodeSpec, uplink: str) -> None:
+        want, self.sync_problem = wanted_daemons(spec, uplink)
+        if self.sync is None or want == self.daemons:
+            return
+        try:
+            self.sync(want)
+            self.daemons = want
+        except Exception as e:  # noqa: BLE001
+            self.sync_problem = f"sync daemon: {e}"
+            log.warning("%s", self.sync_problem)
+
+    def after_pass(self) -> None:
+        """The pass that added the taken-over addresses is done: announce them."""
+        with self._lock:
+            todo, self.pending = sorted(self.pending), set()
+            spec, uplink = self.spec, self.uplink
+        for vip in todo:
+            try:
+                self.announce(announce_device(spec, vip, uplink), vip)
+            except Exception as e:  # noqa: BLE001
+                log.warning("announcing %s: %s", vip, e)
+
+    # -- thread ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ha", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - the loop must go on
+                log.exception("director HA round failed")
+            self._stop.wait(self.renew_every)
+
+    def stop(self) -> frozenset[str]:
+        """Shutdown: stop deciding, hold nothing, delete the Lease so the
+        others take over at once. Returns what was held (the agent removes
+        those addresses in its last pass; IPVS services and the sync daemons
+        stay as they are)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            was, self.held, self.pending = self.held, frozenset(), set()
+        if policies(self.spec):
+            try:
+                self.lease.release()
+            except Exception as e:  # noqa: BLE001 - it expires anyway
+                log.warning("deleting the director lease: %s", e)
+        return was
