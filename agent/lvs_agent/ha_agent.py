@@ -110,8 +110,12 @@ class HaController:
     def __init__(self, lease: Any, announce: Callable[[str, str], None],
                  sync: Callable[[list[SyncDaemon]], None] | None = None,
                  on_change: Callable[[], None] = lambda: None, renew_every: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 resolve_uplink: Callable[[NodeSpec], str] | None = None):
+        """``resolve_uplink``: the device announcements and the sync daemon
+        use when a group names none (read in this thread, not in the pass)."""
         self.lease, self.announce, self.sync, self.on_change = lease, announce, sync, on_change
+        self.resolve_uplink = resolve_uplink
         self.renew_every, self.clock = renew_every, clock
         self.tracker = H.LeaseTracker()
         self.held: frozenset[str] = frozenset()
@@ -129,9 +133,12 @@ class HaController:
 
     # -- inputs ----------------------------------------------------------
     def update(self, spec: NodeSpec, uplink: str = "") -> None:
-        """The agent's latest spec (health verdicts applied) and uplink."""
+        """The agent's latest spec (health verdicts applied) and uplink ("":
+        the spec's, else resolved in the next round)."""
         with self._lock:
-            self.spec, self.uplink = spec, uplink
+            if spec.uplink != self.spec.uplink:
+                self.uplink = ""
+            self.spec, self.uplink = spec, uplink or spec.uplink or self.uplink
 
     def seen_announcement(self, vip: str) -> None:
         """Another director announced ``vip`` (its gratuitous ARP was seen)."""
@@ -151,6 +158,17 @@ class HaController:
                 return None
             return H.owner(vip, self.tracker.live(self.clock()), pol)
 
+    def annotate(self, status: dict, spec: NodeSpec) -> None:
+        """Add ``activeDirectors`` to a NodeState status: for each group VIP
+        of ``spec`` (that object's), who holds it as this director sees the
+        group and whether it is this one (the operator shows the holder)."""
+        grouped = policies(self.spec)
+        rows = [{"address": a.address, "director": self.active(a.address) or "",
+                 "held": a.address in self.held}
+                for a in spec.director_addresses if a.address in grouped]
+        if rows:
+            status["activeDirectors"] = rows
+
     # -- one round -------------------------------------------------------
     def step(self) -> bool:
         """Renew, read, decide. True when what this director holds changed."""
@@ -158,7 +176,14 @@ class HaController:
             spec, uplink = self.spec, self.uplink
         vips = policies(spec)
         if not vips:
+            if self.daemons:  # the groups are gone: stop the daemons we started
+                self._sync(spec, uplink)
             return False
+        if not uplink and self.resolve_uplink is not None:
+            try:
+                uplink = self.uplink = self.resolve_uplink(spec)
+            except Exception as e:  # noqa: BLE001
+                log.warning("no uplink for the director group: %s", e)
         bad = unserved(spec, vips)
         try:
             self.lease.renew(self.held, bad)
@@ -244,3 +269,23 @@ class HaController:
             except Exception as e:  # noqa: BLE001 - it expires anyway
                 log.warning("deleting the director lease: %s", e)
         return was
+
+
+def kernel_sync(netns: str | None) -> Callable[[list[SyncDaemon]], None]:
+    """``sync(wanted)`` for HaController: make the namespace's sync daemons
+    match. A daemon of a state the agent wants is replaced when its settings
+    differ; one of a state it neither wants nor started is left alone."""
+    from .ipvs_sync import list_daemons, plan, start, stop
+    from .netlink_batch import IPVSConnection
+    started: set[str] = set()
+
+    def sync(want: list[SyncDaemon]) -> None:
+        with IPVSConnection(netns) as c:
+            stops, starts = plan(want, list_daemons(c), {d.state for d in want} | started)
+            for state in stops:
+                stop(c, state)
+                started.discard(state)
+            for d in starts:
+                start(c, d)
+                started.add(d.state)
+    return sync

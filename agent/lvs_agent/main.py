@@ -127,6 +127,8 @@ class Agent:
         self.checker = HealthChecker(on_change=self.wake, netns=getattr(engine, "netns", None),
                                      store=VerdictStore(Path(cache_path).with_name(VERDICT_RECORD)))
         self.gc = GCPauses()
+        # Director HA (ha_agent.HaController): the engine gets only the group VIPs held here.
+        self.ha: Any = None
         # Set while no pass runs: status threads wait for it (at most STATUS_YIELD
         # seconds), so a burst of statuses never slows programming the kernel.
         self._idle = threading.Event()
@@ -375,6 +377,9 @@ class Agent:
                 if merged.health_checked or self.checker.running:
                     self.checker.update(merged.spec)
                 programmed = self._programmed = effective_spec(merged.spec, self.checker.verdicts)
+                if self.ha is not None:
+                    self.ha.update(programmed)
+                    programmed = self._programmed = self.ha.filter(programmed)
                 self.checker.persist()  # on disk before the kernel gets the weights they give
             except Exception:  # noqa: BLE001 - a bad merge must not end the loop: all again next pass
                 self.reconcile_errors += 1
@@ -402,6 +407,8 @@ class Agent:
                 report = await asyncio.to_thread(self.engine.reconcile, programmed, incremental=True,
                                                  sweep=sweep)
             self.reconciles += 1
+            if self.ha is not None:
+                self.ha.after_pass()  # announce the VIPs this pass added
         except Exception:  # noqa: BLE001
             self.reconcile_errors += 1
             log.exception("reconcile failed")
@@ -487,6 +494,8 @@ class Agent:
                 continue  # changed since that merge: the next pass has it (the watch marked it)
             status = build_status(name, obj, snap.merged, snap.programmed, snap.errors, snap.verdicts,
                                   snap.checked, self._conns, stamp, snap.draining)
+            if self.ha is not None:
+                self.ha.annotate(status, parsed.spec)
             old = self._sent[name] if name in self._sent else obj.get("status")
             if not status_changed(old, status):
                 self._conns_owed.discard(name)
@@ -520,6 +529,8 @@ class Agent:
         self._wake = asyncio.Event()
         self.gc.install()
         threading.Thread(target=self._watch_forever, daemon=True).start()
+        if self.ha is not None:
+            self.ha.start()
         await asyncio.sleep(0)
         if not self.synced:
             await asyncio.sleep(2)
@@ -546,6 +557,10 @@ class Agent:
                 await self.reconcile_once(full=self._last_full is None, woken=woken)
             if self._cache_dirty and self._until_cache() == 0.0:
                 self._save_cache_soon()
+        if self.ha is not None and self.ha.stop() and self.synced:
+            # Give the held VIPs up (their addresses only: the services stay,
+            # nothing is flushed) so the group's next owner takes them cleanly.
+            await self.reconcile_once(woken=True)
         self._flush_cache()
         await self.checker.stop()
         self.status.stop()
@@ -633,6 +648,13 @@ def main(argv: list[str] | None = None) -> int:
     api = client.CustomObjectsApi()
     agent = Agent(args.node, args.namespace, engine, api, state_dir / "nodestates.json",
                   resync=args.resync, patch_status=functools.partial(StatusPatcher(api.api_client).patch, PLURAL))
+    from . import announce as announcer
+    from .ha_agent import HaController, kernel_sync
+    from .ha_lease import DirectorLease
+    agent.ha = HaController(DirectorLease(api, args.namespace, args.node),
+                            lambda device, vip: announcer.announce(device, vip, args.netns, count=3),
+                            sync=kernel_sync(args.netns), on_change=lambda: (agent._touch(), agent.wake()),
+                            resolve_uplink=engine.resolve_uplink)
     if args.metrics_port:
         from .metrics import serve
         serve(agent, args.metrics_port, args.metrics_address)

@@ -162,3 +162,52 @@ def test_no_groups_no_lease_no_daemon():
     assert c.step() is False
     assert api.writes == 0 and synced == []
     assert addresses(c.filter(spec("d1", groups=()))) == {V1, V2, OTHER}
+
+
+def test_status_names_the_holder_of_each_group_vip_of_that_object():
+    api, clock, announced = FakeLeases(), Clock(), []
+    d1 = director(api, "d1", clock, announced)
+    d1.step(), d1.step()
+    status: dict = {}
+    d1.annotate(status, spec("d1"))
+    assert status["activeDirectors"] == [{"address": V1, "director": "d1", "held": True},
+                                         {"address": V2, "director": "d1", "held": True}]
+    plain: dict = {}
+    d1.annotate(plain, NodeSpec(node="d1", director_addresses=(LocalAddress(OTHER),)))  # in no group
+    assert plain == {}
+
+
+def test_the_agent_programs_only_held_vips_and_announces_after_the_pass(tmp_path):
+    """The loop's wiring (main.Agent): before it every selected director held
+    every VIP, so the first assertion (V1 absent while d2 holds it) failed."""
+    import asyncio
+
+    from lvs_agent.main import Agent
+    from test_agent_incremental import FakeApi, FakeEngine
+
+    eng, seen = FakeEngine(), []
+    plain = eng.reconcile
+    eng.reconcile = lambda s, **kw: (seen.append({a.address for a in s.director_addresses}), plain(s, **kw))[1]
+    a = Agent("d1", "lvs", eng, FakeApi(), tmp_path / "cache.json")
+    a.objects = {"o1": {"metadata": {"name": "o1", "generation": 1}, "spec": {
+        "node": "d1", "services": [{"address": V1, "port": 80, "dests": [{"address": "192.168.0.10", "port": 80}]}],
+        "directorAddresses": [V1],
+        "directorGroups": [{"name": "g", "members": ["d1", "d2"], "vips": [V1]}]}}}
+    a._touch()
+    leases, clock, announced = FakeLeases(), Clock(), []
+    DirectorLease(leases, "lvs", "d2", duration=10).renew([V1], [])  # d2 holds V1
+    a.ha = HaController(DirectorLease(leases, "lvs", "d1", duration=10),
+                        lambda dev, vip: announced.append((dev, vip)), clock=clock)
+    a.ha.uplink = "eth0"
+
+    async def go():
+        await a.reconcile_once(full=True)
+        a.ha.step(), a.ha.step()
+        await a.reconcile_once(full=False)
+        assert seen[-1] == set() and announced == []
+        DirectorLease(leases, "lvs", "d2").release()  # d2 shuts down
+        assert a.ha.step() is True
+        await a.reconcile_once(full=False)
+        assert seen[-1] == {V1} and announced == [("eth0", V1)]
+        a.status.stop()
+    asyncio.run(go())
