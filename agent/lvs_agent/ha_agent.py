@@ -289,3 +289,18 @@ def kernel_sync(netns: str | None) -> Callable[[list[SyncDaemon]], None]:
                 start(c, d)
                 started.add(d.state)
     return sync
+
+
+def metrics(ha: HaController, prefix: str) -> Iterable:
+    """Prometheus families: takeovers, VIPs held here, Lease write errors, the
+    sync daemons this agent runs."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    yield CounterMetricFamily(f"{prefix}_director_takeovers", "VIPs this director took over", value=ha.takeovers)
+    yield GaugeMetricFamily(f"{prefix}_director_owned_vips", "Group VIPs this director holds", value=len(ha.held))
+    yield CounterMetricFamily(f"{prefix}_director_lease_errors", "Failed writes of this director's Lease",
+                              value=ha.lease_errors)
+    sync = GaugeMetricFamily(f"{prefix}_sync_daemon", "1 for each IPVS sync daemon this agent runs",
+                             labels=["state", "device", "syncid"])
+    for d in ha.daemons:
+        sync.add_metric([d.state, d.ifname, str(d.sync_id)], 1.0)
+    yield sync

@@ -2,6 +2,7 @@
 
     lvsctl list [-n] [--stats|--rate|--thresholds|--persistent-conn|--tun-info] [--exact]
     lvsctl list --timeout         (the IPVS connection timeouts, as ipvsadm -L --timeout)
+    lvsctl list --daemon          (the connection sync daemons, as ipvsadm -L --daemon)
     lvsctl save [-n]
     lvsctl apply NODE_SPEC.yaml [--state FILE] [--dry-run] [--uplink DEV]
     lvsctl import FILE            (ipvsadm --save output -> kube-lvs YAML; operator package)
@@ -373,6 +374,11 @@ def cmd_list(args) -> int:
         from .ipvs_config import get_timeouts, with_connection
         sys.stdout.write(format_timeouts(with_connection(args.netns, None, get_timeouts)))
         return 0
+    if args.daemon:
+        from .ipvs_config import with_connection
+        from .ipvs_sync import format_daemon, list_daemons
+        sys.stdout.write("".join(format_daemon(d) + "\n" for d in with_connection(args.netns, None, list_daemons)))
+        return 0
     mode = next((m for m in MODES if getattr(args, m.replace("-", "_"), False)), "default")
     table = _read_table(args.netns, mode in ("stats", "rate"))
     sys.stdout.write(format_list(table, mode, numeric=args.numeric, exact=args.exact))
@@ -511,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--persistent-conn", action="store_true", help="persistent connection counts")
     g.add_argument("--tun-info", action="store_true", help="tunnel type, port and checksum")
     g.add_argument("--timeout", action="store_true", help="the IPVS connection timeouts (tcp tcpfin udp)")
+    g.add_argument("--daemon", action="store_true", help="the connection sync daemons (ipvsadm -L --daemon)")
     ls.add_argument("--exact", action="store_true", help="exact numbers (no K/M/G)")
     ls.set_defaults(func=cmd_list)
 

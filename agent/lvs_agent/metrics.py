@@ -73,6 +73,9 @@ class AgentCollector(Collector):
         if status is not None:
             yield GaugeMetricFamily(f"{PREFIX}_status_writes_pending", "NodeState statuses waiting to be written",
                                     value=status.pending)
+        if getattr(a, "ha", None) is not None:
+            from .ha_agent import metrics as ha_metrics
+            yield from ha_metrics(a.ha, PREFIX)
         yield from self._ipvs()
 
     def _ipvs(self) -> Iterable:

@@ -27,7 +27,7 @@ from lvs_agent.netlink_batch import IPVSConnection
 from lvs_lab.topology import Lab, dr_backend_prepare
 
 from engine_helpers import HoldServer
-from test_engine_lifecycle import Held
+from test_engine_lifecycle import Held, lvsctl
 
 VIP, PORT, SYNC_ID = "192.168.2.100", 8080, 5
 CLIENT, D1, D2, RS = "192.168.2.1", "192.168.2.2", "192.168.2.3", "192.168.2.10"
@@ -96,6 +96,8 @@ def test_sync_daemon_started_by_our_module_is_what_ipvsadm_lists(pair):
     assert ipvs_sync.format_daemon(ours[0]) in listed  # the same line, field for field
     backup_listed = lab.run("d2", "ipvsadm", "-L", "--daemon").stdout
     assert f"backup sync daemon (mcast=eth0, syncid={SYNC_ID}" in backup_listed
+    ours_listed = lvsctl("list", "--daemon", "--netns", lab.ns("d2")).stdout
+    assert sorted(ours_listed.splitlines()) == sorted(backup_listed.splitlines())  # lvsctl = ipvsadm
     with IPVSConnection(lab.ns("d2")) as c:
         ipvs_sync.stop(c, "master")
         assert [d.state for d in ipvs_sync.list_daemons(c)] == ["backup"]
