@@ -75,7 +75,7 @@ def test_chart_is_generated_from_deploy(control_plane):
     deploy/ now: deploy/ stays the one source of truth."""
     gen = generator()
     files = gen.chart_files(gen.render_sources(str(control_plane.kubectl_path)))
-    assert gen.stale(files) == []
+    assert gen.stale(files) == [], "the chart is stale: run python deploy/helm/generate.py"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
