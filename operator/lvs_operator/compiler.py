@@ -37,6 +37,7 @@ from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyR
                                 ServiceKey, dump_node_spec)
 
 from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
+from .ha_groups import active_director, director_group, held_here
 
 HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = C.HEALTH_VALUES
 
@@ -340,11 +341,12 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         selected = [n for n in node_objs if selector_matches(vs.director_selector, n.labels)]
         info.directors = [n for n in selected if any(p.allows_director(n.labels) for p in info.pools)]
         info.excluded = [n.name for n in selected if n not in info.directors]
+        groups = director_group(vs.meta.labels, (n.name for n in info.directors), svc)
         for n in info.directors:
             specs[(n.name, ref)] = NodeSpec(
                 node=n.name, services=(svc,),
                 director_addresses=() if svc.fwmark else (LocalAddress(svc.address),),
-                sysctls=(("net.ipv4.vs.conntrack", "1"),) if snat else ())
+                sysctls=(("net.ipv4.vs.conntrack", "1"),) if snat else (), director_groups=groups)
         via = tuple(sorted({a for a in (n.address(svc.family) for n in info.directors) if a},
                            key=lambda a: _ip_sort_key(a, 0)))
         for rs, d in dests:
@@ -416,10 +418,12 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
 
 def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], key: ServiceKey) -> dict:
     """What one director's agent says about the service in its NodeState."""
-    rep = {"exists": obj is not None, "current": False, "programmed": False, "error": "", "dests": {}}
+    rep = {"exists": obj is not None, "current": False, "programmed": False, "error": "", "dests": {},
+           "held": False}
     if obj is None:
         return rep
     status = obj.get("status") or {}
+    rep["held"] = held_here(status, key.address)
     gen = (obj.get("metadata") or {}).get("generation")
     rep["current"] = (obj.get("spec") == desired["spec"] and gen is not None
                       and status.get("observedGeneration") == gen)
@@ -463,6 +467,13 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
     status.update(directors=f"{ready}/{total}", directorsReady=ready, directorsTotal=total,
                   realServers=f"{rs_healthy}/{rs_total}", realServersHealthy=rs_healthy,
                   realServersTotal=rs_total)
+    active = active_director(vs.meta.labels, reports) if info.accepted else None
+    if active is not None:
+        status["activeDirector"] = active
+        was = vs.status.get("activeDirector")
+        if active and was is not None and was != active:
+            events.append(Event("VirtualService", vs.meta.namespace, vs.meta.name, vs.meta.uid, "Normal",
+                                "Takeover", f"{svc.address} is held by {active} (was {was or 'nobody'})"))
 
     conds = []
     if info.accepted:

@@ -295,6 +295,7 @@ def virtualservice_status() -> dict:
         "realServers": _str("healthy/total real servers", max_length=24),
         "realServersHealthy": _int(0),
         "realServersTotal": _int(0),
+        "activeDirector": _str("The director(s) holding the VIP (failover: active-standby)", max_length=600),
         "conditions": condition_schema(),
     })
 
@@ -436,6 +437,10 @@ def nodestate_spec() -> dict:
                         "self.all(k, k.matches('" + SYSCTL_NAME_RE + "'))",
                         "spec.sysctls: only " + ", ".join(allowed_names()) + " may be set")]},
         "timeouts": timeouts_schema(),
+        "directorGroups": {"type": "array", "items": _obj({
+            "name": _str(), "members": {"type": "array", "items": _str()},
+            "vips": {"type": "array", "items": _str()}, "syncId": _int(0, 255), "device": _str(),
+            "preferred": _str(), "failBack": {"type": "boolean"}})},
     }, "One node's share of one VirtualService (or of one IPVSSettings), in the node-spec document format.",
         required=["node"])
 
@@ -504,6 +509,8 @@ def nodestate_status() -> dict:
             "service": _str(), "address": _str(), "port": _int(),
             "health": _str(enum=C.HEALTH_VALUES), "weight": _int(),
             "activeConns": _int(fmt="int64"), "inactiveConns": _int(fmt="int64")})},
+        "activeDirectors": {"type": "array", "items": _obj({
+            "address": _str(), "director": _str(), "held": {"type": "boolean"}})},
         "conditions": condition_schema(),
     }, "Written by the node's agent.")
 
@@ -560,6 +567,7 @@ def all_crds() -> dict[str, dict]:
                 _col("Protocol", ".status.protocol"), _col("Scheduler", ".spec.scheduler"),
                 _col("Method", ".spec.method"), _col("Directors", ".status.directors", desc="ready/total"),
                 _col("RealServers", ".status.realServers", desc="healthy/total"),
+                _col("Active", ".status.activeDirector", priority=1, desc="the director holding the VIP"),
                 _col("FWMark", ".spec.fwmark", "integer", priority=1),
                 _col("Ready", '.status.conditions[?(@.type=="Ready")].status', priority=1),
                 _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
