@@ -46,7 +46,7 @@ def rendered(agent=None):
 
 def test_files_and_values_defaults_come_from_the_base():
     files = gen.chart_files(rendered())
-    assert sorted(files) == ["crds/a.b.yaml", "templates/daemonset-kube-lvs-agent.yaml",
+    assert sorted(files) == ["templates/daemonset-kube-lvs-agent.yaml",
                              "templates/deployment-op.yaml", "templates/podmonitor.yaml",
                              "templates/servicemonitor.yaml", "values.yaml"]
     values = yaml.safe_load(files["values.yaml"])
@@ -76,3 +76,15 @@ def test_marks_replace_each_sentinel_at_its_indentation():
     m = gen.Marks()
     text = gen.dump({"a": {"b": m.inline("x"), "c": m.block(".y")}, "l": [m.raw(lambda ind, head: f"{ind}# {head}")]})
     assert m.apply(text) == "a:\n  b: {{ x }}\n  c:\n    {{- toYaml .y | nindent 4 }}\nl:\n# - \n"
+
+
+def test_the_charts_crds_link_to_the_repositorys():
+    """crds/ holds links to the generated CRD files deploy/ installs, so a
+    CRD change reaches the chart as it is."""
+    links = gen.crd_links(gen.crd_files())
+    assert sorted(links) == sorted(f"crds/{f.name}" for f in (ROOT / "crds").glob("*.yaml")
+                                   if f.name != "kustomization.yaml")
+    for path, target in links.items():
+        link = gen.CHART / path
+        assert link.is_symlink() and str(link.readlink()) == target, path
+        assert link.resolve() == (ROOT / "crds" / link.name).resolve() and link.is_file()
