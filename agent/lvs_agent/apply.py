@@ -427,6 +427,9 @@ class Applier:
                     elif isinstance(op, O.FOU_OPS):
                         from .fou import apply_op as apply_fou  # fou.py imports this package's observer
                         apply_fou(op, self.netns)
+                    elif isinstance(op, O.GRE_CSUM_OPS):
+                        from .gre_csum import apply_op as apply_gre_csum
+                        apply_gre_csum(op, self.netns)
                     elif isinstance(op, (O.AddLink, O.SetLinkUp, O.DelLink)):
                         if ipr is None:
                             ipr = open_iproute(self.netns)

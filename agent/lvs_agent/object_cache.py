@@ -71,8 +71,8 @@ class ObjectCache:
 # What a pass programmed from the cache alone leaves out: every op that
 # removes or undoes something (a drained dest is a removal too, and a
 # replaced SNAT table drops the rules of services the cache does not list).
-_REMOVALS = (O.DelService, O.DelDest, O.DelAddress, O.DelLink, O.DelFouPort, O.DelRule, O.DelRoute,
-             O.DelNftTable)
+_REMOVALS = (O.DelService, O.DelDest, O.DelAddress, O.DelLink, O.DelFouPort, O.DelGreCsum, O.DelRule,
+             O.DelRoute, O.DelNftTable)
 
 
 def additive(p: Plan) -> Plan:

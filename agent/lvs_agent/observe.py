@@ -756,7 +756,9 @@ def observe(netns: str | None = None, sysctls: Iterable[str] = (), *, ipvs=None,
                 if own_ipr:
                     ipr.close()
         from .fou import read_ports  # FOU/GUE receive ports, keyed beside the links (fou.py)
+        from .gre_csum import read_csum  # GRE devices that expect checksums (gre_csum.py)
         links.update(read_ports(netns))
+        links.update(read_csum(links, netns))
     names = set(sysctls)
     timeouts = {n for n in names if n.startswith(TIMEOUT_KEY_PREFIX)}
     obs = Observed(services=dict(table.services), addresses=addrs, links=links,

@@ -40,6 +40,18 @@ class DelFouPort:
 
 
 @dataclass(frozen=True)
+class AddGreCsum:
+    """``ip tunnel change DEVICE icsum``: the GRE device expects checksums (gre_csum.py)."""
+
+    device: str
+
+
+@dataclass(frozen=True)
+class DelGreCsum:
+    device: str
+
+
+@dataclass(frozen=True)
 class SetSysctl:
     name: str
     value: str
@@ -159,12 +171,13 @@ class DelNftTable:
     name: str
 
 
-Op = (AddLink | SetLinkUp | DelLink | AddFouPort | DelFouPort | SetSysctl | SetIPVSTimeouts | AddAddress | DelAddress | AddService
+Op = (AddLink | SetLinkUp | DelLink | AddFouPort | DelFouPort | AddGreCsum | DelGreCsum | SetSysctl | SetIPVSTimeouts | AddAddress | DelAddress | AddService
       | SetService | DelService | AddDest | SetDest | DelDest | AddRule | DelRule | AddRoute
       | DelRoute | ReplaceNftTable | DelNftTable)
 
 ROUTING_OPS = (AddRule, DelRule, AddRoute, DelRoute)
 FOU_OPS = (AddFouPort, DelFouPort)
+GRE_CSUM_OPS = (AddGreCsum, DelGreCsum)
 NFT_OPS = (ReplaceNftTable, DelNftTable)
 
 IPVS_OPS = (AddService, SetService, DelService, AddDest, SetDest, DelDest)
@@ -202,6 +215,8 @@ def describe(op: Op) -> str:
             return f"set link {n} {'up' if up else 'down'}"
         case DelLink(n):
             return f"delete link {n}"
+        case AddGreCsum(d) | DelGreCsum(d):
+            return f"{'expect' if isinstance(op, AddGreCsum) else 'stop expecting'} GRE checksums on {d}"
         case AddFouPort(f, p) | DelFouPort(f, p):
             return f"{'add' if isinstance(op, AddFouPort) else 'delete'} {f} fou port {p} gue"
         case SetSysctl(n, v, restore):

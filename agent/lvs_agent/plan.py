@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 from lvs_model.nodespec import DIRECTOR_DEVICE, NodeSpec, Service, ServiceKey, effective_sysctls, local_addresses
 
 from . import fou as F
+from . import gre_csum as G
 from . import ipvs_timeouts as T
 from . import ops as O
 from .state import (NftTable, Observed, Ownership, RouteKey, RuleKey, SysctlClaim, outcome_unknown,
@@ -160,12 +161,15 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership, uplink: str = 
         elif not link.up:
             p.ops.append(O.SetLinkUp(name))
     for name, how in sorted(owned.links.items()):
-        if name in wanted_links or name not in observed.links or F.is_key(name):
+        if name in wanted_links or name not in observed.links or F.is_key(name) or G.is_key(name):
             continue
         removals.append(O.DelLink(name) if how == "created" else O.SetLinkUp(name, False))
     open_fou, close_fou = F.plan(desired, observed, owned)  # GUE receive ports (fou.py)
     p.ops.extend(open_fou)
     removals.extend(close_fou)
+    csum_on, csum_off = G.plan(desired, observed, owned)  # GRE checksums expected (gre_csum.py)
+    p.ops.extend(csum_on)
+    removals.extend(csum_off)
 
     # Sysctls, after the links whose per-device entries they may name.
     want_sysctl = effective_sysctls(desired, uplink)
@@ -299,7 +303,7 @@ def claim(owned: Ownership, p: Plan, observed: Observed, desired: NodeSpec, upli
             del own.sysctls[n]  # back as it was, or somebody else's value now: not ours
     want_addrs = {(a.device, a.address) for a in local_addresses(desired)}
     own.addresses = {a for a in own.addresses if a in want_addrs or a in observed.addresses}
-    want_links = {a.device for a in local_addresses(desired)} | F.wanted(desired)
+    want_links = {a.device for a in local_addresses(desired)} | F.wanted(desired) | G.wanted(desired)
     own.links = {n: h for n, h in own.links.items() if n in want_links or n in observed.links}
     want_rules, want_routes = reply_routing(desired)
     own.rules = {r for r in own.rules if r in want_rules or r in observed.rules}
@@ -341,6 +345,8 @@ def _record(own: Ownership, p: Plan, observed: Observed) -> Ownership:
                 own.links[n] = "created"
             case O.AddFouPort(f, port):
                 own.links[F.key(f, port)] = "created"
+            case O.AddGreCsum(dev):
+                own.links[G.key(dev)] = "created"
             case O.SetLinkUp(n, True) if n not in own.links:
                 own.links[n] = "upped"
             case O.SetSysctl(n, v, False) if n not in own.sysctls:
@@ -391,6 +397,10 @@ def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Owners
                 own.links.pop(F.key(f, port), None)
             case O.DelFouPort(f, port) if not err:
                 own.links.pop(F.key(f, port), None)
+            case O.AddGreCsum(dev) if refused:
+                own.links.pop(G.key(dev), None)
+            case O.DelGreCsum(dev) if not err:
+                own.links.pop(G.key(dev), None)
             case O.SetSysctl(n, _, True) if not err:
                 own.sysctls.pop(n, None)
             case O.SetIPVSTimeouts(_, True) if not err:

@@ -170,6 +170,9 @@ class BackendVip:
     # agent opens it as a FOU/GUE receive port, without which the kernel
     # drops every GUE packet. 0: none opened (configured by hand).
     tunnel_port: int = 0
+    # GRE with checksums ("csum"): the receiving GRE device must expect them
+    # (icsum), else the kernel drops every checksummed packet as a CRC error.
+    tunnel_csum: str = "none"
 
     @property
     def device(self) -> str:
@@ -645,8 +648,11 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         tport = _int(raw, "tunnelPort", path, errors, 0, 0, 65535)
         if tport and (method, ttype) != ("tun", "gue"):
             errors.append(FieldError(f"{path}.tunnelPort", "only GUE tunnels have a port"))
+        tcsum = _choice(raw, "tunnelChecksum", path, errors, "none", ("none", "csum"))
+        if tcsum != "none" and (method, ttype) != ("tun", "gre"):
+            errors.append(FieldError(f"{path}.tunnelChecksum", "only GRE real servers are set up for checksums"))
         if len(errors) == n:
-            backend.append(BackendVip(addr, method, ttype, tport))
+            backend.append(BackendVip(addr, method, ttype, tport, tcsum))
     routes: list[ReplyRoute] = []
     for i, raw in enumerate(data.get("replyRoutes") or []):
         path = f"replyRoutes[{i}]"
@@ -831,7 +837,8 @@ def dump_node_spec(spec: NodeSpec) -> dict:
         out["backendVips"] = [
             {"address": v.address, "method": v.method,
              **({"tunnelType": v.tunnel_type} if v.tunnel_type != "ipip" else {}),
-             **({"tunnelPort": v.tunnel_port} if v.tunnel_port else {})}
+             **({"tunnelPort": v.tunnel_port} if v.tunnel_port else {}),
+             **({"tunnelChecksum": v.tunnel_csum} if v.tunnel_csum != "none" else {})}
             for v in spec.backend_vips]
     if spec.uplink:
         out["uplink"] = spec.uplink

@@ -356,8 +356,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             spec = specs.get((node.name, ref), NodeSpec(node=node.name))
             if d.method in ("dr", "tun") and not svc.fwmark:
                 gue = d.method == "tun" and d.tunnel_type == "gue"  # the backend opens its port
+                gre_csum = d.method == "tun" and d.tunnel_type == "gre" and d.tunnel_csum == "csum"
                 bv = BackendVip(svc.address, d.method, d.tunnel_type if d.method == "tun" else "ipip",
-                                d.tunnel_port if gue else 0)
+                                d.tunnel_port if gue else 0, "csum" if gre_csum else "none")
                 spec = replace(spec, backend_vips=tuple(dict.fromkeys(spec.backend_vips + (bv,))))
             elif d.method == "nat" and vs.nat_return == "policy-route" and via:
                 rr = ReplyRoute(d.address, d.port, svc.protocol, via)

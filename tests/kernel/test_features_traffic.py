@@ -357,6 +357,35 @@ def test_gue_and_gre_backends_configured_by_the_agent(engines):
         reconcile_ok(d, {})
 
 
+@pytest.mark.parametrize("tunnel", [{"type": "gue", "port": GUE_PORT, "checksum": "csum"},
+                                    {"type": "gue", "port": GUE_PORT, "checksum": "remcsum"},
+                                    {"type": "gre", "checksum": "csum"}])
+def test_tunnel_checksum_options_deliver(engines, tunnel):
+    """The tunnels' checksum options (UDP/GRE checksum, GUE remote checksum
+    offload) reach a real server the engine set up, which decapsulates them.
+    GRE with checksums failed before: gre0 expects none and the kernel drops
+    every checksummed packet as a CRC error; now the engine sets icsum on
+    gre0 for such a backend VIP, and takes it back with the VIP."""
+    with topology.tun_one_subnet(serve=True, real_servers=1) as t:
+        d = engines(t.director, "director")
+        reconcile_ok(d, {"services": [{"address": t.vip, "port": 80, "scheduler": "rr", "dests": [
+            {"address": t.rips[0], "method": "tun", "tunnel": tunnel}]}]})
+        gre = tunnel["type"] == "gre"
+        vip = {"address": t.vip, "method": "tun", "tunnelType": tunnel["type"],
+               **({"tunnelPort": tunnel["port"]} if "port" in tunnel else {}),
+               **({"tunnelChecksum": "csum"} if gre else {})}
+        backend = engines(t.real_servers[0], "rs1")
+        reconcile_ok(backend, {"backendVips": [vip], "uplink": "eth0"})
+        t.wait_tcp()
+        assert t.tcp_names(3) == ["rs1"] * 3
+        if gre:
+            gre0 = ["ip", "-d", "link", "show", "gre0"]
+            assert " icsum " in t.lab.run(t.real_servers[0], *gre0).stdout
+            reconcile_ok(backend, {})
+            assert " icsum " not in t.lab.run(t.real_servers[0], *gre0).stdout
+        reconcile_ok(d, {})
+
+
 def test_a_gue_port_opened_by_hand_is_left_open(engines):
     """A FOU port the engine did not open is used, never closed."""
     with topology.tun_one_subnet(real_servers=1) as t:

@@ -128,6 +128,50 @@ def test_the_record_keeps_the_port_across_a_restart():
     assert O.DelFouPort("ipv4", 6080) in p.ops
 
 
+GRE_CSUM = NodeSpec(backend_vips=(BackendVip("192.168.1.3", "tun", "gre", 0, "csum"),))
+
+
+def test_gre_checksums_travel_and_are_expected_only_while_wanted():
+    """IPVS's checksummed GRE is dropped by a gre0 without icsum: the
+    backend VIP carries the checksum, the planner sets icsum on gre0 (after
+    bringing it up) and takes it back when the VIP goes (before: no field, no op)."""
+    doc = {"backendVips": [{"address": "192.168.1.3", "method": "tun", "tunnelType": "gre",
+                            "tunnelChecksum": "csum"}]}
+    spec, errors = parse_node_spec(doc)
+    assert not errors and spec == GRE_CSUM and dump_node_spec(spec)["backendVips"] == doc["backendVips"]
+    kernel = Observed(links={"eth0": LinkState("veth", True), "gre0": LinkState("gre", False)})
+    p = plan(GRE_CSUM, kernel, Ownership(), "eth0")
+    kinds = [type(op).__name__ for op in p.ops]
+    assert kinds.index("SetLinkUp") < kinds.index("AddGreCsum")
+    claimed = claim(Ownership(), p, kernel, GRE_CSUM, "eth0")
+    assert claimed.links["gre-csum:gre0"] == "created"
+    kernel.links["gre-csum:gre0"] = LinkState("gre", True)
+    assert not any(isinstance(op, O.AddGreCsum) for op in plan(GRE_CSUM, kernel, claimed, "eth0").ops)
+    assert O.DelGreCsum("gre0") in plan(NodeSpec(), kernel, claimed, "eth0").ops
+    # Set by somebody else: never taken back.
+    assert O.DelGreCsum("gre0") not in plan(NodeSpec(), kernel, Ownership(), "eth0").ops
+
+
+def test_a_checksum_only_for_gre():
+    _, errors = parse_node_spec({"backendVips": [{"address": "192.168.1.3", "method": "tun",
+                                                  "tunnelType": "gue", "tunnelPort": 1, "tunnelChecksum": "csum"}]})
+    assert [e.path for e in errors] == ["backendVips[0].tunnelChecksum"]
+
+
 def test_a_pass_from_the_cache_alone_never_closes_a_port():
-    p = Plan([O.AddFouPort("ipv4", 6081), O.DelFouPort("ipv4", 6080)])
+    p = Plan([O.AddFouPort("ipv4", 6081), O.DelFouPort("ipv4", 6080), O.DelGreCsum("gre0")])
     assert additive(p).ops == [O.AddFouPort("ipv4", 6081)]
+
+
+def test_the_compiler_hands_the_gre_checksum_to_the_backend():
+    from lvs_operator.compiler import compile_cluster
+    from test_compiler import NODES, POOLS, rs, vs
+    r = compile_cluster(
+        [vs("tun", address="192.168.1.3", port=80, scheduler="wlc", method="tun")],
+        [rs("rs1", "tun", "192.168.1.10", nodeName="b1", tunnel={"type": "gre", "checksum": "csum"}),
+         rs("rs2", "tun", "192.168.1.11", nodeName="b2", tunnel={"type": "gre"})],
+        POOLS, NODES)
+    assert r.nodestates["b1-team-a-tun"]["spec"]["backendVips"] == [
+        {"address": "192.168.1.3", "method": "tun", "tunnelType": "gre", "tunnelChecksum": "csum"}]
+    assert r.nodestates["b2-team-a-tun"]["spec"]["backendVips"] == [
+        {"address": "192.168.1.3", "method": "tun", "tunnelType": "gre"}]
