@@ -32,7 +32,7 @@ import pytest
 
 from lvs_model import channel as C
 
-from test_operator import OPNS, SA, Operator, ns, wait_for
+from test_operator import OPNS, ROOT, SA, Operator, ns, wait_for
 
 RUN = "s" + uuid.uuid4().hex[:4]
 NSA, NSB = f"lvs-svc-{RUN}", f"lvs-svc-nopool-{RUN}"
@@ -275,3 +275,15 @@ def test_loadbalancer_released_on_type_change_and_on_delete(env):
     # the freed VIP goes to the next Service asking
     env.cp.apply(_service("lb3", type="LoadBalancer", loadBalancerClass=C.LOADBALANCER_CLASS))
     assert wait_for(lambda: env.ingress("lb3"), 40, "lb3's ingress")[0]["ip"] == "192.168.77.1"
+
+
+def test_the_examples_apply(env):
+    """examples/service-backed and examples/loadbalancer pass the real API
+    server's schema and CEL (spec.backend was unknown before issue 19)."""
+    for example in ("service-backed", "loadbalancer"):
+        out = env.cp.kubectl("apply", "-k", str(ROOT / "examples" / example)).stdout
+        assert "vippool.lvs.kube-lvs.io/" in out, out
+    assert wait_for(lambda: env.ingress("api", "shop"), 40, "the example LoadBalancer's ingress") == \
+        [{"ip": "192.168.0.50", "ipMode": "Proxy"}]
+    for example in ("loadbalancer", "service-backed"):
+        env.cp.kubectl("delete", "-k", str(ROOT / "examples" / example), "--wait=false", "--ignore-not-found")

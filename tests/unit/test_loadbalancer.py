@@ -112,3 +112,30 @@ def test_pool_addresses_skip_network_and_broadcast_and_stay_lazy():
         ["10.0.0.1", "10.0.0.2", "10.0.1.5", "10.0.2.1", "10.0.2.2"]
     it = pool_addresses(pool("v6", ["2001:db8::/64"]))
     assert next(it) == "2001:db8::" and next(it) == "2001:db8::1"
+
+
+def test_the_examples_validate_and_allocate():
+    """examples/service-backed and examples/loadbalancer: the VirtualService
+    is valid for the operator's model, and the LoadBalancer Service gets the
+    pool's first address and a VirtualService per port."""
+    from pathlib import Path
+
+    import yaml
+
+    from lvs_operator.crmodel import VirtualService
+    root = Path(__file__).resolve().parents[2] / "examples"
+
+    def docs(name):
+        return [d for f in sorted((root / name).glob("*.yaml")) if f.name != "kustomization.yaml"
+                for d in yaml.safe_load_all(f.read_text()) if d]
+    backed = [d for d in docs("service-backed") if d["kind"] == "VirtualService"]
+    errors = []
+    assert len(backed) == 1 and VirtualService.of(backed[0]).to_service(errors) is not None, errors
+    lb = docs("loadbalancer")
+    svc = next(d for d in lb if d["kind"] == "Service")
+    svc["metadata"].update(uid="u", creationTimestamp=NOW)
+    p = plan_loadbalancers([svc], [], [d for d in lb if d["kind"] == "VIPPool"], [], NOW)
+    assert p.vips == {("shop", "api"): "192.168.0.50"}
+    assert sorted(n for _, n in p.virtualservices) == ["api-grpc", "api-http"]
+    for body in p.virtualservices.values():
+        assert VirtualService.of({**body, "metadata": {**body["metadata"], "uid": "x"}}).to_service([]) is not None
