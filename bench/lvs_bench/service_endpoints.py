@@ -1,0 +1,207 @@
+"""Issue 19's scale part: a Service with E endpoints behind one VirtualService
+(host only: real API server and operator, no agent).
+
+For each size E: a fresh control plane with kube-lvs installed, D director
+Nodes, a Service without a selector whose EndpointSlices (100 endpoints each,
+as kube-controller-manager cuts them) list E endpoints, a VirtualService
+backed by it, and beside it a VirtualService with E hand-written RealServers.
+Then the operator starts and is measured:
+
+- time until both services' NodeStates list all E dests on every director;
+- C endpoint changes, one at a time (an endpoint turns terminating: one
+  EndpointSlice rewritten): latency until every director's NodeState shows
+  weight 0 for it, and the NodeStates written per change (every NodeState's
+  resourceVersion before and after; target: one per director);
+- the same C changes made through a hand-written RealServer (weight patched
+  to 0), side by side;
+- the NodeState's size at E (it carries every dest of the service).
+
+What is not here yet: the kernel half (the agent's programming of the one
+changed dest, in the VM), and sizes above MAX_ENDPOINTS (5,000: a
+VirtualService takes no more, so one NodeState stays under etcd's limit).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report as R
+from .end_to_end import percentile
+from .operator_scale import (BENCH_NS, DIRECTOR_LABEL, GROUP, OPERATOR_SA, OPNS, REPO, VERSION, Api, Operator,
+                             _wait, create_many, log)
+
+SLICE = 100
+FULL_SIZES = (1000, 5000)
+SMOKE_SIZES = (20,)
+
+
+def endpoint(k: int) -> str:
+    return f"10.{96 + (k >> 16)}.{(k >> 8) & 255}.{k & 255}"
+
+
+def hand_address(k: int) -> str:
+    return f"10.{112 + (k >> 16)}.{(k >> 8) & 255}.{k & 255}"
+
+
+def slice_body(s: int, e: int, terminating: frozenset[int] = frozenset()) -> dict:
+    eps = []
+    for k in range(s * SLICE, min(e, (s + 1) * SLICE)):
+        cond = ({"ready": False, "serving": True, "terminating": True} if k in terminating else {"ready": True})
+        eps.append({"addresses": [endpoint(k)], "conditions": cond})
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"app-{s}", "namespace": BENCH_NS, "labels": {"kubernetes.io/service-name": "app"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps}
+
+
+def vs_body(name: str, address: str, backend: bool) -> dict:
+    spec: dict[str, Any] = {"address": address, "port": 80, "protocol": "tcp", "scheduler": "wlc", "method": "nat",
+                            "natReturn": "snat", "healthCheck": {"type": "none"},
+                            "directorSelector": {"matchLabels": {DIRECTOR_LABEL: "true"}}}
+    if backend:
+        spec["backend"] = {"service": "app", "portName": "http"}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": BENCH_NS}, "spec": spec}
+
+
+def columns() -> list[R.Column]:
+    return [
+        R.Column("endpoints", "endpoints", "int"),
+        R.Column("directors", "directors", "int"),
+        R.Column("first_sync", "all dests in NodeStates (both services)", "sec"),
+        R.Column("nodestate_kib", "NodeState size (KiB)", "int"),
+        R.Column("ep_p50", "endpoint change to NodeState p50", "sec"),
+        R.Column("ep_p99", "endpoint change p99", "sec"),
+        R.Column("ep_writes", "NodeStates written per endpoint change", "int"),
+        R.Column("rs_p50", "RealServer change to NodeState p50", "sec"),
+        R.Column("rs_p99", "RealServer change p99", "sec"),
+        R.Column("rs_writes", "NodeStates written per RealServer change", "int"),
+    ]
+
+
+def _weights(api: Api, name: str) -> dict[str, int]:
+    o = api.get("nodestates", OPNS, name)
+    return {d["address"]: d["weight"] for s in o["spec"]["services"] for d in s.get("dests", [])}
+
+
+def run_size(e: int, directors: int, changes: int, workdir: Path, timeout: float) -> tuple[dict, dict]:
+    from kubernetes import client
+
+    from lvs_cluster.control_plane import ControlPlane
+    row: dict[str, Any] = {c.key: None for c in columns()}
+    row.update(endpoints=e, directors=directors)
+    details: dict[str, Any] = {"size": e}
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    cp = ControlPlane(workdir / "control-plane")
+    op: Operator | None = None
+    try:
+        cp.start()
+        cp.kubectl("apply", "--server-side", "-k", str(REPO / "deploy"))
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/virtualservices.lvs.kube-lvs.io",
+                   "crd/realservers.lvs.kube-lvs.io", "crd/nodestates.lvs.kube-lvs.io")
+        nodes = [f"director{k}" for k in range(directors)]
+        cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BENCH_NS}},
+                  {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VIPPool", "metadata": {"name": "bench"},
+                   "spec": {"addresses": ["10.1.0.0/16"], "namespaces": [BENCH_NS]}},
+                  {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": BENCH_NS},
+                   "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}},
+                  vs_body("backed", "10.1.0.1", True), vs_body("hand", "10.1.0.2", False)]
+                 + [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": d, "labels": {DIRECTOR_LABEL: "true"}}}
+                    for d in nodes])
+        admin = cp.api_client()
+        disc = client.DiscoveryV1Api(admin)
+        for s in range((e + SLICE - 1) // SLICE):
+            disc.create_namespaced_endpoint_slice(BENCH_NS, slice_body(s, e))
+        api = Api(cp.admin_kubeconfig)
+        create_many(api, [("realservers", BENCH_NS, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "RealServer",
+            "metadata": {"name": f"hand-{k}", "namespace": BENCH_NS},
+            "spec": {"virtualService": "hand", "address": hand_address(k), "port": 8080, "weight": 1}})
+            for k in range(e)])
+        op = Operator(cp.kubeconfig_for_serviceaccount(OPNS, OPERATOR_SA, path=workdir / "operator.kubeconfig"),
+                      workdir / "operator.log")
+        backed = [f"{d}-{BENCH_NS}-backed" for d in nodes]
+        hand = [f"{d}-{BENCH_NS}-hand" for d in nodes]
+
+        def synced():
+            return all(len(_weights(api, n)) == e for n in backed + hand)
+        _, row["first_sync"] = _wait("all dests in the NodeStates", synced, timeout, 1.0)
+        row["nodestate_kib"] = len(json.dumps(api.get("nodestates", OPNS, backed[0]))) // 1024
+        time.sleep(3)  # the operator's status writes settle
+
+        def measure(change, names: list[str], address: str) -> tuple[float, int]:
+            before = api.versions("nodestates", OPNS)
+            t0 = time.perf_counter()
+            change()
+            _wait(f"weight 0 for {address}", lambda: all(_weights(api, n).get(address) == 0 for n in names),
+                  60, 0.02)
+            took = time.perf_counter() - t0
+            time.sleep(0.5)
+            after = api.versions("nodestates", OPNS)
+            return took, sum(1 for k, v in after.items() if before.get(k) != v)
+
+        ep_t, ep_w, rs_t, rs_w = [], [], [], []
+        terminating: set[int] = set()
+        for c in range(changes):
+            k = (c * 37) % e
+            terminating.add(k)
+            s = k // SLICE
+            body = slice_body(s, e, frozenset(terminating))
+            t, w = measure(lambda: disc.replace_namespaced_endpoint_slice(body["metadata"]["name"], BENCH_NS, body),
+                           backed, endpoint(k))
+            ep_t.append(t)
+            ep_w.append(w)
+            t, w = measure(lambda: api.patch("realservers", BENCH_NS, f"hand-{k}", {"spec": {"weight": 0}}),
+                           hand, hand_address(k))
+            rs_t.append(t)
+            rs_w.append(w)
+        row.update(ep_p50=percentile(ep_t, 50), ep_p99=percentile(ep_t, 99), ep_writes=max(ep_w),
+                   rs_p50=percentile(rs_t, 50), rs_p99=percentile(rs_t, 99), rs_writes=max(rs_w))
+        details.update(endpoint_changes=ep_t, realserver_changes=rs_t, endpoint_writes=ep_w, realserver_writes=rs_w)
+        log(f"E={e}: endpoint change p50 {row['ep_p50']:.3f}s p99 {row['ep_p99']:.3f}s ({max(ep_w)} writes); "
+            f"RealServer change p50 {row['rs_p50']:.3f}s p99 {row['rs_p99']:.3f}s ({max(rs_w)} writes)")
+    except Exception as ex:  # noqa: BLE001 - the report says what failed
+        row["first_sync"] = row["first_sync"] if row["first_sync"] is not None else R.error(str(ex)[:300])
+        details["error"] = str(ex)
+    finally:
+        if op is not None:
+            details["operator_log_tail"] = op.tail(30)
+            op.stop()
+        cp.stop()
+    return row, details
+
+
+def run(sizes: list[int], directors: int = 3, changes: int = 20, timeout: float = 1800,
+        workdir: Path | None = None) -> tuple[R.Table, dict]:
+    workdir = workdir or REPO / "build" / "bench-service-endpoints"
+    rows, details = [], []
+    for e in sizes:
+        r, d = run_size(e, directors, changes, workdir / f"e{e}", timeout)
+        rows.append(r)
+        details.append(d)
+    notes = ["one VirtualService backed by a Service (EndpointSlices of 100), beside one with as many "
+             "hand-written RealServers; a change = one endpoint turned terminating (weight 0) / one RealServer "
+             "weight patched to 0; latency until every director's NodeState shows it",
+             "no agent: the kernel half of an endpoint change is the same one-dest weight change as a "
+             "RealServer's (parts 1-3 and 5)"]
+    table = R.Table("service_endpoints", "Service endpoints (issue 19): endpoint change vs RealServer change",
+                    columns(), rows, notes)
+    return table, {"details": details}
+
+
+def main() -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default=",".join(map(str, FULL_SIZES)))
+    ap.add_argument("--changes", type=int, default=20)
+    args = ap.parse_args()
+    table, _ = run([int(x) for x in args.sizes.split(",")], changes=args.changes)
+    print(R.render_text(table))
+    return 0 if not table.errors() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
