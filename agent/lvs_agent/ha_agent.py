@@ -118,6 +118,7 @@ class HaController:
         self.resolve_uplink = resolve_uplink
         self.renew_every, self.clock = renew_every, clock
         self.tracker = H.LeaseTracker()
+        self.listed_since: float | None = None  # first successful list of the members
         self.held: frozenset[str] = frozenset()
         self.pending: set[str] = set()  # taken over, not yet announced
         self.announced_by_others: set[str] = set()
@@ -192,13 +193,21 @@ class HaController:
             log.warning("renewing the director lease: %s", e)
         try:
             self.tracker.observe(self.lease.members(), self.clock())
+            if self.listed_since is None:
+                self.listed_since = self.clock()
         except Exception as e:  # noqa: BLE001
             self.tracker.unreadable()
             log.warning("reading the director leases (owners frozen): %s", e)
+        # A director starting (or coming back) takes nothing before it has
+        # watched the list for a Lease duration: a director that started a
+        # moment earlier may hold a VIP its Lease does not list yet, and two
+        # directors deciding on different views would both take it.
+        grace = getattr(self.lease, "duration", 0.0)
+        may_take = self.listed_since is not None and self.clock() - self.listed_since >= grace
         with self._lock:
             others = frozenset(self.announced_by_others)
             new = H.decide(spec.node, vips, self.tracker.live(self.clock()), self.held,
-                           frozen=self.tracker.frozen, announced_by_others=others)
+                           frozen=self.tracker.frozen, announced_by_others=others, may_take=may_take)
             before, self.held = self.held, new
             taken = H.takeovers(before, new)
             self.pending |= taken

@@ -92,7 +92,11 @@ class DirectorLease:
     ``api``: a kubernetes CustomObjectsApi (plain dicts, like the operator's
     leader election). Calls block: run them in a thread."""
 
-    def __init__(self, api: Any, namespace: str, node: str, duration: float = 10.0):
+    def __init__(self, api: Any, namespace: str, node: str, duration: float = 6.0):
+        """``duration``: how long the others wait after this Lease last changed
+        before they take its VIPs (the detection time of a dead director);
+        three renewals (HaController renews every 2 s) fit in it, as in
+        kube-vip's 5 s / 1 s retry."""
         self.api, self.namespace, self.node, self.duration = api, namespace, node, duration
         self._rv: str | None = None
 

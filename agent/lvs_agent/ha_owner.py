@@ -134,13 +134,17 @@ def owner(vip: str, live: Mapping[str, Member], policy: Policy = Policy()) -> st
 
 
 def decide(me: str, vips: Mapping[str, Policy], live: Mapping[str, Member], held: frozenset[str],
-           frozen: bool = False, announced_by_others: frozenset[str] = frozenset()) -> frozenset[str]:
+           frozen: bool = False, announced_by_others: frozenset[str] = frozenset(),
+           may_take: bool = True) -> frozenset[str]:
     """The VIPs ``me`` should hold after this round.
 
     ``vips``: the VIPs of the groups ``me`` belongs to, each with its policy;
     ``held``: what it holds now.
     A VIP is taken only when no other live candidate still claims it, so a
-    hand-over in progress never has two holders by design."""
+    hand-over in progress never has two holders by design. ``may_take``
+    False (a director that has not yet watched the member list for a Lease
+    duration, so it may not have seen every live director's claims): keep
+    or give up, take nothing."""
     if frozen:
         return frozenset(v for v in held if v in vips and v not in announced_by_others)
     if me in live:  # what this agent holds is known here before its Lease says so
@@ -149,7 +153,7 @@ def decide(me: str, vips: Mapping[str, Policy], live: Mapping[str, Member], held
     for vip, policy in vips.items():
         if owner(vip, live, policy) != me:
             continue  # not live, cannot serve it while others can, or someone else's
-        if vip in held or not any(vip in m.held for n, m in policy.within(live).items() if n != me):
+        if vip in held or (may_take and not any(vip in m.held for n, m in policy.within(live).items() if n != me)):
             out.add(vip)
     return frozenset(out)
 

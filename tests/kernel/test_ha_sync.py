@@ -59,14 +59,14 @@ def conns(lab: Lab, host: str) -> list[str]:
     return lab.run(host, "ipvsadm", "-Lnc").stdout.splitlines()
 
 
-def wait_for(fn, what: str):
-    end = time.monotonic() + DEADLINE
+def wait_for(fn, what: str, deadline: float = DEADLINE):
+    end = time.monotonic() + deadline
     while time.monotonic() < end:
         got = fn()
         if got:
             return got
         time.sleep(0.2)
-    raise AssertionError(f"not within {DEADLINE} s: {what}")
+    raise AssertionError(f"not within {deadline} s: {what}")
 
 
 def neighbour_mac(lab: Lab, host: str, ip: str) -> str | None:

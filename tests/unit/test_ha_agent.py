@@ -85,6 +85,18 @@ class Clock:
         return self.now
 
 
+def run(clock, *directors, seconds: float = 12.0, check=None):
+    """Step the directors every 2 s of the fake clock (the renewal period),
+    past the start-up grace of one Lease duration."""
+    end = clock.now + seconds
+    while clock.now <= end:
+        for d in directors:
+            d.step()
+            if check is not None:
+                check()
+        clock.now += 2.0
+
+
 def director(api, node, clock, announced, synced=None):
     c = HaController(DirectorLease(api, "lvs", node, duration=10), lambda dev, vip: announced.append((node, dev, vip)),
                      sync=(lambda want: synced.append((node, want))) if synced is not None else None, clock=clock)
@@ -95,8 +107,7 @@ def director(api, node, clock, announced, synced=None):
 def test_two_directors_one_holder_per_vip_announced_after_the_pass():
     api, clock, announced, synced = FakeLeases(), Clock(), [], []
     d1, d2 = director(api, "d1", clock, announced, synced), director(api, "d2", clock, announced, synced)
-    for _ in range(3):
-        d1.step(), d2.step()
+    run(clock, d1, d2)
     assert d1.held | d2.held == {V1, V2} and not d1.held & d2.held
     assert announced == []  # not before the addresses are there
     d1.after_pass(), d2.after_pass()
@@ -108,28 +119,22 @@ def test_two_directors_one_holder_per_vip_announced_after_the_pass():
 def test_a_dead_directors_vips_move_after_its_lease_expires():
     api, clock, announced = FakeLeases(), Clock(), []
     d1, d2 = director(api, "d1", clock, announced), director(api, "d2", clock, announced)
-    for _ in range(3):
-        d1.step(), d2.step()
+    run(clock, d1, d2)
     dead, alive = (d1, d2) if d1.held else (d2, d1)
     was = set(dead.held)
-    for t in range(1, 15):  # the dead one stops renewing
-        clock.now = float(t)
-        alive.step()
+    run(clock, alive, seconds=14)  # the dead one stops renewing
     assert was <= alive.held and alive.takeovers >= len(was)
 
 
 def test_api_server_away_moves_nothing_however_long():
     api, clock, announced = FakeLeases(), Clock(), []
     d1, d2 = director(api, "d1", clock, announced), director(api, "d2", clock, announced)
-    for _ in range(3):
-        d1.step(), d2.step()
+    run(clock, d1, d2)
     before = (d1.held, d2.held)
+    assert before[0] | before[1] == {V1, V2}
     api.down = True
-    for t in range(1, 120):
-        clock.now = float(t)
-        d1.step(), d2.step()
+    run(clock, d1, d2, seconds=120)
     api.down = False  # back: the Leases count as fresh, nobody is declared dead
-    clock.now = 121.0
     d1.step(), d2.step()
     assert (d1.held, d2.held) == before
 
@@ -137,8 +142,7 @@ def test_api_server_away_moves_nothing_however_long():
 def test_a_cut_off_director_drops_a_vip_another_announced():
     api, clock, announced = FakeLeases(), Clock(), []
     d1 = director(api, "d1", clock, announced)
-    for _ in range(2):
-        d1.step()
+    run(clock, d1)
     assert d1.held == {V1, V2}
     api.down = True
     d1.seen_announcement(V1)
@@ -149,7 +153,7 @@ def test_a_cut_off_director_drops_a_vip_another_announced():
 def test_shutdown_deletes_the_lease_and_returns_what_was_held():
     api, clock, announced = FakeLeases(), Clock(), []
     d1 = director(api, "d1", clock, announced)
-    d1.step(), d1.step()
+    run(clock, d1)
     assert d1.stop() == {V1, V2}
     assert api.objs == {} and d1.held == frozenset()
 
@@ -167,7 +171,7 @@ def test_no_groups_no_lease_no_daemon():
 def test_status_names_the_holder_of_each_group_vip_of_that_object():
     api, clock, announced = FakeLeases(), Clock(), []
     d1 = director(api, "d1", clock, announced)
-    d1.step(), d1.step()
+    run(clock, d1)
     status: dict = {}
     d1.annotate(status, spec("d1"))
     assert status["activeDirectors"] == [{"address": V1, "director": "d1", "held": True},
@@ -195,19 +199,33 @@ def test_the_agent_programs_only_held_vips_and_announces_after_the_pass(tmp_path
         "directorGroups": [{"name": "g", "members": ["d1", "d2"], "vips": [V1]}]}}}
     a._touch()
     leases, clock, announced = FakeLeases(), Clock(), []
-    DirectorLease(leases, "lvs", "d2", duration=10).renew([V1], [])  # d2 holds V1
+    d2 = DirectorLease(leases, "lvs", "d2", duration=10)
+    d2.renew([V1], [])  # d2 holds V1
     a.ha = HaController(DirectorLease(leases, "lvs", "d1", duration=10),
                         lambda dev, vip: announced.append((dev, vip)), clock=clock)
     a.ha.uplink = "eth0"
 
     async def go():
         await a.reconcile_once(full=True)
-        a.ha.step(), a.ha.step()
+        run(clock, a.ha, check=lambda: d2.renew([V1], []))  # d2 alive throughout
         await a.reconcile_once(full=False)
         assert seen[-1] == set() and announced == []
-        DirectorLease(leases, "lvs", "d2").release()  # d2 shuts down
+        d2.release()  # d2 shuts down
         assert a.ha.step() is True
         await a.reconcile_once(full=False)
         assert seen[-1] == {V1} and announced == [("eth0", V1)]
         a.status.stop()
     asyncio.run(go())
+
+
+def test_directors_starting_together_never_both_hold_a_vip():
+    """Seen in the lab: d2 started a moment before d1's Lease was written,
+    each saw a group without the other's claim and both took the VIP for a
+    round. A starting director now takes nothing for one Lease duration."""
+    api, clock, announced = FakeLeases(), Clock(), []
+    d1, d2 = director(api, "d1", clock, announced), director(api, "d2", clock, announced)
+
+    def one_holder_at_most():
+        assert not d1.held & d2.held, (d1.held, d2.held)
+    run(clock, d1, d2, check=one_holder_at_most)
+    assert d1.held | d2.held == {V1, V2}

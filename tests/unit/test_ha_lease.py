@@ -88,7 +88,7 @@ def test_members_read_back_what_each_director_published_and_skip_foreign_leases(
     got = {m.name: m for m in DirectorLease(api, "lvs", "d3").members()}
     assert set(got) == {"d1", "d2"}
     assert got["d1"].held == {"10.0.0.1"} and got["d1"].unserved == {"10.0.0.2"}
-    assert got["d1"].duration == 10.0
+    assert got["d1"].duration == 6.0
 
 
 def test_a_stale_resource_version_is_reread_and_written_once_more():

@@ -240,3 +240,11 @@ def test_ranking_is_a_total_order_of_the_group(n):
     names = [f"d{i}" for i in range(n)]
     assert sorted(ranked("v", names)) == names
     assert ranked("v", names, Policy(preferred="d1"))[0] == "d1"
+
+
+def test_a_director_in_its_start_up_grace_keeps_but_takes_nothing():
+    live = members("a", "b")
+    vips = {v: Policy() for v in VIPS[:20]}
+    mine = {v for v in vips if owner(v, live) == "a"}
+    assert decide("a", vips, live, frozenset(), may_take=False) == frozenset()
+    assert decide("a", vips, live, frozenset(mine), may_take=False) == mine
