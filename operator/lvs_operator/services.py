@@ -211,7 +211,9 @@ def derive_realservers(virtualservices: Iterable[Mapping[str, Any]], services: I
         if ref:
             by_service.setdefault(ref, []).append(s)
     svc_objs = {_ns_name(s): s for s in services}
-    rss = list(realservers)
+    by_vs: dict[Ref, list[Mapping[str, Any]]] = {}  # one pass over the RealServers, not one per VirtualService
+    for r in realservers:
+        by_vs.setdefault((_ns_name(r)[0], str((r.get("spec") or {}).get("virtualService") or "")), []).append(r)
     out = Derived()
     for obj in virtualservices:
         vs = VirtualService.of(obj)
@@ -220,14 +222,13 @@ def derive_realservers(virtualservices: Iterable[Mapping[str, Any]], services: I
             continue
         ref = (vs.meta.namespace, str(backend["service"]))
         default_port = vs.spec.get("port") or 0
+        mine = by_vs.get(vs.meta.ref, [])
         claimed = {(str((r.get("spec") or {}).get("address")), int((r.get("spec") or {}).get("port") or default_port))
-                   for r in rss if not is_derived(r) and _ns_name(r)[0] == vs.meta.namespace
-                   and (r.get("spec") or {}).get("virtualService") == vs.meta.name}
+                   for r in mine if not is_derived(r)}
         eps = endpoints_of(vs, svc_objs.get(ref), sorted(by_service.get(ref, ()), key=_ns_name))
         keys = sorted((k for k in eps if k not in claimed), key=lambda k: (*_ip_key(k[0]), k[1]))
         if len(keys) > MAX_ENDPOINTS:
-            have = sum(1 for r in rss if is_derived(r) and _ns_name(r)[0] == vs.meta.namespace
-                       and (r.get("spec") or {}).get("virtualService") == vs.meta.name)
+            have = sum(1 for r in mine if is_derived(r))
             if have < MAX_ENDPOINTS:
                 out.events.append(Event(
                     "VirtualService", vs.meta.namespace, vs.meta.name, vs.meta.uid, "Warning", "TooManyEndpoints",
