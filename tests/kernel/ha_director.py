@@ -9,7 +9,8 @@ ipvs_sync) -- with the same defaults, in the namespace it is started in
 
 The Leases live in a JSON file (:class:`FileLeases`) with the API server's
 semantics that matter here: resource versions (a stale write is a 409),
-list by label, delete. The lab VM has no API server; the e2e tier is where
+list by label, delete; while a file ``LEASES.down`` exists every call fails
+with 503, as when the API server is stopped. The lab VM has no API server; the e2e tier is where
 the real one is.
 
     python ha_director.py SPEC.json LEASES.json STATE_DIR
@@ -32,6 +33,9 @@ class FileLeases:
 
     @contextmanager
     def _locked(self):
+        if self.path.with_suffix(".down").exists():  # the test stopped "the API server"
+            from kubernetes.client.exceptions import ApiException
+            raise ApiException(status=503, reason="Service Unavailable")
         with open(self.path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:

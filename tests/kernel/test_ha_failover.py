@@ -126,12 +126,16 @@ def group(tmp_path):
             lab.serve(r, port=80)
         holders = [HoldServer(lab.ns(r), r, HOLD_PORT, echo=True) for r in ("rs1", "rs2")]
         procs = {}
-        for d in ("d1", "d2"):
+
+        def start(d: str) -> None:
             spec = tmp_path / f"{d}.json"
             spec.write_text(json.dumps(node_doc(d)))
             procs[d] = lab.popen(d, sys.executable, str(HERE / "ha_director.py"), str(spec),
                                  str(tmp_path / "leases.json"), str(tmp_path / d),
-                                 stdout=open(tmp_path / f"{d}.log", "w"), stderr=subprocess.STDOUT)
+                                 stdout=open(tmp_path / f"{d}.log", "a"), stderr=subprocess.STDOUT)
+        for d in ("d1", "d2"):
+            start(d)
+        lab.start_director = start
         yield lab, procs, tmp_path
         for p in procs.values():
             p.kill()
@@ -196,3 +200,46 @@ def test_dr_failover_keeps_held_connections_and_moves_the_vip(group):
     assert answering == HELD, figures
     for h in held:
         h.close()
+
+
+def wait_serving(lab: Lab) -> None:
+    wait_for(lambda: holds_vip(lab, "d1"), "d1 (preferred) holds the VIP")
+    wait_for(lambda: tcp_replies(lab.ns("client"), VIP, 80, timeout=1.0)[0], "the VIP answers")
+
+
+def test_api_server_away_then_old_owner_back_nothing_moves(group):
+    """The control plane stopped for four Lease durations with both directors
+    healthy: not one request fails and the holder stays. Then the holder dies
+    (VIP to d2) and comes back: no fail-back by default, d2 keeps the VIP and
+    a connection held through d2 keeps working. Before the change nothing
+    moved the VIP at all (both directors held it)."""
+    lab, procs, tmp = group
+    macs = {announce.hw_address("eth0", lab.ns(h)).hex(":"): h for h in HOSTS}
+    wait_serving(lab)
+    requests = Requests(lab)
+    (tmp / "leases.down").touch()
+    time.sleep(4 * 6.0)
+    (tmp / "leases.down").unlink()
+    time.sleep(3 * 2.0)  # a few rounds with the list readable again
+    requests.close()
+    failed = sum(1 for _, ok in requests.log if not ok)
+    print("api away figures:", json.dumps({"requests": len(requests.log), "failed": failed}))
+    assert failed == 0 and len(requests.log) > 0
+    assert holds_vip(lab, "d1") and not holds_vip(lab, "d2")
+
+    procs["d1"].kill()
+    lab.run("d1", "ip", "link", "set", "eth0", "down")
+    wait_for(lambda: holds_vip(lab, "d2"), "d2 takes the VIP over")
+    wait_for(lambda: tcp_replies(lab.ns("client"), VIP, 80, timeout=1.0)[0], "the VIP answers through d2")
+    held = Held(lab.ns("client"), VIP, HOLD_PORT)
+    assert held.echo("via d2") == "via d2"
+
+    # d1 comes back (link up, a new process with a clean start): nothing moves.
+    lab.run("d1", "ip", "link", "set", "eth0", "up")
+    lab.start_director("d1")
+    wait_for(lambda: "holds" in (tmp / "d1.log").read_text().split("ready")[-1], "d1 decided once")
+    time.sleep(3 * 6.0)  # past d1's start-up grace and several rounds
+    assert holds_vip(lab, "d2") and not holds_vip(lab, "d1")
+    assert {macs.get(m, m) for m in arp_answers(lab, "client", VIP)} == {"d2"}
+    assert held.echo("still via d2") == "still via d2"
+    held.close()
