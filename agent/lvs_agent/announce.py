@@ -99,3 +99,44 @@ def announce(ifname: str, vip: str, netns: str | None = None, count: int = 1) ->
         send_na(ifname, vip, netns, count)
     else:
         send_garp(ifname, vip, netns, count)
+
+
+def announced_vip(frame: bytes, mine: bytes) -> str | None:
+    """The VIP a gratuitous ARP frame announces, when another host sent it
+    (sender IP == target IP, sender MAC not ``mine``); else None."""
+    if len(frame) < 42 or frame[12:14] != struct.pack("!H", ETH_P_ARP):
+        return None
+    htype, ptype, hlen, plen, _op, sha, spa, _tha, tpa = struct.unpack_from("!HHBBH6s4s6s4s", frame, 14)
+    if (htype, ptype, hlen, plen) != (1, 0x0800, 6, 4) or spa != tpa or sha == mine:
+        return None
+    return socket.inet_ntoa(spa)
+
+
+class ArpWatcher:
+    """Gratuitous ARP from other hosts, seen on one device: how a director
+    cut off from the API server learns that another director has taken its
+    VIP over (the new holder announces it), and stops answering for it.
+
+    ``poll()`` reads what arrived since the last call without blocking."""
+
+    def __init__(self, ifname: str, netns: str | None = None):
+        self.ifname = ifname
+        self.mine = hw_address(ifname, netns)
+        with in_netns(netns):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        self.sock.bind((ifname, ETH_P_ARP))
+        self.sock.setblocking(False)
+
+    def poll(self) -> set[str]:
+        out = set()
+        while True:
+            try:
+                frame = self.sock.recv(128)
+            except BlockingIOError:
+                return out
+            vip = announced_vip(frame, self.mine)
+            if vip is not None:
+                out.add(vip)
+
+    def close(self) -> None:
+        self.sock.close()

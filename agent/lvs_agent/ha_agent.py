@@ -111,11 +111,15 @@ class HaController:
                  sync: Callable[[list[SyncDaemon]], None] | None = None,
                  on_change: Callable[[], None] = lambda: None, renew_every: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 resolve_uplink: Callable[[NodeSpec], str] | None = None):
+                 resolve_uplink: Callable[[NodeSpec], str] | None = None,
+                 watch: Callable[[str], Any] | None = None):
         """``resolve_uplink``: the device announcements and the sync daemon
-        use when a group names none (read in this thread, not in the pass)."""
+        use when a group names none (read in this thread, not in the pass).
+        ``watch(device)``: an object whose ``poll()`` returns the VIPs other
+        hosts announced since the last call (announce.ArpWatcher)."""
         self.lease, self.announce, self.sync, self.on_change = lease, announce, sync, on_change
         self.resolve_uplink = resolve_uplink
+        self.watch, self.watcher = watch, None
         self.renew_every, self.clock = renew_every, clock
         self.tracker = H.LeaseTracker()
         self.listed_since: float | None = None  # first successful list of the members
@@ -186,6 +190,7 @@ class HaController:
             except Exception as e:  # noqa: BLE001
                 log.warning("no uplink for the director group: %s", e)
         bad = unserved(spec, vips)
+        self._watch(uplink)
         try:
             self.lease.renew(self.held, bad)
         except Exception as e:  # noqa: BLE001 - the API server away: the list below freezes
@@ -212,7 +217,8 @@ class HaController:
             taken = H.takeovers(before, new)
             self.pending |= taken
             self.pending &= new
-            self.announced_by_others -= before - new
+            if not self.tracker.frozen:
+                self.announced_by_others.clear()  # only what was seen while cut off counts
         for vip in sorted(taken):
             self.takeovers += 1
             log.info("took over VIP %s", vip)
@@ -226,6 +232,21 @@ class HaController:
                 self.lease_errors += 1
             self.on_change()
         return new != before
+
+    def _watch(self, uplink: str) -> None:
+        """Collect the announcements of VIPs held here by other hosts."""
+        if self.watch is None or not uplink:
+            return
+        try:
+            if self.watcher is None:
+                self.watcher = self.watch(uplink)
+            seen = self.watcher.poll()
+        except Exception as e:  # noqa: BLE001 - without CAP_NET_RAW: no watching
+            log.warning("not watching gratuitous ARP on %s: %s", uplink, e)
+            self.watch = None
+            return
+        with self._lock:
+            self.announced_by_others |= seen & self.held
 
     def _sync(self, spec: NodeSpec, uplink: str) -> None:
         want, self.sync_problem = wanted_daemons(spec, uplink)

@@ -654,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     agent.ha = HaController(DirectorLease(api, args.namespace, args.node),
                             lambda device, vip: announcer.announce(device, vip, args.netns, count=3),
                             sync=kernel_sync(args.netns), on_change=lambda: (agent._touch(), agent.wake()),
-                            resolve_uplink=engine.resolve_uplink)
+                            resolve_uplink=engine.resolve_uplink,
+                            watch=lambda device: announcer.ArpWatcher(device, args.netns))
     if args.metrics_port:
         from .metrics import serve
         serve(agent, args.metrics_port, args.metrics_address)

@@ -29,3 +29,13 @@ def test_na_is_unsolicited_with_override_and_the_target_link_layer_address():
     assert flags & 0x20000000 and not flags & 0x40000000 and not flags & 0x80000000  # O, not S, not R
     assert m[8:24] == bytes.fromhex("fd000002000000000000000000000100")
     assert m[24:26] == b"\x02\x01" and m[26:32] == MAC  # option 2, length 1 (8 bytes)
+
+
+def test_a_gratuitous_arp_from_another_host_names_its_vip():
+    from lvs_agent.announce import announced_vip
+    other = mac_bytes("02:00:00:00:00:02")
+    assert announced_vip(garp_frame(other, "192.168.2.100"), MAC) == "192.168.2.100"
+    assert announced_vip(garp_frame(MAC, "192.168.2.100"), MAC) is None  # our own
+    request = bytearray(garp_frame(other, "192.168.2.100"))
+    request[38:42] = bytes([192, 168, 2, 1])  # an ordinary request: target is another address
+    assert announced_vip(bytes(request), MAC) is None

@@ -229,3 +229,31 @@ def test_directors_starting_together_never_both_hold_a_vip():
         assert not d1.held & d2.held, (d1.held, d2.held)
     run(clock, d1, d2, check=one_holder_at_most)
     assert d1.held | d2.held == {V1, V2}
+
+
+class Watcher:
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def poll(self):
+        out, self.seen = self.seen, set()
+        return out
+
+
+def test_cut_off_holder_stops_answering_for_a_vip_it_saw_announced_by_another():
+    """The split the issue names: d1 cannot reach the API server, d2 can and
+    takes V1 over after d1's Lease expires, announcing it; d1, frozen, drops
+    V1 when it sees that announcement and keeps V2."""
+    api, clock, announced = FakeLeases(), Clock(), []
+    watcher = Watcher()
+    d1 = HaController(DirectorLease(api, "lvs", "d1", duration=10), lambda d, v: None, clock=clock,
+                      watch=lambda device: watcher)
+    d1.update(spec("d1"), "eth0")
+    run(clock, d1)
+    assert d1.held == {V1, V2}
+    api.down = True
+    run(clock, d1, seconds=4)
+    assert d1.held == {V1, V2}  # frozen: nothing dropped for the outage alone
+    watcher.seen = {V1, OTHER}  # d2's gratuitous ARP (and one for a VIP d1 does not hold)
+    d1.step()
+    assert d1.held == {V2}
