@@ -213,7 +213,7 @@ def _vmhwm_mib(text: str) -> int | None:
 
 def agent_rss(system, director: str = NETNS) -> int | None:
     """VmHWM of the director's lvs-agent process in the guest (largest match)."""
-    r = system.ctl.run(["pgrep", "-f", f"lvs-agent --node {director}"])
+    r = system.ctl.run(["pgrep", "-f", f"lvs-agent .*--node {director}( |$)"])
     best = None
     for pid in r.out.split():
         st = system.ctl.run(["cat", f"/proc/{pid}/status"])

@@ -27,7 +27,9 @@ from lvs_e2e.system import GUEST_RUN, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NETNS, NODE = "nat-director", "nat-director"
-VIP, PORT = "192.168.0.30", 81
+# A port no other e2e test uses: IPVS reuses a deleted dest (with its
+# counters) when the same one is added again soon after.
+VIP, PORT = "192.168.0.30", 82
 SERVICE = f"tcp:{VIP}:{PORT}"
 DESTS = {"rs1": "10.0.0.51:80", "rs2": "10.0.0.52:80"}
 METRICS_PORT, PROM_PORT = 9477, 9090

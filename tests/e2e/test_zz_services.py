@@ -62,6 +62,9 @@ def svc_nat(system):
                              log=f"{GUEST_RUN}/long-server-{rs}.log")
     if not system.ctl.alive("agent-nat-director"):
         system.start_agent("nat-director", "nat-director")
+    # nat-director directs (an earlier test of the session may have moved the label to tun-director).
+    system.kubectl("label", "node", "tun-director", "lvs.kube-lvs.io/director-")
+    system.kubectl("label", "node", "nat-director", "lvs.kube-lvs.io/director=true", "--overwrite")
     system.kubectl("apply", "-f", str(REPO / "examples" / "seed-nat" / "vippool.yaml"))
     system.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace",
                                                         "metadata": {"name": NS}}))
