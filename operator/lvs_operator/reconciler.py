@@ -309,6 +309,13 @@ class Reconciler:
                     del index[r]
             if new is not None and (r := ref_of(new)) is not None:
                 index.setdefault(r, set()).add(key)
+        if new is None:
+            # Deleted: the API's word is newer than any write of ours the watch
+            # has not shown yet (a status written just before the delete). Kept,
+            # that write would put the object back into every snapshot until it
+            # expired, and its NodeStates would outlive it.
+            with self._overlay_lock:
+                self.overlay.pop((kind, *key), None)
         if self._own_echo(kind, key, old, new):
             return
         refs = (self._service_scope(kind, key, old, new) if kind in ("services", "endpointslices")

@@ -231,8 +231,24 @@ def test_operator_down_traffic_continues(nat):
     nat.start_operator()
 
 
+def settled_table(system, node: str, quiet: float = 4.0, timeout: float = 120) -> str:
+    """``ipvsadm -Sn`` once it has not changed for ``quiet`` seconds: what
+    earlier tests changed (an operator restarted just before) has landed."""
+    import time
+    last, since = None, time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        now = system.ipvsadm(node, "-Sn")
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+        time.sleep(1)
+    raise AssertionError(f"{node}'s table kept changing for {timeout}s")
+
+
 def test_agent_restart_keeps_established_connection(nat):
-    before = nat.ipvsadm("nat-director", "-Sn")
+    before = settled_table(nat, "nat-director")
     # Open a connection through the VIP and keep it open across the restart.
     holder = f"{GUEST_RUN}/held"
     nat.ctl.spawn("held-conn", ["ip", "netns", "exec", "nat-client", nat.python, "-c", _HOLD, NAT_VIP, holder],

@@ -322,3 +322,23 @@ def test_a_follower_writes_no_queued_status_and_a_failed_one_is_counted():
     assert r.statuses_idle(10) and r.status_failures == 1 and api.written == []
     assert r._sending == {}  # not written: nothing to mistake for its echo
     r._status_writer.stop()
+
+
+def test_a_deleted_object_is_not_brought_back_by_our_unseen_status_write():
+    """A VirtualService whose status we had just written (the overlay holds
+    it, its echo not yet seen) is deleted: the next snapshot must not hold
+    it, or its NodeStates stay until the overlay entry expires (seen end to
+    end: a deleted service stayed programmed until the operator restarted)."""
+    r = Reconciler(NS, api_factory=lambda: None)
+    r.caches = {kind: _keyed(objs) for kind, objs in converged(cluster(n=2)).items()}
+    key = ("team-a", "web1")
+    old = r.caches["virtualservices"][key]
+    written = dict(old, metadata=dict(old["metadata"], resourceVersion="999999"), status={"phase": "x"})
+    r.overlay[("virtualservices", *key)] = (written, 1e18)
+    assert "web1" in _names(r.snapshot())["virtualservices"]
+    r.caches["virtualservices"].pop(key)
+    r.changed("virtualservices", key, old, None)
+    snap = r.snapshot()
+    assert "web1" not in _names(snap)["virtualservices"]
+    result = compile_snapshot(snap, NS, "T")
+    assert not [n for n in result.nodestates if n.endswith("-team-a-web1")]
