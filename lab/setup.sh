@@ -38,6 +38,7 @@ need gzip gzip
 need nft nftables   # firewall-mark tests mark packets with nft in a director namespace
 need curl curl
 need prometheus prometheus  # the e2e tier scrapes an agent with a real Prometheus in its namespace
+need bird bird2  # BIRD 2: the BGP speaker of the directors and the ECMP router namespace (kernel tier)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx insmod && file_static=1 || file_static=0
 if [ "$file_static" = 1 ] && ldd /bin/busybox >/dev/null 2>&1; then file_static=0; fi
 [ "$file_static" = 1 ] || need_pkgs+=(busybox-static)
@@ -54,10 +55,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt_update
     log "apt-get install ${need_pkgs[*]}"
     apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
-    # The tests start their own Prometheus in a namespace in the VM; the
-    # package's service has no business on the host.
+    # The tests start their own Prometheus and BIRD in namespaces in the VM;
+    # the packages' services have no business on the host.
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        systemctl disable --now prometheus >/dev/null 2>&1 || true
+        systemctl disable --now prometheus bird >/dev/null 2>&1 || true
     fi
 else
     log "host packages present (qemu, busybox-static, cpio, kmod, ipvsadm, iproute2)"
