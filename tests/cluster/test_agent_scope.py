@@ -1,5 +1,6 @@
 """deploy/base/agent-scope.yaml against the real API server: the agent's
-ServiceAccount writes the status of its own node's NodeStates only.
+ServiceAccount writes the status of its own node's NodeStates only, and its
+own node's director Lease only (director failover).
 
 The node comes from the user's extra `authentication.kubernetes.io/node-name`,
 which the API server puts there for a token bound to a pod (or a node). Here
@@ -105,3 +106,98 @@ def test_a_real_node_bound_token_carries_the_node(installed):
     assert mine.returncode == 0, mine.stderr
     other = cp.kubectl(*base, "node-b-scope-test", kubeconfig=kc, check=False)
     assert other.returncode != 0 and "is node node-b's" in other.stderr, other.stderr
+
+
+# -- director Leases (kube-lvs-agent-own-lease) ------------------------------------
+
+def lease(name: str, holder: str) -> dict:
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": DEFAULT_NAMESPACE},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}}
+
+
+def node_bound_leases(cp, node: str, tmp_path: Path):
+    """The agent's own Lease client (lvs_agent.ha_lease.DirectorLease's API)
+    authenticated as the agent of ``node`` with a real Node-bound token."""
+    import yaml
+    from kubernetes import client
+
+    cp.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+    token = cp.kubectl("create", "token", "kube-lvs-agent", "-n", DEFAULT_NAMESPACE,
+                       "--bound-object-kind=Node", f"--bound-object-name={node}").stdout.strip()
+    kc = yaml.safe_load(cp.kubeconfig_for_serviceaccount(DEFAULT_NAMESPACE, "kube-lvs-agent").read_text())
+    kc["users"][0]["user"] = {"token": token}
+    path = tmp_path / f"agent-{node}.kubeconfig"
+    path.write_text(yaml.safe_dump(kc))
+    return client.CustomObjectsApi(cp.api_client(path))
+
+
+def wait_for_lease_policy(api) -> None:
+    """The policy is loaded a moment after it is created: retry a write it must deny."""
+    import time
+    from kubernetes.client.exceptions import ApiException
+    from lvs_agent.ha_lease import DirectorLease
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            DirectorLease(api, DEFAULT_NAMESPACE, "node-b").renew((), ())
+        except ApiException as e:
+            if e.status == 403:
+                return
+            raise
+        DirectorLease(api, DEFAULT_NAMESPACE, "node-b").release()
+        assert time.monotonic() < deadline, "the lease policy never started denying"
+        time.sleep(1)
+
+
+def test_an_agent_renews_its_own_director_lease_only(installed, tmp_path):
+    """Attack: the agent of node-a renews node-b's Lease (keeping a dead
+    director alive), deletes it (taking node-b's VIPs at once), or rewrites
+    the operator's leader Lease. Each is denied; its own Lease works through
+    the agent's own code. Before the RBAC rule the agent could not write a
+    Lease at all; before the policy it could write all of them."""
+    from kubernetes.client.exceptions import ApiException
+    from lvs_agent.ha_lease import DirectorLease, lease_name
+
+    cp = installed
+    api = node_bound_leases(cp, "node-a", tmp_path)
+    wait_for_lease_policy(api)
+    cp.apply([lease(lease_name("node-b"), "node-b"), lease("kube-lvs-operator", "operator-0")])
+
+    mine = DirectorLease(api, DEFAULT_NAMESPACE, "node-a")
+    mine.renew({"192.0.2.10"}, ())
+    mine.renew({"192.0.2.10"}, ())  # a replace of its own Lease
+    assert {m.name: m.held for m in mine.members()}["node-a"] == frozenset({"192.0.2.10"})
+
+    with pytest.raises(ApiException) as other:
+        DirectorLease(api, DEFAULT_NAMESPACE, "node-b").renew({"192.0.2.10"}, ())
+    assert other.value.status == 403
+    assert "may write its own director Lease (lvs-director-node-a) only, not lvs-director-node-b" in other.value.body
+    for name in (lease_name("node-b"), "kube-lvs-operator"):
+        with pytest.raises(ApiException) as gone:
+            api.delete_namespaced_custom_object("coordination.k8s.io", "v1", DEFAULT_NAMESPACE, "leases", name)
+        assert gone.value.status == 403, name
+    leader = api.get_namespaced_custom_object("coordination.k8s.io", "v1", DEFAULT_NAMESPACE, "leases",
+                                              "kube-lvs-operator")
+    leader["spec"]["holderIdentity"] = "node-a"
+    with pytest.raises(ApiException) as stolen:
+        api.replace_namespaced_custom_object("coordination.k8s.io", "v1", DEFAULT_NAMESPACE, "leases",
+                                             "kube-lvs-operator", leader)
+    assert stolen.value.status == 403 and "kube-lvs-agent-own-lease" in stolen.value.body
+    assert cp.kubectl_json("get", "lease", lease_name("node-b"), "-n", DEFAULT_NAMESPACE)["spec"]["holderIdentity"] == "node-b"
+
+    mine.release()
+    assert "node-a" not in {m.name for m in mine.members()}
+
+
+def test_an_agent_without_a_node_writes_no_lease(installed):
+    import time
+    deadline = time.monotonic() + 60
+    while True:  # until the policy is loaded (a create it let through is undone)
+        r = installed.kubectl("create", "-f", "-", f"--as={AGENT}", "--as-group=system:serviceaccounts",
+                              input=json.dumps(lease("lvs-director-node-a", "node-a")), check=False)
+        if r.returncode != 0 or time.monotonic() > deadline:
+            break
+        installed.kubectl("delete", "lease", "lvs-director-node-a", "-n", DEFAULT_NAMESPACE)
+        time.sleep(1)
+    assert r.returncode != 0 and "may write a Lease only with a pod-bound token" in r.stderr, r.stderr
