@@ -10,6 +10,14 @@ group's device. The kernel's connection sync daemon runs on that device with
 the group's sync id, master and backup in every director, so whichever holds
 a VIP sends its connections and the others have them.
 
+NAT with ``natReturn: gateway``: a group may carry the real servers' default
+gateway (``DirectorGroup.gateway``). It goes with the group's first VIP:
+whoever holds that VIP holds the gateway address too, on the device that
+reaches the real servers (the group's ``gateway_device``, else the device of
+this director's route to one of the VIP's NAT real servers, looked up in the
+HA thread), and announces it there like the VIP, so the real servers' replies
+reach the director that has the connections.
+
 The pure parts (policies, held_spec, unserved, wanted_daemons) are unit
 tested; :class:`HaController` is the shell: one thread renews this director's
 Lease, reads the group's Leases, decides (ha_owner.decide) and wakes the
@@ -23,9 +31,9 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
-from lvs_model.nodespec import NodeSpec
+from lvs_model.nodespec import LocalAddress, NodeSpec
 
 from . import ha_owner as H
 from .ipvs_sync import SyncDaemon
@@ -50,14 +58,43 @@ def policies(spec: NodeSpec) -> dict[str, H.Policy]:
     return out
 
 
-def held_spec(spec: NodeSpec, held: Iterable[str]) -> NodeSpec:
+def gateways(spec: NodeSpec) -> dict[str, tuple[str, str, str]]:
+    """VIP -> (gateway, declared device, a NAT real server of the VIP to find
+    the device by) for the groups of this director that carry a gateway. The
+    gateway goes with the group's first VIP: one holder, even when the
+    group's VIPs are spread over several directors."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for g in spec.director_groups:
+        if not g.gateway or not g.vips or (g.members and spec.node not in g.members):
+            continue
+        vip = g.vips[0]
+        rips = sorted(d.address for s in spec.services if s.address == vip for d in s.dests if d.method == "nat")
+        out.setdefault(vip, (g.gateway, g.gateway_device, rips[0] if rips else ""))
+    return out
+
+
+def gateway_addresses(spec: NodeSpec, held: Iterable[str], devices: Mapping[str, str]) -> tuple[LocalAddress, ...]:
+    """The gateway addresses this director holds with ``held``: each on its
+    declared device, else on ``devices[gateway]`` (the device of the route to
+    the real servers); one with no device known yet is not held."""
+    out = []
+    for vip, (gw, declared, _) in sorted(gateways(spec).items()):
+        device = declared or devices.get(gw, "")
+        if vip in held and device:
+            out.append(LocalAddress(gw, device))
+    return tuple(dict.fromkeys(out))
+
+
+def held_spec(spec: NodeSpec, held: Iterable[str], devices: Mapping[str, str] | None = None) -> NodeSpec:
     """``spec`` with the director addresses of group VIPs this director does
-    not hold left out (addresses outside every group are kept)."""
+    not hold left out (addresses outside every group are kept), and the NAT
+    gateways of the VIPs it holds added (``devices``: gateway -> device)."""
     grouped = set(policies(spec))
     if not grouped:
         return spec
     keep = set(held)
     addrs = tuple(a for a in spec.director_addresses if a.address not in grouped or a.address in keep)
+    addrs = tuple(dict.fromkeys(addrs + gateway_addresses(spec, keep, devices or {})))
     return spec if addrs == spec.director_addresses else replace(spec, director_addresses=addrs)
 
 
@@ -112,14 +149,22 @@ class HaController:
                  on_change: Callable[[], None] = lambda: None, renew_every: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
                  resolve_uplink: Callable[[NodeSpec], str] | None = None,
-                 watch: Callable[[str], Any] | None = None):
+                 watch: Callable[[str], Any] | None = None,
+                 route_lookup: Callable[[str], str] | None = None):
         """``resolve_uplink``: the device announcements and the sync daemon
         use when a group names none (read in this thread, not in the pass).
         ``watch(device)``: an object whose ``poll()`` returns the VIPs other
-        hosts announced since the last call (announce.ArpWatcher)."""
+        hosts announced since the last call (announce.ArpWatcher).
+        ``route_lookup(address)``: the device of the route to ``address``,
+        where a NAT gateway with no declared device is held (default:
+        :func:`route_device` in the agent's own namespace)."""
         self.lease, self.announce, self.sync, self.on_change = lease, announce, sync, on_change
         self.resolve_uplink = resolve_uplink
         self.watch, self.watcher = watch, None
+        self.route_lookup = route_lookup or route_device
+        self.gateway_devices: dict[str, str] = {}  # gateway -> device of the route to its real servers
+        self.given_gateways: tuple[LocalAddress, ...] = ()  # in the spec of the last filter()
+        self.announced_gateways: tuple[LocalAddress, ...] = ()
         self.renew_every, self.clock = renew_every, clock
         self.tracker = H.LeaseTracker()
         self.listed_since: float | None = None  # first successful list of the members
@@ -153,7 +198,8 @@ class HaController:
     # -- outputs ---------------------------------------------------------
     def filter(self, spec: NodeSpec) -> NodeSpec:
         with self._lock:
-            return held_spec(spec, self.held)
+            self.given_gateways = gateway_addresses(spec, self.held, self.gateway_devices)
+            return held_spec(spec, self.held, self.gateway_devices)
 
     def active(self, vip: str) -> str | None:
         """Who holds ``vip`` as this director sees its group (None: unknown)."""
@@ -191,6 +237,7 @@ class HaController:
                 log.warning("no uplink for the director group: %s", e)
         bad = unserved(spec, vips)
         self._watch(uplink)
+        moved = self._route_gateways(spec)
         try:
             self.lease.renew(self.held, bad)
         except Exception as e:  # noqa: BLE001 - the API server away: the list below freezes
@@ -230,8 +277,27 @@ class HaController:
                 self.lease.renew(new, bad)  # tell the others now, not a period later
             except Exception:  # noqa: BLE001
                 self.lease_errors += 1
+        if new != before or moved & new:
             self.on_change()
         return new != before
+
+    def _route_gateways(self, spec: NodeSpec) -> frozenset[str]:
+        """Look up the device of each gateway with none declared (the route
+        to a real server of its VIP); the VIPs whose gateway device changed."""
+        moved = set()
+        for vip, (gw, declared, rip) in gateways(spec).items():
+            if declared or not rip:
+                continue
+            try:
+                device = self.route_lookup(rip)
+            except Exception as e:  # noqa: BLE001 - keep what was found before
+                log.warning("no route to %s for the NAT gateway %s: %s", rip, gw, e)
+                continue
+            with self._lock:
+                if device and self.gateway_devices.get(gw) != device:
+                    self.gateway_devices[gw] = device
+                    moved.add(vip)
+        return frozenset(moved)
 
     def _watch(self, uplink: str) -> None:
         """Collect the announcements of VIPs held here by other hosts."""
@@ -264,11 +330,15 @@ class HaController:
         with self._lock:
             todo, self.pending = sorted(self.pending), set()
             spec, uplink = self.spec, self.uplink
-        for vip in todo:
+            new_gateways = [a for a in self.given_gateways if a not in self.announced_gateways]
+            self.announced_gateways = self.given_gateways
+        todo_addrs = [(announce_device(spec, vip, uplink), vip) for vip in todo]
+        todo_addrs += [(a.device, a.address) for a in new_gateways]
+        for device, address in todo_addrs:
             try:
-                self.announce(announce_device(spec, vip, uplink), vip)
+                self.announce(device, address)
             except Exception as e:  # noqa: BLE001
-                log.warning("announcing %s: %s", vip, e)
+                log.warning("announcing %s: %s", address, e)
 
     # -- thread ----------------------------------------------------------
     def start(self) -> None:
@@ -299,6 +369,17 @@ class HaController:
             except Exception as e:  # noqa: BLE001 - it expires anyway
                 log.warning("deleting the director lease: %s", e)
         return was
+
+
+def route_device(address: str, netns: str | None = None) -> str:
+    """The device of the kernel's route to ``address`` (``ip route get``)."""
+    from .observe import open_iproute
+    ipr = open_iproute(netns)
+    try:
+        (route,) = ipr.route("get", dst=address)[:1]
+        return ipr.link("get", index=route.get("RTA_OIF"))[0].get("IFLA_IFNAME") or ""
+    finally:
+        ipr.close()
 
 
 def kernel_sync(netns: str | None) -> Callable[[list[SyncDaemon]], None]:

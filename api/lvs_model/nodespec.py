@@ -206,7 +206,14 @@ class DirectorGroup:
     """The directors that serve ``vips`` together (a VirtualService's
     directorSelector): one of them holds each VIP, the others keep the same
     IPVS services as hot standby. ``sync_id`` (1-255; 0: none) runs the
-    kernel's connection sync daemon on ``device`` ("" : the uplink)."""
+    kernel's connection sync daemon on ``device`` ("" : the uplink).
+
+    ``gateway`` (NAT with ``natReturn: gateway``): the inside address the
+    real servers use as their default gateway. It moves with the group's
+    first VIP (whoever holds that VIP holds it too, and announces it), so the
+    replies of the connections reach the director that has them. It is held
+    on ``gateway_device``, "" : the device of the route to the real servers."""
+
 
     name: str
     members: tuple[str, ...] = ()
@@ -215,6 +222,8 @@ class DirectorGroup:
     device: str = ""
     preferred: str = ""
     fail_back: bool = False
+    gateway: str = ""
+    gateway_device: str = ""
 
 
 @dataclass(frozen=True)
@@ -701,7 +710,8 @@ def parse_director_groups(raw: Any, errors: list[FieldError]) -> tuple[DirectorG
             errors.append(FieldError(path, "must be a mapping"))
             continue
         n = len(errors)
-        _known_keys(g, {"name", "members", "vips", "syncId", "device", "preferred", "failBack"}, path, errors)
+        _known_keys(g, {"name", "members", "vips", "syncId", "device", "preferred", "failBack", "gateway",
+                        "gatewayDevice"}, path, errors)
         members = g.get("members") or []
         if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
             errors.append(FieldError(f"{path}.members", "must be a list of node names"))
@@ -711,16 +721,24 @@ def parse_director_groups(raw: Any, errors: list[FieldError]) -> tuple[DirectorG
         device = str(g.get("device", ""))
         if device and device_error(device):
             errors.append(FieldError(f"{path}.device", device_error(device)))
+        gateway = _host_ip(g["gateway"], f"{path}.gateway", errors, what="a NAT gateway") if g.get("gateway") else ""
+        if gateway and gateway in vips:
+            errors.append(FieldError(f"{path}.gateway", f"{gateway} is a VIP of the group; the gateway is the "
+                                     "inside address the real servers route through"))
+        gateway_device = str(g.get("gatewayDevice", ""))
+        if gateway_device and device_error(gateway_device):
+            errors.append(FieldError(f"{path}.gatewayDevice", device_error(gateway_device)))
         if len(errors) == n:
             out.append(DirectorGroup(str(g.get("name", "")), tuple(sorted(set(members))), tuple(sorted(set(vips))),
-                                     sync_id, device, str(g.get("preferred", "")), bool(g.get("failBack", False))))
+                                     sync_id, device, str(g.get("preferred", "")), bool(g.get("failBack", False)),
+                                     gateway, gateway_device))
     return tuple(dict.fromkeys(out))
 
 
 def dump_director_group(g: DirectorGroup) -> dict:
     out: dict[str, Any] = {"name": g.name, "members": list(g.members), "vips": list(g.vips)}
     for key, value in (("syncId", g.sync_id), ("device", g.device), ("preferred", g.preferred),
-                       ("failBack", g.fail_back)):
+                       ("failBack", g.fail_back), ("gateway", g.gateway), ("gatewayDevice", g.gateway_device)):
         if value:
             out[key] = value
     return out

@@ -37,7 +37,8 @@ from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyR
                                 ServiceKey, dump_node_spec)
 
 from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
-from .ha_groups import active_director, director_group, held_here
+from .ha_groups import (active_director, canonical_gateway, director_group, gateway_annotations, gateway_denial,
+                        held_here)
 
 HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = C.HEALTH_VALUES
 
@@ -200,6 +201,30 @@ def _real_server_denial(rs: RealServer, dest: Dest, info: _VS, nodes: Mapping[st
     return None
 
 
+def _nat_gateways(infos: Mapping[tuple[str, str], _VS], notes: Mapping[tuple[str, str], tuple[str, str]],
+                  pools: list[VIPPool], ns_labels: Mapping[str, Mapping[str, str]],
+                  node_addresses: set[str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The NAT gateway (address, device) of each accepted VirtualService whose
+    annotation passes ha_groups.gateway_denial, oldest first (an older one
+    keeps an address); one that does not is refused with the reason."""
+    taken = {i.service.address: (i.service.address, f"the VIP of VirtualService {r[0]}/{r[1]}")
+             for r, i in infos.items() if i.accepted and i.service.address}
+    out = {}
+    for ref, info in infos.items():
+        if ref not in notes or not info.accepted:
+            continue
+        ns = ref[0]
+        denial = gateway_denial(notes[ref], info.service.address, info.cr.method, info.cr.nat_return, ns,
+                                lambda a: any(p.open_to(ns, ns_labels.get(ns, {})) and p.covers_address(a)
+                                              for p in pools), node_addresses, taken)
+        if denial:
+            info.reason, info.message = denial
+            continue
+        out[ref] = canonical_gateway(notes[ref])
+        taken.setdefault(out[ref][0], (info.service.address, f"the NAT gateway of VirtualService {ns}/{ref[1]}"))
+    return out
+
+
 def _label_map(objs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
     return {(o.get("metadata") or {}).get("name", ""): dict((o.get("metadata") or {}).get("labels") or {})
             for o in objs}
@@ -248,6 +273,8 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                     nodestates: Iterable[Mapping[str, Any]] = (),
                     *, namespace: str = C.DEFAULT_NAMESPACE, now: str = "1970-01-01T00:00:00Z",
                     ipvssettings: Iterable[Mapping[str, Any]] = ()) -> Result:
+    virtualservices = list(virtualservices)
+    gateway_notes = gateway_annotations(virtualservices)  # NAT gateways of director groups
     vss = sorted((VirtualService.of(o) for o in virtualservices), key=lambda v: v.meta.age_key)
     rss = sorted((RealServer.of(o) for o in realservers), key=lambda r: r.meta.age_key)
     pool_objs = sorted((VIPPool.of(o) for o in pools), key=lambda p: p.name)
@@ -291,6 +318,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             winner.losers.append(f"{loser.cr.meta.namespace}/{loser.cr.meta.name}")
         if len(group) > 1:
             result.entangled.update(i.cr.meta.ref for i in group)
+    gateways = _nat_gateways(infos, gateway_notes, pool_objs, ns_labels, node_addresses)
 
     # 3. RealServers -> dests of their VirtualService.
     rs_infos: dict[tuple[str, str], _RS] = {}
@@ -341,7 +369,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         selected = [n for n in node_objs if selector_matches(vs.director_selector, n.labels)]
         info.directors = [n for n in selected if any(p.allows_director(n.labels) for p in info.pools)]
         info.excluded = [n.name for n in selected if n not in info.directors]
-        groups = director_group(vs.meta.labels, (n.name for n in info.directors), svc)
+        groups = director_group(vs.meta.labels, (n.name for n in info.directors), svc, gateways.get(ref, ("", "")))
         for n in info.directors:
             specs[(n.name, ref)] = NodeSpec(
                 node=n.name, services=(svc,),

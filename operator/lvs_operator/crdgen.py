@@ -441,7 +441,11 @@ def nodestate_spec() -> dict:
         "directorGroups": {"type": "array", "items": _obj({
             "name": _str(), "members": {"type": "array", "items": _str()},
             "vips": {"type": "array", "items": _str()}, "syncId": _int(0, 255), "device": _str(),
-            "preferred": _str(), "failBack": {"type": "boolean"}})},
+            "preferred": _str(), "failBack": {"type": "boolean"},
+            "gateway": _str("NAT (natReturn gateway): the real servers' default gateway; the holder of the "
+                            "group's first VIP holds it too and announces it."),
+            "gatewayDevice": _str("The device the gateway is held on; absent: the device of the route to the "
+                                  "real servers.")})},
     }, "One node's share of one VirtualService (or of one IPVSSettings), in the node-spec document format.",
         required=["node"])
 
