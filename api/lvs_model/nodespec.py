@@ -12,11 +12,14 @@ import functools
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import kernel as K
 from .errors import FieldError, SpecError
 from .sysctls import device_error, sysctl_error
+
+if TYPE_CHECKING:  # bgp.py imports this module
+    from .bgp import BgpSpec
 
 DIRECTOR_DEVICE = "kube-lvs0"  # dummy device holding director VIPs (cf. kube-ipvs0)
 # Seconds: checks run from the director's host network, so a floor keeps one
@@ -246,6 +249,9 @@ class NodeSpec:
     # Director high availability: the groups this director belongs to. None:
     # this director holds every VIP it is given (a single director).
     director_groups: tuple[DirectorGroup, ...] = ()
+    # Active-active directors: the BGP section (lvs_model.bgp), one part per
+    # NodeState that carries one (the agent's merge concatenates them).
+    bgp: tuple["BgpSpec", ...] = ()
 
     def service(self, key: ServiceKey) -> Service | None:
         return self._by_key.get(key)
@@ -294,6 +300,8 @@ def effective_sysctls(spec: NodeSpec, uplink: str) -> dict[str, str]:
             out[f"net.ipv4.conf.{v.device}.rp_filter"] = "0"
             if uplink:
                 out[f"net.ipv4.conf.{uplink}.rp_filter"] = "0"
+    from .bgp import implied_sysctls  # here: bgp.py imports this module
+    out.update(implied_sysctls(spec))
     out.update(dict(spec.sysctls))
     if any(s.snat for s in spec.services):
         # SNAT on the director: IPVS keeps conntrack entries (net/netfilter's
@@ -615,11 +623,12 @@ def _parse_netmask(value: Any, family: str, path: str, errors: list[FieldError])
 
 def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
     """Parse a node spec document; bad services are dropped and reported."""
+    from .bgp import parse_bgp  # here: bgp.py imports this module
     errors: list[FieldError] = []
     if not isinstance(data, Mapping):
         return NodeSpec(), [FieldError("spec", "must be a mapping")]
     _known_keys(data, {"node", "services", "directorAddresses", "backendVips", "uplink", "sysctls",
-                       "replyRoutes", "timeouts", "directorGroups"},
+                       "replyRoutes", "timeouts", "directorGroups", "bgp"},
                 "spec", errors)
     services: list[Service] = []
     seen: dict[ServiceKey, int] = {}
@@ -698,6 +707,7 @@ def parse_node_spec(data: Any) -> tuple[NodeSpec, list[FieldError]]:
         reply_routes=tuple(dict.fromkeys(routes)),
         timeouts=parse_timeouts(data.get("timeouts"), "timeouts", errors),
         director_groups=parse_director_groups(data.get("directorGroups"), errors),
+        bgp=parse_bgp(data.get("bgp"), "bgp", errors),
     )
     return spec, errors
 
@@ -869,4 +879,7 @@ def dump_node_spec(spec: NodeSpec) -> dict:
         out["timeouts"] = dump_timeouts(spec.timeouts)
     if spec.director_groups:
         out["directorGroups"] = [dump_director_group(g) for g in spec.director_groups]
+    if spec.bgp:
+        from .bgp import dump_bgp  # here: bgp.py imports this module
+        out["bgp"] = dump_bgp(spec.bgp)
     return out
