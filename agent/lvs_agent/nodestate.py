@@ -1,17 +1,28 @@
 """The agent's side of the push channel (pure).
 
-The operator writes one NodeState object per (node, VirtualService); the
-agent merges those of its node into one NodeSpec and writes back, per object,
-what it programmed and how its real servers are doing.
+The operator writes one NodeState object per (node, VirtualService), or
+for a service with over a thousand dests several (its shards: each with the
+whole service's attributes and a part of its dests); the agent merges those
+of its node into one NodeSpec and writes back, per object, what it
+programmed and how its real servers are doing.
+
+Objects declaring the same service are shards of it when they name the same
+VirtualService (annotation): their dests are merged into one service. Their
+attributes must agree; where a shard's differ (seen while the operator
+rewrites the shards one by one), the first shard's (by object name) hold,
+the dests of every shard stay programmed, and the disagreeing shard says so
+in its status. Without the annotation, or naming another VirtualService, a
+second object declaring a service is refused as before.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
-from lvs_model.channel import GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION, label_value
+from lvs_model.channel import (ANNOTATION_VIRTUALSERVICE, GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION,
+                               label_value)
 from lvs_model.errors import FieldError
-from lvs_model.nodespec import DestKey, NodeSpec, ServiceKey, parse_node_spec
+from lvs_model.nodespec import DestKey, NodeSpec, Service, ServiceKey, parse_node_spec
 
 from .health import DRAINING, Verdicts, dest_health
 
@@ -30,13 +41,56 @@ class Parsed:
     spec: NodeSpec
     errors: tuple[FieldError, ...]
     keys: tuple[ServiceKey, ...]  # of spec.services
+    virtualservice: str = ""  # the VirtualService the operator compiled it from ("ns/name"; "" if none)
+
+    def service(self, key: ServiceKey) -> Service:
+        return self.spec.services[self.keys.index(key)]
+
+
+class Owners(dict):
+    """service -> the object owning it (the first by name); ``shards``: for a
+    service split over several objects, all of them in name order."""
+
+    def __init__(self, *args: Any, shards: Mapping[ServiceKey, tuple[str, ...]] | None = None) -> None:
+        super().__init__(*args)
+        self.shards: dict[ServiceKey, tuple[str, ...]] = dict(shards or {})
+
+    def copy(self) -> "Owners":
+        return Owners(self, shards=self.shards)
+
+
+def owners_of(owner: Mapping[ServiceKey, str], key: ServiceKey) -> tuple[str, ...]:
+    """Every object carrying ``key``: its shards, or its one owner (none if nobody's)."""
+    shards = getattr(owner, "shards", None)
+    if shards and key in shards:
+        return shards[key]
+    return (owner[key],) if key in owner else ()
+
+
+def combine(key: ServiceKey, parts: list[tuple[str, Service]]) -> tuple[Service, list[tuple[str, FieldError]]]:
+    """The shards of one service (object name, its service), first first, as
+    one service: the first's attributes, every shard's dests (a dest in two
+    shards, as while the operator moves to another shard count, once), and
+    an error for each shard whose attributes differ."""
+    first_name, first = parts[0]
+    attrs = replace(first, dests=())
+    dests: dict[DestKey, Any] = {}
+    errors = []
+    for name, svc in parts:
+        if name != first_name and replace(svc, dests=()) != attrs:
+            differ = [f.name for f in fields(Service) if f.name != "dests" and getattr(svc, f.name) != getattr(first, f.name)]
+            errors.append((name, FieldError("spec.services", f"{key}: {', '.join(differ)} differ(s) from shard "
+                                            f"{first_name}; its dests are programmed with {first_name}'s")))
+        for d in svc.dests:
+            dests.setdefault(d.key, d)
+    return replace(first, dests=tuple(dests.values())), errors
 
 
 @dataclass
 class Merged:
     spec: NodeSpec
     errors: dict[str, list[FieldError]] = field(default_factory=dict)  # object name -> errors
-    owner: dict[ServiceKey, str] = field(default_factory=dict)  # service -> object name
+    owner: Owners = field(default_factory=Owners)  # service -> object name (owners_of: all its shards)
     parsed: dict[str, Parsed] = field(default_factory=dict)  # object name -> its parse, for the next merge
     index: dict[ServiceKey, int] = field(default_factory=dict)  # service -> position in spec.services
     health_checked: int = 0  # services with a health check (none: no walk over 10k for the checker)
@@ -59,7 +113,8 @@ def parse_object(obj: Mapping[str, Any], previous: Parsed | None = None) -> Pars
     if previous is not None and previous.source is source:
         return previous
     spec, errors = parse_node_spec(source)
-    return Parsed(source, spec, tuple(errors), tuple(s.key for s in spec.services))
+    vs = str(((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_VIRTUALSERVICE) or "")
+    return Parsed(source, spec, tuple(errors), tuple(s.key for s in spec.services), vs)
 
 
 _NODE_FIELDS = tuple(f.name for f in fields(NodeSpec) if f.name not in ("node", "services", "uplink"))
@@ -117,19 +172,26 @@ def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Me
         if old is None:
             if any(k in owner for k in new.keys) or not _adds_nothing_node_level(new.spec, prev.spec):
                 return None
-        elif (old.errors or new.keys != old.keys or any(prev.owner.get(k) != name for k in new.keys)
+        elif (old.errors or new.keys != old.keys or any(name not in owners_of(prev.owner, k) for k in new.keys)
+              or name in prev.errors or new.virtualservice != old.virtualservice
               or _node_level(new.spec) != _node_level(old.spec)):
             return None
         if services is None:
             services, parsed = list(prev.spec.services), dict(prev.parsed)
         if old is None:
             if owner is prev.owner:
-                owner, index = dict(prev.owner), dict(prev.index)
+                owner, index = Owners(prev.owner, shards=getattr(prev.owner, "shards", None)), dict(prev.index)
             for svc in new.spec.services:
                 owner[svc.key], index[svc.key] = name, len(services)
                 services.append(svc)
         else:
             for svc in new.spec.services:
+                shards = owners_of(prev.owner, svc.key)
+                if len(shards) > 1:  # one shard changed: the service again from all of them
+                    svc, errs = combine(svc.key, [(n, (new if n == name else parsed[n]).service(svc.key))
+                                                  for n in shards])
+                    if errs:
+                        return None
                 services[index[svc.key]] = svc
         checked += _checked(new.spec.services) - (_checked(old.spec.services) if old else 0)
         parsed[name] = new
@@ -162,15 +224,21 @@ def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
                               if f.name not in ("node", "services", "sysctls", "uplink")}
     m = Merged(NodeSpec(node=node))
     previous = previous or {}
+    shards: dict[ServiceKey, list[tuple[str, Service]]] = {}  # services with a second shard: every shard
     for name in sorted(objects):
         parsed = m.parsed[name] = parse_object(objects[name], previous.get(name))
         spec = parsed.spec
         errors = list(parsed.errors)
         for s, key in zip(spec.services, parsed.keys):
-            if key in m.owner:
-                errors.append(FieldError("spec.services", f"{key} is already programmed by {m.owner[key]}"))
+            first = m.owner.get(key)
+            if first is not None:
+                if first != name and parsed.virtualservice and m.parsed[first].virtualservice == parsed.virtualservice:
+                    shards.setdefault(key, [(first, m.parsed[first].service(key))]).append((name, s))
+                else:
+                    errors.append(FieldError("spec.services", f"{key} is already programmed by {first}"))
                 continue
             m.owner[key] = name
+            m.index[key] = len(services)
             services.append(s)
             m.health_checked += s.health.type != "none"
         for field_name, acc in lists.items():  # director addresses, backend VIPs, reply routes, ...
@@ -178,9 +246,13 @@ def merge(objects: Mapping[str, Mapping[str, Any]], node: str,
         sysctls.update(dict(spec.sysctls))
         if errors:
             m.errors[name] = errors
+    for key, parts in shards.items():
+        services[m.index[key]], errs = combine(key, parts)
+        m.owner.shards[key] = tuple(name for name, _ in parts)
+        for name, err in errs:
+            m.errors.setdefault(name, []).append(err)
     m.spec = NodeSpec(node=node, services=tuple(services), sysctls=tuple(sorted(sysctls.items())),
                       **{k: tuple(dict.fromkeys(v)) for k, v in lists.items()})
-    m.index = {svc.key: i for i, svc in enumerate(m.spec.services)}
     return m
 
 
@@ -220,7 +292,7 @@ def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: 
     own = merged.parsed[name].spec.services if name in merged.parsed else ()
     seen: set[ServiceKey] = set()
     for s in own:  # this object's services only: a scan of all of them per object is O(n^2)
-        if merged.owner.get(s.key) != name or s.key in seen:
+        if name not in owners_of(merged.owner, s.key) or s.key in seen:
             continue
         seen.add(s.key)
         err = service_errors.get(s.key, "")
@@ -233,7 +305,7 @@ def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: 
             dests.append({"service": str(s.key), "address": d.address, "port": d.port,
                           "health": health, "weight": live_weight.get(d.key, d.weight),
                           "activeConns": active, "inactiveConns": inactive})
-        for dk in (draining or {}).get(s.key, ()):
+        for dk in (draining or {}).get(s.key, ()) if merged.owner.get(s.key) == name else ():  # the first shard
             active, inactive = conns.get((s.key, dk.address, dk.port), (0, 0))
             dests.append({"service": str(s.key), "address": dk.address, "port": dk.port,
                           "health": DRAINING, "weight": 0, "activeConns": active, "inactiveConns": inactive})
@@ -278,10 +350,10 @@ def stale_statuses(prev: StatusInputs, cur: StatusInputs) -> set[str]:
         for k in _changed_keys(prev.owner, cur.owner):
             out |= {prev.owner.get(k), cur.owner.get(k)}
     for k in _changed_keys(prev.errors, cur.errors):
-        out |= {prev.owner.get(k), cur.owner.get(k)}
+        out |= {*owners_of(prev.owner, k), *owners_of(cur.owner, k)}
     out |= _changed_keys(prev.merge_errors, cur.merge_errors)
-    for skey, _ in _changed_keys(prev.health, cur.health):
-        out |= {prev.owner.get(skey), cur.owner.get(skey)}
+    for skey in {skey for skey, _ in _changed_keys(prev.health, cur.health)}:  # every shard: each rebuilt is compared
+        out |= {*owners_of(prev.owner, skey), *owners_of(cur.owner, skey)}
     for skey, _ in prev.draining ^ cur.draining:  # a drain began or ended
         out |= {prev.owner.get(skey), cur.owner.get(skey)}
     out.discard(None)

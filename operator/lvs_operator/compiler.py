@@ -9,7 +9,10 @@ takes plain API objects (dicts as the API server returns them) and returns:
   that node: the service and its VIP on each director, backendVips (DR/TUN)
   and replyRoutes (NAT with ``natReturn: policy-route``) on each backend node
   named by a RealServer's ``nodeName``. The spec is exactly the node-spec
-  document ``lvs_model.nodespec.parse_node_spec`` reads.
+  document ``lvs_model.nodespec.parse_node_spec`` reads. A service with
+  more than ``shards.UNSHARDED_MAX`` dests is split over several NodeStates
+  per node (``shards``: by a hash of each dest, so one endpoint change
+  rewrites one of them).
 - and one NodeState per (node, IPVSSettings) for the kernel-wide IPVS
   settings (timeouts, net.ipv4.vs sysctls) of the nodes the IPVSSettings
   selects; a node two of them select takes the oldest's (``ipvssettings``
@@ -36,6 +39,7 @@ from lvs_model.errors import FieldError
 from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyRoute, Service,
                                 ServiceKey, dump_node_spec)
 
+from . import shards as S
 from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
 from .ha_groups import (active_director, canonical_gateway, director_group, gateway_annotations, gateway_denial,
                         held_here)
@@ -406,20 +410,29 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             result.entangled.update(ref for _, _, ref in owners)
         for i, (_, node, ref) in enumerate(owners):
             names[(node, ref)] = name if i == 0 else C.hashed_nodestate_name(node, *ref)
+    counts = _shard_counts(infos, current)
+    shard_names: dict[tuple[str, tuple[str, str]], list[str]] = {}  # (node, vs ref) -> its NodeStates
+    taken = set(names.values()) if counts else set()
     for (node, ref), spec in sorted(specs.items()):
-        name = names[(node, ref)]
-        result.nodestates[name] = {
-            "apiVersion": C.API_VERSION, "kind": C.NODESTATE_KIND,
-            "metadata": {
-                "name": name, "namespace": namespace,
-                "labels": {C.LABEL_NODE: C.label_value(node),
-                           C.LABEL_VS_NAMESPACE: C.label_value(ref[0]),
-                           C.LABEL_VS_NAME: C.label_value(ref[1]),
-                           C.LABEL_MANAGED_BY: C.MANAGED_BY},
-                "annotations": {C.ANNOTATION_VIRTUALSERVICE: f"{ref[0]}/{ref[1]}"},
-            },
-            "spec": _dump_node_spec(spec),
-        }
+        k = counts.get(ref, 1) if spec.services else 1
+        parts = list(zip(_shard_names(names[(node, ref)], node, ref, k, taken), S.split(spec, k)))
+        shard_names[(node, ref)] = [name for name, _ in parts]
+        for i, (name, part) in enumerate(parts):
+            annotations = {C.ANNOTATION_VIRTUALSERVICE: f"{ref[0]}/{ref[1]}"}
+            if k > 1:
+                annotations[S.ANNOTATION_SHARD] = f"{i}/{k}"
+            result.nodestates[name] = {
+                "apiVersion": C.API_VERSION, "kind": C.NODESTATE_KIND,
+                "metadata": {
+                    "name": name, "namespace": namespace,
+                    "labels": {C.LABEL_NODE: C.label_value(node),
+                               C.LABEL_VS_NAMESPACE: C.label_value(ref[0]),
+                               C.LABEL_VS_NAME: C.label_value(ref[1]),
+                               C.LABEL_MANAGED_BY: C.MANAGED_BY},
+                    "annotations": annotations,
+                },
+                "spec": _dump_node_spec(part),
+            }
 
     # 6. Statuses from what the agents report.
     reports: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)  # (vs ref) -> node -> report
@@ -427,9 +440,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         if not info.accepted:
             continue
         for n in info.directors:
-            name = names[(n.name, ref)]
-            obj = current.get(name)
-            reports[ref][n.name] = _director_report(obj, result.nodestates[name], info.service.key)
+            reports[ref][n.name] = _combined_report(
+                [_director_report(current.get(name), result.nodestates[name], info.service.key)
+                 for name in shard_names[(n.name, ref)]])
     rs_by_vs: dict[tuple[str, str], list[_RS]] = defaultdict(list)
     for ri in rs_infos.values():
         rs_by_vs[(ri.cr.meta.namespace, ri.cr.virtual_service)].append(ri)
@@ -443,6 +456,51 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         result.pool_status[p.name] = _pool_status(p, _overlaps(p, pool_objs, ns_labels), now)
     _compile_settings(ipvssettings, node_objs, current, namespace, now, result)
     return result
+
+
+def _shard_counts(infos: Mapping[tuple[str, str], _VS], current: Mapping[str, Mapping]) -> dict[tuple[str, str], int]:
+    """The shard count of each accepted VirtualService with more than one
+    (shards.shard_count), from its dest count and the count its current
+    NodeStates carry (so a count holds through a rolling update's surge)."""
+    now: dict[tuple[str, str], int] = {}
+    for obj in current.values():
+        ann = (obj.get("metadata") or {}).get("annotations") or {}
+        if S.ANNOTATION_SHARD in ann:
+            ns, _, name = str(ann.get(C.ANNOTATION_VIRTUALSERVICE) or "").partition("/")
+            now[(ns, name)] = max(now.get((ns, name), 1), S.current_count(ann))
+    out = {}
+    for ref, info in infos.items():
+        if info.accepted and (len(info.dests) > S.UNSHARDED_MAX or ref in now):
+            k = S.shard_count(len(info.dests), now.get(ref, 1))
+            if k > 1:
+                out[ref] = k
+    return out
+
+
+def _shard_names(base: str, node: str, ref: tuple[str, str], k: int, taken: set[str]) -> list[str]:
+    """The NodeState names of (node, VirtualService) in ``k`` shards: ``base``
+    itself unsharded; else ``base.i-of-k``, or the hashed base's when one of
+    those is another VirtualService's name or too long."""
+    if k <= 1:
+        return [base]
+    out = [S.shard_name(base, i, k) for i in range(k)]
+    if any(n in taken or not S.fits(n) for n in out):
+        out = [S.shard_name(C.hashed_nodestate_name(node, *ref), i, k) for i in range(k)]
+    return out
+
+
+def _combined_report(parts: list[dict]) -> dict:
+    """One director's report on a service from the reports of its shards:
+    current and programmed when every shard is, the dests of all of them."""
+    if len(parts) == 1:
+        return parts[0]
+    rep = {"exists": all(p["exists"] for p in parts), "current": all(p["current"] for p in parts),
+           "programmed": all(p["programmed"] for p in parts),
+           "error": "; ".join(dict.fromkeys(p["error"] for p in parts if p["error"])),
+           "held": any(p["held"] for p in parts), "dests": {}}
+    for p in parts:
+        rep["dests"].update(p["dests"])
+    return rep
 
 
 def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], key: ServiceKey) -> dict:

@@ -28,10 +28,13 @@ one wins. An endpoint whose address:port a user-made RealServer of the same
 VirtualService already declares gets no derived RealServer, so the two never
 fight over one dest (the user's weight, method and thresholds hold).
 
-One NodeState per (node, VirtualService) carries all of its dests, spec and
-the agent's status: about 200 bytes per dest, so MAX_ENDPOINTS caps a
-VirtualService at 5,000 (about 1 MB, under etcd's 1.5 MiB request limit);
-beyond that, the lowest addresses are taken and a Warning event says so.
+Above 1,000 dests a VirtualService's NodeStates are split in shards (the
+compiler's ``shards``), so etcd's 1.5 MiB request limit no longer bounds a
+service: one endpoint change rewrites one shard per director. MAX_ENDPOINTS
+is the largest cluster Kubernetes supports, 150,000 Pods ("Considerations
+for large clusters" in the Kubernetes documentation): no Service of Pods can
+have more, and beyond it nobody has tested anything. Past it the lowest
+addresses are taken and a TooManyEndpoints Warning event names the limit.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from lvs_model import channel as C
 from .compiler import Event
 from .crmodel import VirtualService, backend_errors
 
-MAX_ENDPOINTS = 5000
+MAX_ENDPOINTS = 150_000  # Pods in the largest cluster Kubernetes supports
 
 Ref = tuple[str, str]
 
@@ -233,7 +236,7 @@ def derive_realservers(virtualservices: Iterable[Mapping[str, Any]], services: I
                 out.events.append(Event(
                     "VirtualService", vs.meta.namespace, vs.meta.name, vs.meta.uid, "Warning", "TooManyEndpoints",
                     f"Service {ref[1]} has {len(keys)} endpoints; a VirtualService takes the first "
-                    f"{MAX_ENDPOINTS} by address (its NodeStates must stay under etcd's object size limit): "
+                    f"{MAX_ENDPOINTS:,} by address (the Pods of the largest cluster Kubernetes supports): "
                     "split the Service, or give several VirtualServices a fwmark each"))
             keys = keys[:MAX_ENDPOINTS]
         for address, port in keys:

@@ -148,20 +148,34 @@ def test_backed_by_finds_the_virtualservices_of_a_service():
     assert backed_by([vs("a")], ("elsewhere", "app")) == set()
 
 
-def test_a_huge_service_is_capped_and_one_nodestate_stays_under_etcd_limit():
-    """MAX_ENDPOINTS endpoints make one NodeState per director; its spec plus
-    the agent's per-dest status must stay under etcd's 1.5 MiB request
-    limit. Beyond the cap, a Warning event (once) and the lowest addresses."""
-    n = MAX_ENDPOINTS + 10
+def test_a_service_past_the_cap_takes_the_lowest_addresses_and_says_which_limit(monkeypatch):
+    """Past MAX_ENDPOINTS (the Pods of the largest supported cluster), a
+    Warning event names that limit, once, and the lowest addresses are taken.
+    Before: the cap was 5,000 and named etcd's object size."""
+    assert MAX_ENDPOINTS == 150_000
+    monkeypatch.setattr("lvs_operator.services.MAX_ENDPOINTS", 40)
+    eps = [ep(f"10.0.{i // 256}.{i % 256}") for i in range(50)]
+    d = derive_realservers([vs()], [service()], [eslice("a", eps)], [])
+    assert sorted(b["spec"]["address"] for b in d.realservers.values()) == sorted(f"10.0.0.{i}" for i in range(40))
+    assert [e.reason for e in d.events] == ["TooManyEndpoints"] and "largest cluster" in d.events[0].message
+
+
+def test_ten_thousand_endpoints_are_taken_and_each_nodestate_stays_under_etcd_limit():
+    """10,010 endpoints (over the old 5,000 cap) all become real servers; the
+    director's NodeStates are shards, each with its spec plus the agent's
+    per-dest status under etcd's 1.5 MiB request limit (one object with every
+    dest was about 2 MB at this size)."""
+    n = 10_010
     eps = [ep(f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(n)]
     d = derive_realservers([vs()], [service()], [eslice("a", eps)], [])
-    assert len(d.realservers) == MAX_ENDPOINTS
-    assert [e.reason for e in d.events] == ["TooManyEndpoints"]
+    assert len(d.realservers) == n and not d.events
     pool = {"metadata": {"name": "p"}, "spec": {"addresses": ["192.168.0.0/24"], "namespaces": [NS]}}
     node = {"metadata": {"name": "d1", "labels": {"director": "true"}}, "status": {"addresses": []}}
-    ns_body = compile_cluster([vs()], list(d.realservers.values()), [pool], [node], []).nodestates[f"d1-{NS}-http"]
-    status = {"dests": [{"service": "tcp:192.168.0.30:80", "address": x["address"], "port": 8080,
-                         "health": "Healthy", "weight": 1, "activeConns": 12345, "inactiveConns": 12345}
-                        for x in ns_body["spec"]["services"][0]["dests"]]}
-    size = len(json.dumps({**ns_body, "status": status}, separators=(",", ":")))
-    assert size < 1.5 * 1024 * 1024, size
+    bodies = compile_cluster([vs()], list(d.realservers.values()), [pool], [node], []).nodestates
+    assert len(bodies) > 1 and sum(len(b["spec"]["services"][0]["dests"]) for b in bodies.values()) == n
+    for body in bodies.values():
+        status = {"dests": [{"service": "tcp:192.168.0.30:80", "address": x["address"], "port": 8080,
+                             "health": "Healthy", "weight": 1, "activeConns": 12345, "inactiveConns": 12345}
+                            for x in body["spec"]["services"][0]["dests"]]}
+        size = len(json.dumps({**body, "status": status}, separators=(",", ":")))
+        assert size < 256 * 1024, size  # a small write: a few hundred dests
