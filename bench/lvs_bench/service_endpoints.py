@@ -9,16 +9,19 @@ Then the operator starts and is measured:
 
 - time until both services' NodeStates list all E dests on every director;
 - C endpoint changes, one at a time (an endpoint turns terminating: one
-  EndpointSlice rewritten): latency until every director's NodeState shows
-  weight 0 for it, and the NodeStates written per change (every NodeState's
-  resourceVersion before and after; target: one per director);
+  EndpointSlice rewritten): latency until every director's NodeState holding
+  that dest shows weight 0 for it, and the NodeStates written per change
+  (every NodeState's resourceVersion before and after; target: one per
+  director);
 - the same C changes made through a hand-written RealServer (weight patched
   to 0), side by side;
-- the NodeState's size at E (it carries every dest of the service).
+- how many NodeStates each director gets for the service (above 1,000 dests
+  its shards, ``lvs_operator.shards``) and the largest one's size: what one
+  change rewrites.
 
-What is not here yet: the kernel half (the agent's programming of the one
-changed dest, in the VM), and sizes above MAX_ENDPOINTS (5,000: a
-VirtualService takes no more, so one NodeState stays under etcd's limit).
+What is not here yet: the kernel half (the agent in the lab VM programming
+the one changed dest: endpoint change to kernel, beside a RealServer change).
+``python -m lvs_bench.service_endpoints`` writes bench/results/service_endpoints.*.
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ from .operator_scale import (BENCH_NS, DIRECTOR_LABEL, GROUP, OPERATOR_SA, OPNS,
                              _wait, create_many, log)
 
 SLICE = 100
-FULL_SIZES = (1000, 5000)
-SMOKE_SIZES = (20,)
+FULL_SIZES = (1000, 10000)
+SMOKE_SIZES = (20, 1500)  # one NodeState per director, then shards
 
 
 def endpoint(k: int) -> str:
@@ -71,7 +74,8 @@ def columns() -> list[R.Column]:
         R.Column("endpoints", "endpoints", "int"),
         R.Column("directors", "directors", "int"),
         R.Column("first_sync", "all dests in NodeStates (both services)", "sec"),
-        R.Column("nodestate_kib", "NodeState size (KiB)", "int"),
+        R.Column("shards", "NodeStates per director", "int"),
+        R.Column("nodestate_kib", "largest NodeState (KiB)", "int"),
         R.Column("ep_p50", "endpoint change to NodeState p50", "sec"),
         R.Column("ep_p99", "endpoint change p99", "sec"),
         R.Column("ep_writes", "NodeStates written per endpoint change", "int"),
@@ -81,9 +85,35 @@ def columns() -> list[R.Column]:
     ]
 
 
-def _weights(api: Api, name: str) -> dict[str, int]:
+def _nodestates(api: Api, vs: str) -> list[dict]:
+    """Every NodeState compiled from VirtualService ``vs`` (all directors, all shards)."""
+    from lvs_model import channel as C
+    r = api._co().list_namespaced_custom_object(GROUP, VERSION, OPNS, "nodestates", _preload_content=False,
+                                                label_selector=f"{C.LABEL_VS_NAME}={vs}")
+    return json.loads(r.data)["items"]
+
+
+def _dest_weights(objs: list[dict], node: str | None = None) -> dict[str, int]:
+    return {d["address"]: d["weight"] for o in objs if node is None or o["spec"].get("node") == node
+            for s in o["spec"]["services"] for d in s.get("dests", [])}
+
+
+def _holders(objs: list[dict], address: str, port: int = 8080) -> list[str]:
+    """The NodeState on each director that holds ``address`` (its shard's, by the
+    operator's own hash): one small object to poll, not the whole service."""
+    from lvs_operator import shards as S
+    out = []
+    for o in objs:
+        m = o["metadata"]
+        i, _, k = str((m.get("annotations") or {}).get(S.ANNOTATION_SHARD) or "0/1").partition("/")
+        if int(k) == 1 or S.bucket(address, port, int(k)) == int(i):
+            out.append(m["name"])
+    return out
+
+
+def _weight(api: Api, name: str, address: str) -> int | None:
     o = api.get("nodestates", OPNS, name)
-    return {d["address"]: d["weight"] for s in o["spec"]["services"] for d in s.get("dests", [])}
+    return _dest_weights([o]).get(address)
 
 
 def run_size(e: int, directors: int, changes: int, workdir: Path, timeout: float) -> tuple[dict, dict]:
@@ -123,20 +153,23 @@ def run_size(e: int, directors: int, changes: int, workdir: Path, timeout: float
             for k in range(e)])
         op = Operator(cp.kubeconfig_for_serviceaccount(OPNS, OPERATOR_SA, path=workdir / "operator.kubeconfig"),
                       workdir / "operator.log")
-        backed = [f"{d}-{BENCH_NS}-backed" for d in nodes]
-        hand = [f"{d}-{BENCH_NS}-hand" for d in nodes]
 
         def synced():
-            return all(len(_weights(api, n)) == e for n in backed + hand)
+            return all(len(_dest_weights(_nodestates(api, vs), d)) == e for vs in ("backed", "hand") for d in nodes)
         _, row["first_sync"] = _wait("all dests in the NodeStates", synced, timeout, 1.0)
-        row["nodestate_kib"] = len(json.dumps(api.get("nodestates", OPNS, backed[0]))) // 1024
         time.sleep(3)  # the operator's status writes settle
+        objs = {vs: _nodestates(api, vs) for vs in ("backed", "hand")}
+        row["shards"] = len(objs["backed"]) // directors
+        row["nodestate_kib"] = max(len(json.dumps(o)) for o in objs["backed"]) // 1024
+        details["nodestates"] = {vs: len(v) for vs, v in objs.items()}
 
-        def measure(change, names: list[str], address: str) -> tuple[float, int]:
+        def measure(change, vs: str, address: str) -> tuple[float, int]:
+            names = _holders(objs[vs], address)
+            assert len(names) == directors, (vs, address, names)
             before = api.versions("nodestates", OPNS)
             t0 = time.perf_counter()
             change()
-            _wait(f"weight 0 for {address}", lambda: all(_weights(api, n).get(address) == 0 for n in names),
+            _wait(f"weight 0 for {address}", lambda: all(_weight(api, n, address) == 0 for n in names),
                   60, 0.02)
             took = time.perf_counter() - t0
             time.sleep(0.5)
@@ -151,11 +184,11 @@ def run_size(e: int, directors: int, changes: int, workdir: Path, timeout: float
             s = k // SLICE
             body = slice_body(s, e, frozenset(terminating))
             t, w = measure(lambda: disc.replace_namespaced_endpoint_slice(body["metadata"]["name"], BENCH_NS, body),
-                           backed, endpoint(k))
+                           "backed", endpoint(k))
             ep_t.append(t)
             ep_w.append(w)
             t, w = measure(lambda: api.patch("realservers", BENCH_NS, f"hand-{k}", {"spec": {"weight": 0}}),
-                           hand, hand_address(k))
+                           "hand", hand_address(k))
             rs_t.append(t)
             rs_w.append(w)
         row.update(ep_p50=percentile(ep_t, 50), ep_p99=percentile(ep_t, 99), ep_writes=max(ep_w),
@@ -184,7 +217,9 @@ def run(sizes: list[int], directors: int = 3, changes: int = 20, timeout: float 
         details.append(d)
     notes = ["one VirtualService backed by a Service (EndpointSlices of 100), beside one with as many "
              "hand-written RealServers; a change = one endpoint turned terminating (weight 0) / one RealServer "
-             "weight patched to 0; latency until every director's NodeState shows it",
+             "weight patched to 0; latency until the NodeState holding the dest shows it on every director",
+             "above 1,000 dests a director's NodeStates for one service are shards (a hash of each dest): "
+             "a change rewrites the one holding its dest",
              "no agent: the kernel half of an endpoint change is the same one-dest weight change as a "
              "RealServer's (parts 1-3 and 5)"]
     table = R.Table("service_endpoints", "Service endpoints (issue 19): endpoint change vs RealServer change",
@@ -192,14 +227,36 @@ def run(sizes: list[int], directors: int = 3, changes: int = 20, timeout: float 
     return table, {"details": details}
 
 
+def write_results(table: R.Table, extra: dict, stem: Path) -> None:
+    """``stem``.json/.md/.txt in the report's layout (bench/results)."""
+    import platform
+    import subprocess
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    machine = {"host": platform.node(), "cpus": __import__("os").cpu_count(), "commit": commit,
+               "date": time.strftime("%Y-%m-%d %H:%M")}
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(R.report_json([table], machine))
+    data["details"] = extra
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    stem.with_suffix(".md").write_text(R.render_report_markdown([table], machine))
+    stem.with_suffix(".txt").write_text(R.render_report_text([table], machine))
+
+
 def main() -> int:
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, FULL_SIZES)))
+    ap.add_argument("--smoke", action="store_true", help=f"sizes {SMOKE_SIZES}, 3 changes")
     ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "service_endpoints"),
+                    help="results stem (.json, .md, .txt); '' writes none")
     args = ap.parse_args()
-    table, _ = run([int(x) for x in args.sizes.split(",")], changes=args.changes)
+    sizes = list(SMOKE_SIZES) if args.smoke else [int(x) for x in args.sizes.split(",")]
+    table, extra = run(sizes, changes=3 if args.smoke else args.changes)
     print(R.render_text(table))
+    if args.out:
+        write_results(table, extra, Path(args.out))
     return 0 if not table.errors() else 1
 
 
