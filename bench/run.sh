@@ -1,18 +1,20 @@
 #!/bin/bash
-# kube-lvs benchmarks (issue 7, parts 1-5).
+# kube-lvs benchmarks (issue 7, parts 1-5; issue 17, part 6).
 #
 #   bash bench/run.sh [--smoke] [--operator-sizes N,..] [--e2e-services M,..] [--e2e-changes C]
-#                     [--parts 1-3,4,5] [lvs_bench.kernel options...]
+#                     [--parts 1-3,4,5,6] [lvs_bench.kernel options...]
 #
 # Parts 1-3: boots the lab VM (real IPVS kernel under qemu), runs
 # `python -m lvs_bench.kernel` in it. Parts 4-5: `python -m lvs_bench.host` on the
 # host (part 4: control plane + operator only; part 5: the whole system, booting
-# the VM again), merged into the same report. Prints the tables and copies the
-# results to bench/results/:
+# the VM again), merged into the same report. Part 6: director failover, kube-lvs
+# vs keepalived (`python -m lvs_bench.failover` in a VM of its own; a report of
+# its own). Prints the tables and copies the results to bench/results/:
 #   latest.{json,md,txt}   full run (default sizes 1k, 10k, 100k dests)
 #   latest.*.png           its plots (lvs_bench.plots: time versus size, latency CDF)
 #   smoke.{json,md,txt}    --smoke (20 and 40 dests: checks the harness, not speed)
 #   runs/<date>.json       every full run, kept
+#   failover.{json,md,txt} part 6 (failover-smoke.* with --smoke)
 # Needs root (apt-get for the peers, qemu). Exit code: the harness's (1 if any
 # figure failed its sanity check).
 set -euo pipefail
@@ -27,7 +29,7 @@ main() {
 
     name=latest timeout=${BENCH_TIMEOUT:-3000}
     # Options of the host parts (4-5) are taken out; the rest go to lvs_bench.kernel.
-    kargs=() hargs=() smoke=0 parts="1-3,4,5"
+    kargs=() hargs=() smoke=0 parts="1-3,4,5,6"
     while [ $# -gt 0 ]; do
         case "$1" in
             --operator-sizes|--e2e-services|--e2e-changes) hargs+=("$1" "$2"); name=custom; shift 2; continue ;;
@@ -60,16 +62,16 @@ main() {
     [ -z "$(git -C "$ROOT" status --porcelain -- agent api bench 2>/dev/null | grep -v ' bench/results/')" ] \
         || commit="$commit+uncommitted"
 
+    # The guest's environment: what the machine block of every report records.
+    genv=(--env "PYTHONPATH=$ROOT/bench" --env "BENCH_HOST_CPU=$host_cpu" --env "BENCH_HOST_KERNEL=$(uname -r)"
+          --env "BENCH_COMMIT=$commit")
+
     rc=0
     if [[ ",$parts," == *",1-3,"* ]]; then
     log "booting the lab VM (timeout ${timeout}s): lvs_bench.kernel $*"
     set +e
     "$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$job" \
-        --env "PYTHONPATH=$ROOT/bench" \
-        --env "BENCH_HOST_CPU=$host_cpu" \
-        --env "BENCH_HOST_KERNEL=$(uname -r)" \
-        --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
-        --env "BENCH_COMMIT=$commit" \
+        "${genv[@]}" --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
         -- "$PY" -m lvs_bench.kernel --name "$name" "$@"
     rc=$?
     set -e
@@ -93,15 +95,37 @@ main() {
         log "host load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     fi
 
+    # Part 6: director failover, kube-lvs vs keepalived, in a VM of its own.
+    fname=failover
+    [ "$smoke" = 1 ] && fname=failover-smoke
+    if [[ ",$parts," == *",6,"* ]]; then
+        fargs=()
+        [ "$smoke" = 1 ] && fargs+=(--smoke)
+        log "part 6 (failover) in the lab VM (timeout ${timeout}s): lvs_bench.failover ${fargs[*]}"
+        set +e
+        "$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$job/failover" \
+            "${genv[@]}" --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
+            -- "$PY" -m lvs_bench.failover --name "$fname" "${fargs[@]}"
+        frc=$?
+        set -e
+        [ "$frc" = 0 ] || rc=$frc
+    fi
+
     mkdir -p "$ROOT/bench/results"
-    copied=0
+    copied=0 fcopied=0
     for ext in json md txt; do
         f="$job/bench/$name.$ext"
         if [ -f "$f" ]; then
             cp "$f" "$ROOT/bench/results/$name.$ext"
             copied=1
         fi
+        f="$job/failover/bench/$fname.$ext"
+        if [ -f "$f" ]; then
+            cp "$f" "$ROOT/bench/results/$fname.$ext"
+            fcopied=1
+        fi
     done
+    [ "$fcopied" = 1 ] && log "part 6 results: bench/results/$fname.{json,md,txt}"
     if [ "$copied" = 1 ] && [ "$name" = latest ]; then
         mkdir -p "$ROOT/bench/results/runs"
         cp "$job/bench/latest.json" "$ROOT/bench/results/runs/$(date -u +%Y%m%d-%H%M%S).json"
@@ -113,9 +137,11 @@ main() {
     fi
     if [ "$copied" = 1 ]; then
         log "results: bench/results/$name.{json,md,txt} and $name.*.png (exit $rc)"
+    elif [ "$fcopied" = 1 ] && [[ ",$parts," != *",1-3,"* ]] && [ -z "$hparts" ]; then
+        log "exit $rc"
     else
         log "no results came back (exit $rc); VM console tail:"
-        tail -n 40 "$job/console.log" 2>/dev/null >&2 || true
+        tail -n 40 "$job/console.log" "$job/failover/console.log" 2>/dev/null >&2 || true
         [ "$rc" = 0 ] && rc=1
     fi
     exit "$rc"
