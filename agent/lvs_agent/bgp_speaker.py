@@ -123,6 +123,17 @@ class BgpSpeaker:
         self._apply(rendered.text)
         return decisions
 
+    def after_pass(self, programmed: NodeSpec, report: Any, stopping: bool = False) -> None:
+        """The agent's hook, after each engine pass: ``programmed`` is the
+        spec the engine got (health verdicts applied), ``report`` its
+        Report (services with an error are not programmed). Failures are
+        logged and counted, never raised: BGP must not stop programming."""
+        errors = set(getattr(report, "service_errors", {}) or {}) | set(getattr(report, "problems", {}) or {})
+        try:
+            self.update(programmed, Health(programmed_keys(programmed, errors), stopping))
+        except (BirdError, OSError) as e:
+            log.warning("BGP speaker: %s", e)
+
     def _passwords(self, bgp: BgpSpec) -> dict[str, str]:
         out = {}
         for name in {p.password_file for p in bgp.peers if p.password_file}:

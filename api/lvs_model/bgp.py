@@ -248,10 +248,7 @@ def parse_bgp_part(d: Any, path: str, errors: list[FieldError]) -> BgpSpec | Non
         if peers and fam not in families:
             errors.append(FieldError(f"{path}.vips[{j}]", f"{vip} is {fam} and no peer is: a VIP is "
                                                            "announced to the peers of its family"))
-    drain = d.get("drain", False)
-    if not isinstance(drain, bool):
-        errors.append(FieldError(f"{path}.drain", "must be true or false"))
-        drain = False
+    drain = _flag(d, "drain", path, errors)
     return BgpSpec(router_id, tuple(peers), tuple(dict.fromkeys(vips)), drain)
 
 
@@ -285,13 +282,18 @@ def parse_peer(d: Any, path: str, default_local: int, errors: list[FieldError]) 
                                  f"{password_file!r} is not a key of the BGP Secret mounted into the agent: "
                                  "one file name (letters, digits, '-', '_', '.'), never a path"))
         password_file = ""
-    bfd = d.get("bfd", False)
-    if not isinstance(bfd, bool):
-        errors.append(FieldError(f"{path}.bfd", "must be true or false"))
-        bfd = False
+    bfd = _flag(d, "bfd", path, errors)
     if len(errors) != n:
         return None
     return BgpPeer(address, asn, local_asn, port, hold, keepalive, password_file, bfd)
+
+
+def _flag(d: Mapping, key: str, path: str, errors: list[FieldError]) -> bool:
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        errors.append(FieldError(f"{path}.{key}", "must be true or false"))
+        return False
+    return value
 
 
 def _peer_address(value: Any, path: str, errors: list[FieldError]) -> str:

@@ -286,3 +286,22 @@ def test_programmed_keys_leave_out_services_with_errors():
     key = spec.services[0].key
     assert programmed_keys(spec, {}) == {key}
     assert programmed_keys(spec, {key: "EINVAL"}) == frozenset()
+
+
+def test_after_pass_takes_the_engine_report_and_never_raises(tmp_path):
+    """The agent's hook: a service the pass failed is not programmed, and a
+    BIRD failure is counted, not raised into the agent's loop."""
+    fake = FakeBird()
+    s = speaker(tmp_path, fake)
+    spec, _ = spec_doc()
+
+    class Report:
+        service_errors = {spec.services[0].key: "EINVAL"}
+        problems: dict = {}
+    s.after_pass(spec, Report())
+    assert [d.reason for d in s.decisions] == ["NotProgrammed"]
+    s.after_pass(spec, None)
+    assert [d.reason for d in s.decisions] == ["Announced"]
+    fake.refuse = True
+    s.after_pass(spec, Report())  # a refused configuration: logged and counted
+    assert s.errors == 1
