@@ -24,17 +24,13 @@ never recorded, so never closed.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 
 from lvs_model.nodespec import NodeSpec
 
 from . import ops as O
-from .netlink_batch import (CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_CMD_GETFAMILY, GENL_ID_CTRL, I32,
-                            NETLINK_GENERIC, NLH, NLH_GENL, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-                            NLMSG_DONE, NLMSG_ERROR, nla, parse_attrs)
-from .observe import netlink_socket
+from .genl import NLM_F_ACK, NLM_F_DUMP, GenlSocket, nla, parse_attrs
 from .state import LinkState, Observed, Ownership
 
 KEY_PREFIX = "fou:"
@@ -89,65 +85,16 @@ def plan(desired: NodeSpec, observed: Observed, owned: Ownership) -> tuple[list[
 # The kernel (generic netlink family "fou")
 # --------------------------------------------------------------------------
 
-class FouConnection:
+class FouConnection(GenlSocket):
     """One generic netlink socket in ``netns`` speaking "fou"."""
 
-    def __init__(self, netns: str | None = None):
-        self.sock = netlink_socket(netns, NETLINK_GENERIC)
-        self.sock.bind((0, 0))
-        self.sock.settimeout(30)
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> "FouConnection":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _request(self, family: int, cmd: int, body: bytes, flags: int, version: int = FOU_GENL_VERSION):
-        """Send one request; yield (type, payload start, end, buffer) of each
-        answer until its ack or NLMSG_DONE; an error ack raises OSError."""
-        self.seq += 1
-        seq = self.seq
-        self.sock.send(NLH_GENL.pack(20 + len(body), family, flags | NLM_F_REQUEST, seq, 0, cmd, version, 0) + body)
-        while True:
-            data = self.sock.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                ln, typ, _, rseq, _ = NLH.unpack_from(data, off)
-                if ln < 16:
-                    return
-                if rseq == seq:
-                    if typ == NLMSG_DONE:
-                        return
-                    if typ == NLMSG_ERROR:
-                        code = -I32.unpack_from(data, off + 16)[0]
-                        if code:
-                            raise OSError(code, os.strerror(code))
-                        return
-                    yield typ, off + 16, off + ln, data
-                off += (ln + 3) & ~3
+    def _request(self, family: int, cmd: int, body: bytes, flags: int):
+        return self.request(family, cmd, body, flags, FOU_GENL_VERSION, what=f"fou command {cmd}")
 
     def family(self, load: bool) -> int | None:
-        """The family's id. ``load``: ask by name, which loads the fou module
-        if need be (the kernel's request_module); otherwise read the list of
-        families, which never loads anything: None when fou is not there."""
-        if load:
-            body = nla(CTRL_ATTR_FAMILY_NAME, FOU_GENL_NAME + b"\0")
-            answers = self._request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, body, NLM_F_ACK, 1)
-        else:
-            answers = self._request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, b"", NLM_F_DUMP, 1)
-        found = None
-        for typ, s, e, buf in answers:
-            a = parse_attrs(buf, s + 4, e)
-            name = a.get(CTRL_ATTR_FAMILY_NAME)
-            fid = a.get(CTRL_ATTR_FAMILY_ID)
-            if name and fid and bytes(buf[name[0]:name[1]]).rstrip(b"\0") == FOU_GENL_NAME:
-                found = struct.unpack_from("=H", buf, fid[0])[0]
-        return found
+        """The family's id; None without the fou module. ``load``: ask by
+        name, which loads the module if need be."""
+        return self.family_id(FOU_GENL_NAME, load)
 
     def ports(self) -> dict[str, LinkState]:
         """Every FOU port of this namespace, by key (none without the module)."""
@@ -155,8 +102,8 @@ class FouConnection:
         if fam is None:
             return {}
         out: dict[str, LinkState] = {}
-        for typ, s, e, buf in self._request(fam, FOU_CMD_GET, b"", NLM_F_DUMP):
-            a = parse_attrs(buf, s + 4, e)
+        for s, e, buf in self._request(fam, FOU_CMD_GET, b"", NLM_F_DUMP):
+            a = parse_attrs(buf, s, e)
             if FOU_ATTR_PORT not in a or FOU_ATTR_AF not in a:
                 continue
             port = struct.unpack_from("!H", buf, a[FOU_ATTR_PORT][0])[0]

@@ -2,8 +2,8 @@
 
 pyroute2 0.9.7 declares IPVS_CMD_ATTR_TIMEOUT_* but decodes them as "hex"
 and has no call for IPVS_CMD_GET_CONFIG / SET_CONFIG, so these two messages
-are built here on the engine's own generic-netlink connection
-(netlink_batch.IPVSConnection): a genl header and up to three u32
+are built here and sent on the engine's own generic-netlink connection
+(netlink_batch.IPVSConnection, a genl.GenlSocket): a genl header and up to three u32
 attributes. The timeouts are per network namespace, like the IPVS table.
 
 SET_CONFIG starts from the kernel's current values and replaces only the
@@ -12,14 +12,12 @@ keeps its value; 0 is never sent (the kernel reads it as "unchanged" too).
 """
 from __future__ import annotations
 
-import errno
-import os
 from typing import Mapping
 
 from lvs_model.nodespec import TIMEOUT_NAMES
 
-from .netlink_batch import (I32, NLH_GENL, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, U32, IPVSConnection,
-                            NetlinkError, nla, parse_attrs)
+from .genl import NLM_F_ACK, U32, nla, parse_attrs
+from .netlink_batch import IPVSConnection
 
 IPVS_CMD_SET_CONFIG = 12
 IPVS_CMD_GET_CONFIG = 13
@@ -29,21 +27,13 @@ ATTRS = dict(zip(TIMEOUT_NAMES, (4, 5, 6)))
 
 def _request(conn: IPVSConnection, cmd: int, body: bytes = b"") -> dict[int, int]:
     """Send one request, read to its ack; the u32 attributes of the reply."""
-    seq = conn._next_seq()
-    conn._send(NLH_GENL.pack(20 + len(body), conn.family, NLM_F_REQUEST | NLM_F_ACK, seq, 0, cmd, 1, 0) + body)
     out: dict[int, int] = {}
-    for typ, s, e, buf in conn._replies(seq):
-        if typ == NLMSG_ERROR:
-            code = -I32.unpack_from(buf, s)[0]
-            if code:
-                raise NetlinkError(code, f"{errno.errorcode.get(code, code)}: {os.strerror(code)} "
-                                         f"(IPVS {'set' if cmd == IPVS_CMD_SET_CONFIG else 'get'} config)")
-            return out
-        if typ == conn.family:
-            for t, (a, b) in parse_attrs(buf, s + 4, e).items():
-                if b - a >= 4:
-                    out[t] = U32.unpack_from(buf, a)[0]
-    raise AssertionError("unreachable")
+    what = f"IPVS {'set' if cmd == IPVS_CMD_SET_CONFIG else 'get'} config"
+    for s, e, buf in conn.request(conn.family, cmd, body, NLM_F_ACK, what=what):
+        for t, (a, b) in parse_attrs(buf, s, e).items():
+            if b - a >= 4:
+                out[t] = U32.unpack_from(buf, a)[0]
+    return out
 
 
 def get_timeouts(conn: IPVSConnection) -> dict[str, int]:

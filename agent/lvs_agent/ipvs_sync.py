@@ -43,15 +43,13 @@ order (the kernel stores it as given, ipvsadm sends it so): sent big-endian,
 """
 from __future__ import annotations
 
-import errno
 import ipaddress
-import os
 import struct
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from .netlink_batch import (I32, NLA_F_NESTED, NLH_GENL, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE,
-                            NLMSG_ERROR, U16, U32, IPVSConnection, NetlinkError, nla, parse_attrs)
+from .genl import NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, U16, U32, nla, parse_attrs
+from .netlink_batch import IPVSConnection
 
 IPVS_CMD_NEW_DAEMON, IPVS_CMD_DEL_DAEMON, IPVS_CMD_GET_DAEMON = 9, 10, 11
 IPVS_CMD_ATTR_DAEMON = 3
@@ -146,21 +144,9 @@ def format_daemon(d: SyncDaemon) -> str:
 # --------------------------------------------------------------------------
 
 def _request(conn: IPVSConnection, cmd: int, body: bytes, flags: int) -> Iterator[tuple[int, int, object]]:
-    """Send one request; yield (payload start, end, buffer) of each answer
+    """Send one request; yield (attributes start, end, buffer) of each answer
     until the ack or the dump's end. An error ack raises NetlinkError."""
-    seq = conn._next_seq()
-    conn._send(NLH_GENL.pack(20 + len(body), conn.family, NLM_F_REQUEST | flags, seq, 0, cmd, 1, 0) + body)
-    for typ, s, e, buf in conn._replies(seq):
-        if typ == NLMSG_DONE:
-            return
-        if typ == NLMSG_ERROR:
-            code = -I32.unpack_from(buf, s)[0]
-            if code:
-                raise NetlinkError(code, f"{errno.errorcode.get(code, code)}: {os.strerror(code)} "
-                                         f"(IPVS sync daemon, command {cmd})")
-            return
-        if typ == conn.family:
-            yield s + 4, e, buf
+    return conn.request(conn.family, cmd, body, flags, what=f"IPVS sync daemon, command {cmd}")
 
 
 def list_daemons(conn: IPVSConnection) -> list[SyncDaemon]:

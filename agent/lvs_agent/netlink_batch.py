@@ -28,37 +28,20 @@ import operator
 import os
 import socket
 import struct
-import time
 from typing import Callable, Iterable, Sequence
 
 from lvs_model import kernel as K
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
 
 from . import ops as O
-from .observe import (DestRuntime, IPVSTable, Stats, decode_dest, decode_service, netlink_socket,
+from .genl import (I32, NLA, NLA_TYPE_MASK, NLH_GENL, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, U16, U32,
+                   U64, GenlSocket, NetlinkError, error_text, nest, nla, pad, parse_attrs, set_buffers)
+from .observe import (DestRuntime, IPVSTable, Stats, decode_dest, decode_service,
                       svc_flags)
 from .state import unknown_result
 
-# netlink
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
-SO_RCVBUFFORCE = 33
-SO_SNDBUFFORCE = 32
-NETLINK_GENERIC = 16
-
-# generic netlink controller
-GENL_ID_CTRL = 0x10
-CTRL_CMD_GETFAMILY = 3
-CTRL_ATTR_FAMILY_ID = 1
-CTRL_ATTR_FAMILY_NAME = 2
 
 # IPVS
 IPVS_GENL_NAME = b"IPVS"
@@ -75,14 +58,6 @@ DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
 DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 = 10, 11, 12
 DEST_TUN_TYPE, DEST_TUN_PORT, DEST_TUN_FLAGS = 13, 14, 15
 INFO_VERSION, INFO_CONN_TAB_SIZE = 1, 2
-
-NLH = struct.Struct("=IHHII")  # nlmsghdr
-NLH_GENL = struct.Struct("=IHHIIBBH")  # nlmsghdr + genlmsghdr
-NLA = struct.Struct("=HH")
-U16 = struct.Struct("=H")
-U32 = struct.Struct("=I")
-U64 = struct.Struct("=Q")
-I32 = struct.Struct("=i")
 
 # A full dest, one pack: nest header, ADDR, PORT(be), FWD, WEIGHT, U, L,
 # ADDR_FAMILY, TUN_TYPE, TUN_PORT(be), TUN_FLAGS.
@@ -118,20 +93,6 @@ SEND_CHUNK = 60 * 1024  # bytes per send(): big enough that the kernel's work do
 RCVBUF = 8 * 1024 * 1024
 RECV_SIZE = 256 * 1024
 ACK_TIMEOUT = 60.0
-
-
-def _pad(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def nla(typ: int, payload: bytes) -> bytes:
-    n = 4 + len(payload)
-    return NLA.pack(n, typ) + payload + b"\0" * (_pad(n) - n)
-
-
-def nest(typ: int, *parts: bytes) -> bytes:
-    body = b"".join(parts)
-    return NLA.pack(4 + len(body), typ) + body
 
 
 def _addr_bytes(address: str) -> tuple[int, bytes]:
@@ -192,19 +153,6 @@ def dest_key(dk: DestKey) -> bytes:
 # --------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------
-
-def parse_attrs(buf, off: int, end: int) -> dict[int, tuple[int, int]]:
-    """type -> (payload start, payload end), for one level of attributes."""
-    out = {}
-    unpack = NLA.unpack_from
-    while off + 4 <= end:
-        ln, typ = unpack(buf, off)
-        if ln < 4:
-            break
-        out[typ & NLA_TYPE_MASK] = (off + 4, off + ln)
-        off += (ln + 3) & ~3
-    return out
-
 
 def _u(buf, span, default: int = 0) -> int:
     if span is None:
@@ -287,7 +235,7 @@ def _parse_service(buf, a: dict, with_stats: bool) -> tuple[Service, Stats | Non
                          fwmark, _str(buf, a.get(SVC_SCHED_NAME)), flags,
                          _u(buf, a.get(SVC_TIMEOUT)), netmask)
     # Re-send the kernel's own key attributes to dump this service's dests.
-    key_parts = [bytes(buf[sp[0] - 4:sp[0] - 4 + _pad(sp[1] - sp[0] + 4)])
+    key_parts = [bytes(buf[sp[0] - 4:sp[0] - 4 + pad(sp[1] - sp[0] + 4)])
                  for t in (SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK)
                  if (sp := a.get(t)) is not None]
     stats = _stats(buf, a.get(SVC_STATS64) or a.get(SVC_STATS)) if with_stats else None
@@ -337,118 +285,30 @@ def parse_dest(buf, s: int, e: int, svc_af: int, with_stats: bool) -> tuple[Dest
     return d, rt
 
 
-def _errname(code: int) -> str:
-    return errno.errorcode.get(code, f"E{code}")
-
-
-def error_text(code: int, what: str) -> str:
-    return f"{_errname(code)}: {os.strerror(code)} ({what})"
-
-
-class NetlinkError(OSError):
-    pass
-
-
 # --------------------------------------------------------------------------
 # The connection
 # --------------------------------------------------------------------------
 
-class IPVSConnection:
+class IPVSConnection(GenlSocket):
     """One generic netlink socket speaking IPVS, in ``netns``."""
 
     def __init__(self, netns: str | None = None):
-        self.netns = netns
-        self.sock = netlink_socket(netns, NETLINK_GENERIC)
+        super().__init__(netns, ACK_TIMEOUT, RECV_SIZE)
         try:
-            self._setup()
+            set_buffers(self.sock, RCVBUF, 1024 * 1024)
+            try:
+                self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # acks without the request's payload
+            except OSError:
+                pass
+            self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            family = self.family_id(IPVS_GENL_NAME)
+            if family is None:
+                raise NetlinkError(errno.ENOENT, "generic netlink family IPVS not found (is ip_vs loaded?)")
+            self.family = family
         except BaseException:
             self.sock.close()
             raise
-
-    def _setup(self) -> None:
-        sk = self.sock
-        sk.bind((0, 0))
-        self.pid = sk.getsockname()[0]
-        for force, plain, val in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF),
-                                  (SO_SNDBUFFORCE, socket.SO_SNDBUF, 1024 * 1024)):
-            try:
-                sk.setsockopt(socket.SOL_SOCKET, force, val)  # root: past rmem_max
-            except OSError:
-                try:
-                    sk.setsockopt(socket.SOL_SOCKET, plain, val)
-                except OSError:
-                    pass
-        try:
-            sk.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # acks without the request's payload
-        except OSError:
-            pass
-        sk.settimeout(ACK_TIMEOUT)
-        self.rcvbuf = sk.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        self._buf = bytearray(RECV_SIZE)
-        self._seq = int(time.time()) & 0x3FFFFFFF
-        self.family = self._resolve_family()
         self._keys: dict[ServiceKey, bytes] = {}
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self) -> "IPVSConnection":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # -- plumbing ------------------------------------------------------------
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
-        return self._seq
-
-    def _send(self, data: bytes) -> None:
-        self.sock.sendto(data, (0, 0))
-
-    def _recv(self):
-        """Yield (type, flags, seq, payload start, end, buffer view) per message."""
-        n = self.sock.recv_into(self._buf)
-        buf = self._buf
-        off = 0
-        while off + 16 <= n:
-            ln, typ, flags, seq, _ = NLH.unpack_from(buf, off)
-            if ln < 16:
-                break
-            yield typ, flags, seq, off + 16, off + ln, buf
-            off += _pad(ln)
-
-    def _replies(self, seq: int):
-        """Yield (type, payload start, end, buffer view) of each message
-        answering request ``seq``, reading on until the caller stops."""
-        while True:
-            for typ, _, rseq, s, e, buf in self._recv():
-                if rseq == seq:
-                    yield typ, s, e, buf
-
-    def _resolve_family(self) -> int:
-        seq = self._next_seq()
-        body = nla(CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME + b"\0")
-        msg = NLH_GENL.pack(20 + len(body), GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, seq, 0,
-                            CTRL_CMD_GETFAMILY, 1, 0) + body
-        self._send(msg)
-        fam = None
-        for typ, s, e, buf in self._replies(seq):
-            if typ == NLMSG_ERROR:
-                code = -I32.unpack_from(buf, s)[0]
-                if code:
-                    raise NetlinkError(code, f"generic netlink family IPVS: {os.strerror(code)} "
-                                             "(is ip_vs loaded?)")
-                if fam is None:
-                    raise NetlinkError(errno.ENOENT, "generic netlink family IPVS not found")
-                return fam
-            if typ == GENL_ID_CTRL:
-                a = parse_attrs(buf, s + 4, e)
-                fam = _u(buf, a.get(CTRL_ATTR_FAMILY_ID))
-        raise AssertionError("unreachable")
 
     def _key(self, key: ServiceKey) -> bytes:
         b = self._keys.get(key)
@@ -565,14 +425,10 @@ class IPVSConnection:
 
     def info(self) -> tuple[int, int]:
         """(IPVS version code, connection table size) as ipvsadm prints them."""
-        seq = self._request(CMD_GET_INFO, b"", NLM_F_REQUEST)
-        for typ, s, e, buf in self._replies(seq):
-            if typ == NLMSG_ERROR:
-                code = -I32.unpack_from(buf, s)[0]
-                raise NetlinkError(code, f"IPVS info: {os.strerror(code)}")
-            a = parse_attrs(buf, s + 4, e)
+        for s, e, buf in self.request(self.family, CMD_GET_INFO, b"", 0, IPVS_GENL_VERSION, "IPVS info"):
+            a = parse_attrs(buf, s, e)
             return _u(buf, a.get(INFO_VERSION), 0x010201), _u(buf, a.get(INFO_CONN_TAB_SIZE), 4096)
-        raise AssertionError("unreachable")
+        raise NetlinkError(errno.EPROTO, "IPVS info: no answer")
 
     def dump_services(self, with_stats: bool = False):
         """[(service without dests, stats, pe name, key attrs)] in kernel order."""

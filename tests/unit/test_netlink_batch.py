@@ -14,6 +14,7 @@ import socket
 
 import pytest
 
+from lvs_agent import genl as G
 from lvs_agent import netlink_batch as NB
 from lvs_agent import ops as O
 from lvs_agent.plan import settle
@@ -65,13 +66,13 @@ class FakeKernel:
         off = 0
         msgs = []
         while off < len(data):
-            ln, typ, flags, seq, pid = NB.NLH.unpack_from(data, off)
+            ln, typ, flags, seq, pid = G.NLH.unpack_from(data, off)
             msgs.append((typ, data[off:off + 16], seq))
-            off += NB._pad(ln)
-        if msgs[0][0] == NB.GENL_ID_CTRL:  # the family lookup
+            off += G.pad(ln)
+        if msgs[0][0] == G.GENL_ID_CTRL:  # the family lookup
             _, hdr, seq = msgs[0]
-            body = NB.nla(NB.CTRL_ATTR_FAMILY_ID, NB.U16.pack(FAMILY))
-            self.queue.append(NB.NLH_GENL.pack(20 + len(body), NB.GENL_ID_CTRL, 0, seq, 4242,
+            body = G.nla(G.CTRL_ATTR_FAMILY_ID, G.U16.pack(FAMILY))
+            self.queue.append(G.NLH_GENL.pack(20 + len(body), G.GENL_ID_CTRL, 0, seq, 4242,
                                                1, 1, 0) + body)
             self.queue.append(self._ack(hdr, seq, 0))
             return len(data)
@@ -106,12 +107,12 @@ class FakeKernel:
 
     @staticmethod
     def _ack(request_header: bytes, seq: int, code: int) -> bytes:
-        body = NB.I32.pack(-code) + request_header  # NETLINK_CAP_ACK: the header only
-        return NB.NLH.pack(16 + len(body), NB.NLMSG_ERROR, 0x100, seq, 4242) + body
+        body = G.I32.pack(-code) + request_header  # NETLINK_CAP_ACK: the header only
+        return G.NLH.pack(16 + len(body), G.NLMSG_ERROR, 0x100, seq, 4242) + body
 
 
 def connection(kernel: FakeKernel, monkeypatch) -> NB.IPVSConnection:
-    monkeypatch.setattr(NB, "netlink_socket", lambda netns, proto: kernel)
+    monkeypatch.setattr(G, "netlink_socket", lambda netns, proto: kernel)
     return NB.IPVSConnection()
 
 
