@@ -213,3 +213,22 @@ def test_the_gateway_moves_with_the_vip_when_the_holder_dies():
     assert VIP in alive.held
     alive.filter(alive.spec), alive.after_pass()
     assert (alive.spec.node, "eth1", GW) in announced
+
+
+def test_a_new_route_device_moves_the_gateway_wakes_the_agent_and_is_announced_there():
+    api, clock, announced, woken = FakeLeases(), Clock(), [], []
+    device = ["eth1"]
+    d1 = HaController(DirectorLease(api, "lvs", "d1", duration=10),
+                      lambda dev, addr: announced.append((dev, addr)), clock=clock,
+                      on_change=lambda: woken.append(clock.now), route_lookup=lambda a: device[0])
+    d1.update(spec("d1"), "eth0")
+    run(clock, d1)
+    d1.filter(d1.spec), d1.after_pass()
+    assert (VIP in d1.held, announced) == (True, [("eth0", VIP), ("eth1", GW)])
+    woken.clear()
+    device[0] = "eth2"  # the route to the real servers now leaves by another device
+    d1.step()
+    assert woken  # a pass, though what it holds did not change
+    assert LocalAddress(GW, "eth2") in d1.filter(d1.spec).director_addresses
+    d1.after_pass()
+    assert announced[-1] == ("eth2", GW)
