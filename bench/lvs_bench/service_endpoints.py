@@ -74,6 +74,7 @@ def columns() -> list[R.Column]:
         R.Column("endpoints", "endpoints", "int"),
         R.Column("directors", "directors", "int"),
         R.Column("first_sync", "all dests in NodeStates (both services)", "sec"),
+        R.Column("settled", "statuses settled", "sec"),
         R.Column("shards", "NodeStates per director", "int"),
         R.Column("nodestate_kib", "largest NodeState (KiB)", "int"),
         R.Column("ep_p50", "endpoint change to NodeState p50", "sec"),
@@ -83,6 +84,20 @@ def columns() -> list[R.Column]:
         R.Column("rs_p99", "RealServer change p99", "sec"),
         R.Column("rs_writes", "NodeStates written per RealServer change", "int"),
     ]
+
+
+def settle(api: Api, timeout: float, window: float = 5.0) -> float:
+    """When the RealServers' statuses (the operator writes them) stopped
+    changing: no resourceVersion moved over ``window``."""
+    prev, t_prev, deadline = None, time.perf_counter(), time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        cur = api.versions("realservers", BENCH_NS)
+        if cur == prev:
+            return t_prev
+        prev, t_prev = cur, t
+        time.sleep(window)
+    raise TimeoutError(f"RealServer statuses still changing after {timeout:.0f}s")
 
 
 def _nodestates(api: Api, vs: str) -> list[dict]:
@@ -151,13 +166,17 @@ def run_size(e: int, directors: int, changes: int, workdir: Path, timeout: float
             "metadata": {"name": f"hand-{k}", "namespace": BENCH_NS},
             "spec": {"virtualService": "hand", "address": hand_address(k), "port": 8080, "weight": 1}})
             for k in range(e)])
+        t_start = time.perf_counter()
         op = Operator(cp.kubeconfig_for_serviceaccount(OPNS, OPERATOR_SA, path=workdir / "operator.kubeconfig"),
                       workdir / "operator.log")
 
         def synced():
             return all(len(_dest_weights(_nodestates(api, vs), d)) == e for vs in ("backed", "hand") for d in nodes)
         _, row["first_sync"] = _wait("all dests in the NodeStates", synced, timeout, 1.0)
-        time.sleep(3)  # the operator's status writes settle
+        # Changes are measured in a steady state: once the operator's statuses of the
+        # 2E RealServers are written (at 10k its passes until then plan thousands of
+        # them again each, seconds per pass, and a change waits for the pass).
+        row["settled"] = settle(api, timeout) - t_start
         objs = {vs: _nodestates(api, vs) for vs in ("backed", "hand")}
         row["shards"] = len(objs["backed"]) // directors
         row["nodestate_kib"] = max(len(json.dumps(o)) for o in objs["backed"]) // 1024
