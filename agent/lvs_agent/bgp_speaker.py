@@ -42,13 +42,19 @@ CONFIG_FILE, SOCKET_FILE = "bird.conf", "bird.ctl"
 _PR_SET_PDEATHSIG = 1
 
 
+try:  # loaded here, not in the forked child: a dlopen there could wait for a lock another thread held
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the agent dies (BIRD then
-    shuts down as on ``birdc down``)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    shuts down as on ``birdc down``). The signal follows the thread that
+    started the child: the agent starts BIRD from a thread that lives as
+    long as it does."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def configure_ok(reply: str) -> bool:
