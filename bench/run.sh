@@ -62,17 +62,22 @@ main() {
     [ -z "$(git -C "$ROOT" status --porcelain -- agent api bench 2>/dev/null | grep -v ' bench/results/')" ] \
         || commit="$commit+uncommitted"
 
-    # The guest's environment: what the machine block of every report records.
-    genv=(--env "PYTHONPATH=$ROOT/bench" --env "BENCH_HOST_CPU=$host_cpu" --env "BENCH_HOST_KERNEL=$(uname -r)"
-          --env "BENCH_COMMIT=$commit")
+    # in_vm RESULTS_DIR MODULE ARGS...: python -m MODULE in the lab VM, with the
+    # environment the machine block of every report records.
+    in_vm() {
+        local results=$1
+        shift
+        "$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$results" \
+            --env "PYTHONPATH=$ROOT/bench" --env "BENCH_HOST_CPU=$host_cpu" --env "BENCH_HOST_KERNEL=$(uname -r)" \
+            --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" --env "BENCH_COMMIT=$commit" \
+            -- "$PY" -m "$@"
+    }
 
     rc=0
     if [[ ",$parts," == *",1-3,"* ]]; then
     log "booting the lab VM (timeout ${timeout}s): lvs_bench.kernel $*"
     set +e
-    "$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$job" \
-        "${genv[@]}" --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
-        -- "$PY" -m lvs_bench.kernel --name "$name" "$@"
+    in_vm "$job" lvs_bench.kernel --name "$name" "$@"
     rc=$?
     set -e
     log "host load average at the end of parts 1-3: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -103,9 +108,7 @@ main() {
         [ "$smoke" = 1 ] && fargs+=(--smoke)
         log "part 6 (failover) in the lab VM (timeout ${timeout}s): lvs_bench.failover ${fargs[*]}"
         set +e
-        "$PY" -m lvs_lab run --timeout "$timeout" --mem "${BENCH_VM_MEM:-3072}" --results "$job/failover" \
-            "${genv[@]}" --env "BENCH_HOST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)" \
-            -- "$PY" -m lvs_bench.failover --name "$fname" "${fargs[@]}"
+        in_vm "$job/failover" lvs_bench.failover --name "$fname" "${fargs[@]}"
         frc=$?
         set -e
         [ "$frc" = 0 ] || rc=$frc

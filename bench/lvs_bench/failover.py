@@ -356,7 +356,8 @@ def topology():
 
 
 def holds_vip(lab, host: str) -> bool:
-    return f"{VIP}/32" in lab.run(host, "ip", "-o", "addr", "show", "dev", "eth0").stdout
+    """On any device: keepalived puts it on eth0, kube-lvs on its own."""
+    return f"{VIP}/32" in lab.run(host, "ip", "-o", "addr", "show").stdout
 
 
 def _tail(path: Path, lines: int = 4) -> str:
@@ -382,23 +383,25 @@ class Contender:
             self.procs[d] = self.lab.popen(d, *self.command(d), stdout=open(self.rundir / f"{d}.log", "ab"),
                                            stderr=subprocess.STDOUT, start_new_session=True)
 
-    def kill(self, d: str) -> list[int]:
-        """SIGKILL to every process of the contender on ``d`` at once (its
-        process group: no process is left to say goodbye, as keepalived's
-        VRRP child would with a priority 0 advert on a mere SIGTERM), then
-        to any process still in the director's namespace; returns those
-        stragglers' pids."""
+    def kill(self, d: str) -> int:
+        """Every process of the contender on ``d`` dies at once, as in a node
+        death: first all are stopped (SIGSTOP: none can act any more, e.g.
+        keepalived's VRRP child cannot send the priority 0 advert it sends
+        when its parent dies or on SIGTERM), then killed (SIGKILL). The
+        processes are the director namespace's (``ip netns pids``) and the
+        contender's process group; returns how many there were."""
         p = self.procs[d]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        stragglers = [int(x) for x in subprocess.run(["ip", "netns", "pids", self.lab.ns(d)], capture_output=True,
-                                                      text=True).stdout.split()]
-        for pid in stragglers:
+        pids = {int(x) for x in subprocess.run(["ip", "netns", "pids", self.lab.ns(d)], capture_output=True,
+                                               text=True).stdout.split()} - {os.getpid()}
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.killpg(p.pid, sig)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=30)
-        return stragglers
+        return len(pids | {p.pid})
 
     def check_alive(self) -> None:
         for d, p in self.procs.items():
@@ -474,7 +477,8 @@ def trial(kind: type[Contender], held_n: int, rundir: Path) -> dict:
             requests = Requests(lab.ns("client"))
             try:
                 time.sleep(2)
-                stragglers = c.kill(holder)
+                killed = time.monotonic()
+                processes = c.kill(holder)
                 lab.run(holder, "ip", "link", "set", "eth0", "down")
                 down = time.monotonic()  # from here on only the backup can answer
                 wait_for(lambda: any(ok for t, ok in requests.log if t > down), "new request through the backup")
@@ -486,10 +490,12 @@ def trial(kind: type[Contender], held_n: int, rundir: Path) -> dict:
             figures.update({"held_answering": answering([h.sock for h in held]),
                             "held": held_n, "sync_seconds": round(sync_seconds, 2),
                             "start_seconds": round(start_seconds, 2), "holder": holder,
-                            "stragglers": len(stragglers),
+                            "processes_killed": processes, "link_down_after_kill": round(down - killed, 2),
                             "new_holder": ",".join(d for d in DIRECTORS if d != holder and holds_vip(lab, d))
                                           or "none"})
             return figures
+        except TrialError as e:
+            raise TrialError(f"{e}; " + "; ".join(f"{d}: {_tail(rundir / f'{d}.log')}" for d in DIRECTORS)) from e
         finally:
             for h in held:
                 with contextlib.suppress(OSError):
@@ -518,7 +524,7 @@ def contender_defaults() -> list[str]:
             f"{AFTER:g} s after that; trials alternate between the contenders"]
 
 
-def run(trials: int, held_n: int, mode: str) -> tuple[list[R.Table], dict]:
+def run(trials: int, held_n: int, mode: str, only: Iterable[str] = CONTENDERS) -> tuple[list[R.Table], dict]:
     from .kernel import machine_info, quiesce
     t_start = time.perf_counter()
     results: dict[str, list[dict]] = {who: [] for who in CONTENDERS}
@@ -527,6 +533,8 @@ def run(trials: int, held_n: int, mode: str) -> tuple[list[R.Table], dict]:
         if not shutil.which("keepalived") else {}
     for i in range(1, trials + 1):
         for who in CONTENDERS:
+            if who not in only:
+                continue
             if who in missing:
                 results[who].append({"error": missing[who]})
                 continue
@@ -554,14 +562,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="directory for NAME.json/.md/.txt "
                                   "(default $KUBE_LVS_LAB_RESULTS/bench, else ./bench-results)")
     ap.add_argument("--name", help="file name stem (default: failover, or failover-smoke with --smoke)")
+    ap.add_argument("--only", choices=CONTENDERS, action="append", help="run only this contender (repeatable)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/proc/net/ip_vs"):
         print("lvs_bench.failover: needs root and an IPVS kernel: run it through bench/run.sh --parts 6 "
               "(the lab VM)", file=sys.stderr)
         return 2
     trials = args.trials or (SMOKE_TRIALS if args.smoke else FULL_TRIALS)
-    mode = "smoke" if args.smoke else "full" if not args.trials else "custom"
-    tables, machine = run(trials, args.held, mode)
+    mode = "smoke" if args.smoke else "full" if not (args.trials or args.only) else "custom"
+    tables, machine = run(trials, args.held, mode, args.only or CONTENDERS)
     print(render_text(tables, {k: v for k, v in machine.items() if k != "details"}))
     base = os.environ.get("KUBE_LVS_LAB_RESULTS")
     out = Path(args.out) if args.out else (Path(base) / "bench" if base else Path("bench-results"))
