@@ -19,9 +19,17 @@ Then the operator starts and is measured:
   its shards, ``lvs_operator.shards``) and the largest one's size: what one
   change rewrites.
 
-What is not here yet: the kernel half (the agent in the lab VM programming
-the one changed dest: endpoint change to kernel, beside a RealServer change).
-``python -m lvs_bench.service_endpoints`` writes bench/results/service_endpoints.*.
+The kernel half (``--kernel``, lab VM): the whole system of the e2e tier
+(control plane and operator on the host, the ``nat`` topology's director and
+its agent in the VM), the same two services at E endpoints, and C changes of
+each kind timed from the host's write until the dest's weight 0 is in the
+director's IPVS table. Detection as in part 5 (``end_to_end``): a watcher per
+service in the guest reads that service over IPVS netlink every
+``WATCH_EVERY`` seconds and logs each dest whose weight changed with the
+guest's clock, mapped to the host's by a measured offset.
+
+``python -m lvs_bench.service_endpoints`` writes bench/results/service_endpoints.*
+(``--kernel``: service_endpoints_kernel.*).
 """
 from __future__ import annotations
 
@@ -262,17 +270,236 @@ def write_results(table: R.Table, extra: dict, stem: Path) -> None:
     stem.with_suffix(".txt").write_text(R.render_report_text([table], machine))
 
 
+# ---------------------------------------------------------------------------
+# The kernel half: the agent in the lab VM
+# ---------------------------------------------------------------------------
+
+K_NS, K_POOL = "bench-se", "bench-se"
+VIP_BACKED, VIP_HAND = "10.3.0.1", "10.3.0.2"
+WATCH_EVERY = 0.1  # a read of a 10k-dest service is itself a dump of 10k dests in the TCG guest
+
+
+def kernel_columns() -> list[R.Column]:
+    return [
+        R.Column("endpoints", "endpoints", "int"),
+        R.Column("in_kernel", "all dests of both services in the kernel", "sec"),
+        R.Column("settled", "statuses settled", "sec"),
+        R.Column("ep_p50", "endpoint change to kernel p50", "sec"),
+        R.Column("ep_p99", "endpoint change to kernel p99", "sec"),
+        R.Column("ep_max", "endpoint change max", "sec"),
+        R.Column("rs_p50", "RealServer change to kernel p50", "sec"),
+        R.Column("rs_p99", "RealServer change to kernel p99", "sec"),
+        R.Column("rs_max", "RealServer change max", "sec"),
+        R.Column("clock_err", "clock offset ±", "sec"),
+    ]
+
+
+def _kernel_dests(system, director: str) -> dict[str, int]:
+    """Dests per service (hex VIP:port as /proc/net/ip_vs writes it) in the director's table."""
+    from .end_to_end import _ip_vs
+    out: dict[str, int] = {}
+    svc = None
+    for line in _ip_vs(system, director).splitlines():
+        p = line.split()
+        if len(p) >= 2 and p[0] == "TCP":
+            svc = p[1]
+            out[svc] = 0
+        elif svc and len(p) >= 4 and p[0] == "->":
+            out[svc] += 1
+    return out
+
+
+def _k_settle(api: Api, timeout: float, window: float = 5.0) -> float:
+    """When the NodeStates (the agent writes their status) and the RealServers
+    (the operator does) stopped changing."""
+    prev, t_prev, deadline = None, time.perf_counter(), time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        cur = api.versions("nodestates", OPNS), api.versions("realservers", K_NS)
+        if cur == prev:
+            return t_prev
+        prev, t_prev = cur, t
+        time.sleep(window)
+    raise TimeoutError(f"statuses still changing after {timeout:.0f}s")
+
+
+def kernel_size(system, e: int, changes: int, timeout: float) -> tuple[dict, dict]:
+    """One size on a running System (its nat director and agent up)."""
+    from kubernetes import client
+
+    from lvs_e2e.system import wait_until
+
+    from .end_to_end import NETNS, WATCHER, clock_offset, hexkey
+    row: dict[str, Any] = {c.key: None for c in kernel_columns()}
+    row["endpoints"] = e
+    details: dict[str, Any] = {"size": e}
+    watchers: list[str] = []
+    try:
+        t0 = time.perf_counter()
+        selector = {"matchLabels": {"lvs.kube-lvs.io/director": "true"}}
+
+        def vs(name: str, address: str, backend: bool) -> dict:
+            body = vs_body(name, address, backend)
+            body["metadata"]["namespace"] = K_NS
+            body["spec"].update(natReturn="gateway", directorSelector=selector)
+            return body
+        system.cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": K_NS}},
+                         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VIPPool", "metadata": {"name": K_POOL},
+                          "spec": {"addresses": ["10.3.0.0/24"], "namespaces": [K_NS]}},
+                         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": K_NS},
+                          "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}},
+                         vs("backed", VIP_BACKED, True), vs("hand", VIP_HAND, False)])
+        disc = client.DiscoveryV1Api(system.cp.api_client())
+
+        def slice_(s: int, terminating: frozenset[int] = frozenset()) -> dict:
+            body = slice_body(s, e, terminating)
+            body["metadata"]["namespace"] = K_NS
+            return body
+        for s in range((e + SLICE - 1) // SLICE):
+            disc.create_namespaced_endpoint_slice(K_NS, slice_(s))
+        api = Api(system.cp.admin_kubeconfig)
+        create_many(api, [("realservers", K_NS, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "RealServer", "metadata": {"name": f"hand-{k}", "namespace": K_NS},
+            "spec": {"virtualService": "hand", "address": hand_address(k), "port": 8080, "weight": 1}})
+            for k in range(e)])
+        keys = {hexkey(VIP_BACKED, 80), hexkey(VIP_HAND, 80)}
+        seen = [{}]
+
+        def complete():
+            seen[0] = _kernel_dests(system, NETNS)
+            return all(seen[0].get(k) == e for k in keys)
+        wait_until("both services complete in the director's kernel", complete, timeout, max(2.0, e / 2000))
+        row["in_kernel"] = time.perf_counter() - t0
+        log(f"E={e}: both services in the kernel after {row['in_kernel']:.1f}s")
+        row["settled"] = _k_settle(api, timeout) - t0
+        log(f"E={e}: statuses settled after {row['settled']:.1f}s")
+
+        logs = {}
+        for name, address in (("backed", VIP_BACKED), ("hand", VIP_HAND)):
+            w = f"bench-se-watch-{name}"
+            logs[name] = f"/tmp/e2e/{w}.log"
+            target = f"/tmp/e2e/{w}.target"
+            system.ctl.run(["rm", "-f", logs[name], target])
+            system.ctl.run(["sh", "-c", f"echo '{address} 80 0' > {target}"])
+            system.ctl.spawn(w, ["ip", "netns", "exec", NETNS, system.python, "-c", WATCHER, logs[name], target,
+                                 str(WATCH_EVERY)], log=f"/tmp/e2e/{w}.err")
+            watchers.append(w)
+
+        def grep(path: str, pattern: str) -> str | None:
+            r = system.ctl.run(["grep", "-m1", "-e", pattern, path])
+            return r.out.strip() if r.rc == 0 and r.out.strip() else None
+        for name, address in (("backed", VIP_BACKED), ("hand", VIP_HAND)):
+            wait_until(f"the {name} watcher's first read", lambda: grep(logs[name], f" TARGET {address} 80 0$"),
+                       120, 0.5)
+        off1, err1 = clock_offset(system)
+        lat: dict[str, list[tuple[float, float]]] = {"backed": [], "hand": []}
+        missed: list[str] = []
+        terminating: set[int] = set()
+        for c in range(changes):
+            k = (c * 37) % e
+            terminating.add(k)
+            body = slice_(k // SLICE, frozenset(terminating))
+            for name, address, dest, change in (
+                    ("backed", VIP_BACKED, endpoint(k),
+                     lambda: disc.replace_namespaced_endpoint_slice(body["metadata"]["name"], K_NS, body)),
+                    ("hand", VIP_HAND, hand_address(k),
+                     lambda: api.patch("realservers", K_NS, f"hand-{k}", {"spec": {"weight": 0}}))):
+                needle = f" {address}:80 {dest}:8080 0$"
+                t_host = time.time()
+                change()
+                seen_at = None
+                end = time.perf_counter() + 120
+                while time.perf_counter() < end:
+                    line = grep(logs[name], needle)
+                    if line:
+                        seen_at = float(line.split()[0])
+                        break
+                    time.sleep(0.2)
+                if seen_at is None:
+                    missed.append(f"{name} {dest}")
+                else:
+                    lat[name].append((t_host, seen_at))
+        off2, err2 = clock_offset(system)
+        off = (off1 + off2) / 2
+        for name, short in (("backed", "ep"), ("hand", "rs")):
+            xs = [g - off - h for h, g in lat[name]]
+            details[f"{name}_latencies"] = [round(x, 4) for x in xs]
+            row[f"{short}_p50"], row[f"{short}_p99"] = percentile(xs, 50), percentile(xs, 99)
+            row[f"{short}_max"] = max(xs) if xs else None
+        row["clock_err"] = max(err1, err2) + abs(off2 - off1) / 2
+        details.update(offset_before=off1, offset_after=off2, missed=missed)
+        if missed:
+            row["ep_max"] = R.error(f"{len(missed)} change(s) never seen within 120s, e.g. {missed[:3]}")
+        log(f"E={e}: endpoint change to kernel p50 {row['ep_p50']} p99 {row['ep_p99']}; "
+            f"RealServer change p50 {row['rs_p50']} p99 {row['rs_p99']} (clock ±{row['clock_err']:.3f}s)")
+    except Exception as ex:  # noqa: BLE001 - the report says what failed
+        log(f"E={e} failed: {ex}")
+        row["in_kernel"] = row["in_kernel"] if row["in_kernel"] is not None else R.error(str(ex)[:300])
+        details["error"] = str(ex)
+    finally:
+        for w in watchers:
+            try:
+                system.ctl.signal(w, 15, wait=20)
+            except Exception:  # noqa: BLE001
+                pass
+        system.kubectl("delete", "namespace", K_NS, "--ignore-not-found", "--wait=false", check=False)
+        system.kubectl("delete", "vippool.lvs.kube-lvs.io", K_POOL, "--ignore-not-found", check=False)
+    return row, details
+
+
+def run_kernel(sizes: list[int], changes: int = 20, timeout: float = 1800,
+               workdir: Path | None = None) -> tuple[R.Table, dict]:
+    """Boot the whole system once (one director, the nat topology) and measure
+    each size in turn, each from an empty namespace."""
+    from lvs_e2e.system import System, wait_until
+
+    from .end_to_end import NETNS, ensure_director
+    workdir = workdir or REPO / "build" / "bench-service-endpoints-kernel"
+    shutil.rmtree(workdir / "control-plane", ignore_errors=True)
+    rows, details = [], []
+    s = System(workdir=workdir, log=log)
+    try:
+        s.start_control_plane()
+        s.start_operator()
+        s.add_node(NETNS, True)
+        s.boot()
+        ensure_director(s)
+        for k, e in enumerate(sizes):
+            if k:
+                wait_until("the previous size's services gone", lambda: not _kernel_dests(s, NETNS), 600, 2)
+                wait_until("its namespace gone", lambda: not s.kubectl(
+                    "get", "namespace", K_NS, "--ignore-not-found", "-o", "name").strip(), 600, 1)
+            r, d = kernel_size(s, e, changes, timeout)
+            rows.append(r)
+            details.append(d)
+    except Exception as ex:  # noqa: BLE001
+        rows += [{**{c.key: None for c in kernel_columns()}, "endpoints": e, "in_kernel": R.error(str(ex)[:300])}
+                 for e in sizes[len(rows):]]
+    finally:
+        s.close()
+    notes = ["the same two services in the director's kernel (lab VM, one director, the agent as in the e2e "
+             "tier); latency from the host's write (EndpointSlice replaced / RealServer patched) until the "
+             f"dest's weight 0 is read from the kernel (a watcher per service, every {WATCH_EVERY}s)"]
+    table = R.Table("service_endpoints_kernel",
+                    "Service endpoints (issue 19): endpoint change vs RealServer change, to the kernel",
+                    kernel_columns(), rows, notes)
+    return table, {"details": details}
+
+
 def main() -> int:
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, FULL_SIZES)))
     ap.add_argument("--smoke", action="store_true", help=f"sizes {SMOKE_SIZES}, 3 changes")
     ap.add_argument("--changes", type=int, default=20)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "service_endpoints"),
-                    help="results stem (.json, .md, .txt); '' writes none")
+    ap.add_argument("--kernel", action="store_true", help="the kernel half (lab VM; wrap in flock /tmp/lab-vm.lock)")
+    ap.add_argument("--out", default=None, help="results stem (.json, .md, .txt); '' writes none")
     args = ap.parse_args()
     sizes = list(SMOKE_SIZES) if args.smoke else [int(x) for x in args.sizes.split(",")]
-    table, extra = run(sizes, changes=3 if args.smoke else args.changes)
+    measure = run_kernel if args.kernel else run
+    table, extra = measure(sizes, changes=3 if args.smoke else args.changes)
+    if args.out is None:
+        args.out = str(REPO / "bench" / "results" / ("service_endpoints_kernel" if args.kernel else "service_endpoints"))
     print(R.render_text(table))
     if args.out:
         write_results(table, extra, Path(args.out))
