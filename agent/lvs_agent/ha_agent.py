@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime, timezone
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
@@ -169,6 +170,7 @@ class HaController:
         self.tracker = H.LeaseTracker()
         self.listed_since: float | None = None  # first successful list of the members
         self.held: frozenset[str] = frozenset()
+        self.since: dict[str, str] = {}  # VIP -> when this director took it (RFC 3339 UTC)
         self.pending: set[str] = set()  # taken over, not yet announced
         self.announced_by_others: set[str] = set()
         self.spec = NodeSpec()
@@ -215,7 +217,8 @@ class HaController:
         group and whether it is this one (the operator shows the holder)."""
         grouped = policies(self.spec)
         rows = [{"address": a.address, "director": self.active(a.address) or "",
-                 "held": a.address in self.held}
+                 "held": a.address in self.held,
+                 **({"since": self.since[a.address]} if a.address in self.held and a.address in self.since else {})}
                 for a in spec.director_addresses if a.address in grouped]
         if rows:
             status["activeDirectors"] = rows
@@ -266,10 +269,13 @@ class HaController:
             self.pending &= new
             if not self.tracker.frozen:
                 self.announced_by_others.clear()  # only what was seen while cut off counts
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for vip in sorted(taken):
             self.takeovers += 1
+            self.since[vip] = stamp
             log.info("took over VIP %s", vip)
         for vip in sorted(before - new):
+            self.since.pop(vip, None)
             log.info("gave up VIP %s", vip)
         self._sync(spec, uplink)
         if new != before:

@@ -42,7 +42,7 @@ from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyR
 from . import shards as S
 from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
 from .ha_groups import (active_director, canonical_gateway, director_group, gateway_annotations, gateway_denial,
-                        held_here)
+                        held_here, held_since)
 
 HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = C.HEALTH_VALUES
 
@@ -506,11 +506,12 @@ def _combined_report(parts: list[dict]) -> dict:
 def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], key: ServiceKey) -> dict:
     """What one director's agent says about the service in its NodeState."""
     rep = {"exists": obj is not None, "current": False, "programmed": False, "error": "", "dests": {},
-           "held": False}
+           "held": False, "since": ""}
     if obj is None:
         return rep
     status = obj.get("status") or {}
     rep["held"] = held_here(status, key.address)
+    rep["since"] = held_since(status, key.address)
     gen = (obj.get("metadata") or {}).get("generation")
     rep["current"] = (obj.get("spec") == desired["spec"] and gen is not None
                       and status.get("observedGeneration") == gen)

@@ -515,7 +515,8 @@ def nodestate_status() -> dict:
             "health": _str(enum=C.HEALTH_VALUES), "weight": _int(),
             "activeConns": _int(fmt="int64"), "inactiveConns": _int(fmt="int64")})},
         "activeDirectors": {"type": "array", "items": _obj({
-            "address": _str(), "director": _str(), "held": {"type": "boolean"}})},
+            "address": _str(), "director": _str(), "held": {"type": "boolean"},
+            "since": _str("When this director took the VIP over (RFC 3339, its clock).")})},
         "conditions": condition_schema(),
     }, "Written by the node's agent.")
 

@@ -160,11 +160,27 @@ def held_here(status: Mapping[str, Any], vip: str) -> bool:
     return any(r.get("address") == vip and r.get("held") for r in status.get("activeDirectors") or ())
 
 
+def held_since(status: Mapping[str, Any], vip: str) -> str:
+    """When a director's status says it took ``vip`` over (RFC 3339, its
+    clock); "" when it does not hold it or does not say."""
+    return next((str(r.get("since") or "") for r in status.get("activeDirectors") or ()
+                 if r.get("address") == vip and r.get("held")), "")
+
+
 def active_director(labels: Mapping[str, str], reports: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """``status.activeDirector`` of a VirtualService: the directors whose
-    agents say they hold the VIP (two, comma separated, during a hand-over or
-    a split: visible, not hidden); "" when none does; None when it did not
-    opt in (the field is left out)."""
+    """``status.activeDirector`` of a VirtualService: the director whose
+    agent says it holds the VIP; "" when none does; None when it did not opt
+    in (the field is left out).
+
+    Two claims: a director that died holding the VIP keeps its last report
+    (nobody else may write its NodeState status), so the claim made last
+    (``since``, when each took the VIP over) is the holder. Claims without
+    that time (agents of an older version) or made at the same instant are
+    all shown, comma separated: visible, not hidden."""
     if not enabled(labels):
         return None
-    return ",".join(sorted(n for n, r in reports.items() if r.get("held")))
+    claims = {n: str(r.get("since") or "") for n, r in reports.items() if r.get("held")}
+    if len(claims) > 1 and all(claims.values()):
+        latest = max(claims.values())
+        claims = {n: s for n, s in claims.items() if s == latest}
+    return ",".join(sorted(claims))

@@ -9,6 +9,8 @@ activeDirector.
 """
 from __future__ import annotations
 
+import pytest
+
 from lvs_model.nodespec import DirectorGroup, parse_node_spec
 from lvs_operator.compiler import compile_cluster
 from lvs_operator.ha_groups import default_sync_id, group_name
@@ -79,6 +81,37 @@ def test_status_names_the_holder_and_a_change_is_a_takeover_event():
     assert ev.type == "Normal" and "held by d2 (was d1)" in ev.message
     same = compiled(HA, with_held(first, "d2"), status={"activeDirector": "d2"})
     assert not [e for e in same.events if e.reason == "Takeover"]
+
+
+def with_claims(r, claims: dict[str, str | None]) -> list[dict]:
+    """Every director's NodeState, those in ``claims`` saying they hold the
+    VIP since the given time (None: an older agent that does not say)."""
+    out = []
+    for o in with_held(r, ""):
+        node = o["spec"]["node"]
+        row = {"address": "192.168.0.30", "director": node if node in claims else "", "held": node in claims}
+        if claims.get(node):
+            row["since"] = claims[node]
+        out.append({**o, "status": {**o["status"], "activeDirectors": [row]}})
+    return out
+
+
+@pytest.mark.parametrize("claims, shown", [
+    # d1 died holding the VIP (its last report stays), d2 took it over later
+    ({"d1": "2026-12-04T10:00:00.000000Z", "d2": "2026-12-04T10:05:09.250000Z"}, "d2"),
+    ({"d1": "2026-12-04T10:07:00.000000Z", "d2": "2026-12-04T10:05:09.250000Z"}, "d1"),
+    # an agent that does not say when: both shown, as before
+    ({"d1": None, "d2": "2026-12-04T10:05:09.250000Z"}, "d1,d2"),
+    ({"d1": "2026-12-04T10:05:09.250000Z", "d2": "2026-12-04T10:05:09.250000Z"}, "d1,d2"),
+    ({"d2": "2026-12-04T10:05:09.250000Z"}, "d2"),
+    ({}, ""),
+])
+def test_the_latest_claim_is_the_holder(claims, shown):
+    """Before: a dead holder's stale report kept it in activeDirector beside
+    the director that took the VIP over ("d1,d2") for as long as it was down."""
+    first = compiled(HA)
+    r = compiled(HA, with_claims(first, claims), status={"activeDirector": shown})
+    assert r.vs_status[("team-a", "web")]["activeDirector"] == shown
 
 
 def test_crds_keep_the_new_fields():
