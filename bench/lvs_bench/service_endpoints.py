@@ -247,19 +247,21 @@ def run(sizes: list[int], directors: int = 3, changes: int = 20, timeout: float 
              "weight patched to 0; latency until the NodeState holding the dest shows it on every director",
              "above 1,000 dests a director's NodeStates for one service are shards (a hash of each dest): "
              "a change rewrites the one holding its dest",
-             "no agent: the kernel half of an endpoint change is the same one-dest weight change as a "
-             "RealServer's (parts 1-3 and 5)"]
+             "no agent here: the kernel half is --kernel (service_endpoints_kernel.*)"]
     table = R.Table("service_endpoints", "Service endpoints (issue 19): endpoint change vs RealServer change",
                     columns(), rows, notes)
     return table, {"details": details}
 
 
-def write_results(table: R.Table, extra: dict, stem: Path) -> None:
-    """``stem``.json/.md/.txt in the report's layout (bench/results)."""
-    import platform
+def _commit() -> str:
     import subprocess
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def write_results(table: R.Table, extra: dict, stem: Path, commit: str) -> None:
+    """``stem``.json/.md/.txt in the report's layout (bench/results); ``commit``: the one measured."""
+    import platform
     machine = {"host": platform.node(), "cpus": __import__("os").cpu_count(), "commit": commit,
                "date": time.strftime("%Y-%m-%d %H:%M")}
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -497,12 +499,13 @@ def main() -> int:
     args = ap.parse_args()
     sizes = list(SMOKE_SIZES) if args.smoke else [int(x) for x in args.sizes.split(",")]
     measure = run_kernel if args.kernel else run
+    commit = _commit()
     table, extra = measure(sizes, changes=3 if args.smoke else args.changes)
     if args.out is None:
         args.out = str(REPO / "bench" / "results" / ("service_endpoints_kernel" if args.kernel else "service_endpoints"))
     print(R.render_text(table))
     if args.out:
-        write_results(table, extra, Path(args.out))
+        write_results(table, extra, Path(args.out), commit)
     return 0 if not table.errors() else 1
 
 
