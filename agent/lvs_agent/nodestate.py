@@ -267,6 +267,24 @@ def condition(type_: str, ok: bool, reason: str, message: str, generation: int, 
             "observedGeneration": generation, "lastTransitionTime": now}
 
 
+_last_weights: tuple[Any, dict] = (None, {})
+
+
+def _weights_of(live: Service | None) -> dict:
+    """dest -> programmed weight of ``live``, kept for the last service asked:
+    the statuses of a sharded service's objects are built one after another
+    against the same programmed service, whose 10k dests would otherwise be
+    walked once per shard."""
+    global _last_weights
+    if live is None:
+        return {}
+    last, weights = _last_weights
+    if last is not live:
+        weights = {d.key: d.weight for d in live.dests}
+        _last_weights = (live, weights)
+    return weights
+
+
 def _live(programmed: NodeSpec, merged: Merged, key: ServiceKey) -> Service | None:
     """The programmed service of ``key``: the merge's index gives its place
     (the programmed spec keeps the merged order). ``programmed.service`` would
@@ -298,7 +316,7 @@ def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: 
         err = service_errors.get(s.key, "")
         services.append({"key": str(s.key), "programmed": not err, "error": err})
         live = _live(programmed, merged, s.key)
-        live_weight = {d.key: d.weight for d in live.dests} if live else {}
+        live_weight = _weights_of(live)
         for d in s.dests:
             active, inactive = conns.get((s.key, d.address, d.port), (0, 0))
             health = dest_health(d, verdicts.get((s.key, d.key)), s.key in checked)
