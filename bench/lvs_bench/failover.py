@@ -206,6 +206,7 @@ def build_tables(results: dict[str, list[dict]], held: int, notes: list[str]) ->
              R.Column("held_answering", "held answering", "count"),
              R.Column("sync_seconds", "held connections on the backup after", "sec"),
              R.Column("start_seconds", "start to VIP answering", "sec"),
+             R.Column("link_down_after_kill", "link down after the kill", "sec"),
              R.Column("new_holder", "VIP holder after", "text")]
     trows = []
     for who in CONTENDERS:
@@ -518,9 +519,10 @@ def contender_defaults() -> list[str]:
             "virtual_server blocks for VIP:80 and VIP:8080 (rr, DR, real servers without checkers)",
             f"one trial: a fresh topology, {HELD} held connections by default (echo servers on the real "
             f"servers) that the backup's table must show before the failure, new HTTP requests every "
-            f"{REQUEST_EVERY * 1000:.0f} ms ({REQUEST_TIMEOUT:g} s timeout); SIGKILL to every process of the "
-            "holder's contender at once, then its link down; times from the link going down to the start "
-            "of the first request that succeeded; held connections asked to echo "
+            f"{REQUEST_EVERY * 1000:.0f} ms ({REQUEST_TIMEOUT:g} s timeout); every process of the holder's "
+            "contender stopped and killed at once (SIGSTOP, SIGKILL), then its link down (until then the "
+            "kernel still forwards through it); times from the link going down to the start of the first "
+            "request that succeeded; held connections asked to echo "
             f"{AFTER:g} s after that; trials alternate between the contenders"]
 
 
