@@ -39,6 +39,7 @@ from lvs_model.errors import FieldError
 from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyRoute, Service,
                                 ServiceKey, dump_node_spec)
 
+from . import bgp_peers as BGP
 from . import shards as S
 from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
 from .ha_groups import (active_director, canonical_gateway, director_group, gateway_annotations, gateway_denial,
@@ -86,6 +87,9 @@ class Result:
     # key conflict, a NodeState name collision): a partial compile must
     # include all of them, so callers recompile everything when one is touched.
     entangled: set[tuple[str, str]] = field(default_factory=set)
+    peer_status: dict[str, dict] = field(default_factory=dict)  # BGPPeer name -> status
+    # Seconds until a pass is due on its own (a drained director's NodeStates go); None: none due.
+    recheck_after: float | None = None
 
 
 # --------------------------------------------------------------------------
@@ -134,6 +138,7 @@ class _VS:
     directors: list[Node] = field(default_factory=list)
     pools: list[VIPPool] = field(default_factory=list)  # the pools admitting its VIP
     excluded: list[str] = field(default_factory=list)  # selected nodes no pool lets direct it
+    no_bgp: list[str] = field(default_factory=list)  # active-active: directors left out, why (bgp_peers)
 
     @property
     def accepted(self) -> bool:
@@ -276,7 +281,8 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                     namespaces: Iterable[Mapping[str, Any]] = (),
                     nodestates: Iterable[Mapping[str, Any]] = (),
                     *, namespace: str = C.DEFAULT_NAMESPACE, now: str = "1970-01-01T00:00:00Z",
-                    ipvssettings: Iterable[Mapping[str, Any]] = ()) -> Result:
+                    ipvssettings: Iterable[Mapping[str, Any]] = (),
+                    bgppeers: Iterable[Mapping[str, Any]] = ()) -> Result:
     virtualservices = list(virtualservices)
     gateway_notes = gateway_annotations(virtualservices)  # NAT gateways of director groups
     vss = sorted((VirtualService.of(o) for o in virtualservices), key=lambda v: v.meta.age_key)
@@ -287,6 +293,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     node_addresses = {a for n in node_objs for _, a in n.addresses}
     ns_labels = _label_map(namespaces)
     current = {(o.get("metadata") or {}).get("name", ""): o for o in nodestates}
+    peers = BGP.Peers.of(bgppeers)
     result = Result()
 
     # 1. Each VirtualService on its own: valid? VIP allowed?
@@ -305,6 +312,8 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                           and (p.covers_fwmark(svc.fwmark) if svc.fwmark else p.covers_address(svc.address))]
             if not info.pools:
                 info.reason, info.message = "NoPool", _pool_hint(vs, svc)
+            if BGP.mode_error(vs.meta.labels, svc.fwmark):
+                info.reason, info.message = "Invalid", BGP.mode_error(vs.meta.labels, svc.fwmark)
         infos[vs.meta.ref] = info
 
     # 2. Conflicts: same service key twice -> the oldest wins.
@@ -322,6 +331,11 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             winner.losers.append(f"{loser.cr.meta.namespace}/{loser.cr.meta.name}")
         if len(group) > 1:
             result.entangled.update(i.cr.meta.ref for i in group)
+    modes = BGP.mode_conflicts((r, i.service.address, BGP.mode(i.cr.meta.labels))
+                               for r, i in infos.items() if i.accepted)
+    for r, why in modes.items():  # one VIP, two modes: the oldest's holds
+        infos[r].reason, infos[r].message = "Conflict", why
+        result.entangled.update(o for o, i in infos.items() if i.service and i.service.address == infos[r].service.address)
     gateways = _nat_gateways(infos, gateway_notes, pool_objs, ns_labels, node_addresses)
 
     # 3. RealServers -> dests of their VirtualService.
@@ -373,12 +387,22 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         selected = [n for n in node_objs if selector_matches(vs.director_selector, n.labels)]
         info.directors = [n for n in selected if any(p.allows_director(n.labels) for p in info.pools)]
         info.excluded = [n.name for n in selected if n not in info.directors]
+        bgp: dict[str, tuple] = {}  # active-active: node -> its bgp section
+        if BGP.active_active(vs.meta.labels):
+            for n in info.directors:
+                section, why = BGP.director_bgp(n, peers, svc.address)
+                if section is None:
+                    info.no_bgp.append(why)
+                else:
+                    bgp[n.name] = (section,)
+            info.directors = [n for n in info.directors if n.name in bgp]
         groups = director_group(vs.meta.labels, (n.name for n in info.directors), svc, gateways.get(ref, ("", "")))
         for n in info.directors:
             specs[(n.name, ref)] = NodeSpec(
                 node=n.name, services=(svc,),
                 director_addresses=() if svc.fwmark else (LocalAddress(svc.address),),
-                sysctls=(("net.ipv4.vs.conntrack", "1"),) if snat else (), director_groups=groups)
+                sysctls=(("net.ipv4.vs.conntrack", "1"),) if snat else (), director_groups=groups,
+                bgp=bgp.get(n.name, ()))
         via = tuple(sorted({a for a in (n.address(svc.family) for n in info.directors) if a},
                            key=lambda a: _ip_sort_key(a, 0)))
         for rs, d in dests:
@@ -434,6 +458,10 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                 "spec": _dump_node_spec(part),
             }
 
+    drain = BGP.plan_drain(current, result.nodestates, now)  # directors leaving active-active
+    result.nodestates.update(drain.keep)
+    result.recheck_after = drain.recheck_after
+
     # 6. Statuses from what the agents report.
     reports: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)  # (vs ref) -> node -> report
     for ref, info in infos.items():
@@ -448,6 +476,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         rs_by_vs[(ri.cr.meta.namespace, ri.cr.virtual_service)].append(ri)
     for ref, info in infos.items():
         result.vs_status[ref] = _vs_status(info, reports.get(ref, {}), rs_by_vs.get(ref, []), now, result.events)
+        if info.accepted and BGP.active_active(info.cr.meta.labels):
+            _bgp_status(result.vs_status[ref], info, {n.name: (current.get(shard_names[(n.name, ref)][0]) or {}).get(
+                "status") for n in info.directors}, now, result.events)
     for ref, ri in rs_infos.items():
         info = infos.get((ri.cr.meta.namespace, ri.cr.virtual_service))
         result.rs_status[ref] = _rs_status(ri, info, reports.get(info.cr.meta.ref, {}) if info else {},
@@ -455,7 +486,37 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     for p in pool_objs:
         result.pool_status[p.name] = _pool_status(p, _overlaps(p, pool_objs, ns_labels), now)
     _compile_settings(ipvssettings, node_objs, current, namespace, now, result)
+    for cr in peers.objs:
+        result.peer_status[cr.name] = BGP.peer_status(cr, peers, now, condition)
     return result
+
+
+def _bgp_status(status: dict, info: _VS, reports: Mapping[str, Mapping[str, Any] | None], now: str,
+                events: list[Event]) -> None:
+    """An active-active VirtualService's status: who announces the VIP
+    (``announcedBy``, ``announcements`` per director, as their agents
+    report), and the ``BGP`` condition naming the directors left out and the
+    fix; when that leaves none, Programmed and Ready say so instead of
+    "matches no Node"."""
+    vs, gen = info.cr, info.cr.meta.generation
+    prev = vs.status.get("conditions") or ()
+    status["announcedBy"], status["announcements"] = BGP.announcements(info.service.address, reports)
+    if info.no_bgp:
+        cond = condition("BGP", False, "NoBGPPeer", "not announced from " + "; ".join(info.no_bgp), gen, now, prev)
+    else:
+        cond = condition("BGP", True, "Peered", f"announced over BGP from {len(info.directors)} director(s)",
+                         gen, now, prev)
+    if info.service.scheduler not in ("mh", "sh", "dh"):
+        cond["message"] += (f"; scheduler {info.service.scheduler}: a flow ECMP moves to another director "
+                            "goes to another real server (reset); mh keeps it")
+    status["conditions"].append(cond)
+    if info.no_bgp and not info.directors and not info.excluded:
+        why = "no selected director can announce the VIP over BGP: " + "; ".join(info.no_bgp)
+        status["conditions"] = [condition(c["type"], False, "NoDirectors", why, gen, now, prev)
+                                if c["type"] in ("Programmed", "Ready") else c for c in status["conditions"]]
+    if cond["status"] == "False" and _turned(vs.status, cond):
+        events.append(Event("VirtualService", vs.meta.namespace, vs.meta.name, vs.meta.uid, "Warning",
+                            cond["reason"], cond["message"]))
 
 
 def _shard_counts(infos: Mapping[tuple[str, str], _VS], current: Mapping[str, Mapping]) -> dict[tuple[str, str], int]:

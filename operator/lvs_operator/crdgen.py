@@ -296,6 +296,11 @@ def virtualservice_status() -> dict:
         "realServersHealthy": _int(0),
         "realServersTotal": _int(0),
         "activeDirector": _str("The director(s) holding the VIP (failover: active-standby)", max_length=600),
+        "announcedBy": _str("The directors announcing the VIP over BGP (failover: active-active)", max_length=4096),
+        "announcements": {"type": "array", "maxItems": 1024, "items": _obj({
+            "node": _str(max_length=253), "announced": {"type": "boolean"}, "reason": _str(max_length=64),
+            "message": _str(max_length=1024)}),
+            "description": "Per director: announced or withdrawn over BGP and why, as its agent reports."},
         "conditions": condition_schema(),
     })
 
@@ -446,6 +451,13 @@ def nodestate_spec() -> dict:
                             "group's first VIP holds it too and announces it."),
             "gatewayDevice": _str("The device the gateway is held on; absent: the device of the route to the "
                                   "real servers.")})},
+        "bgp": _obj({
+            "routerId": _str(), "localAsn": _int(fmt="int64"),
+            "peers": {"type": "array", "items": _obj({
+                "address": _str(), "asn": _int(fmt="int64"), "localAsn": _int(fmt="int64"), "port": _int(),
+                "holdTime": _int(), "keepaliveTime": _int(), "passwordFile": _str(), "bfd": {"type": "boolean"}})},
+            "vips": {"type": "array", "items": _str()}, "drain": {"type": "boolean"},
+        }, "Active-active: this director's BGP peers and the VIPs it may announce; drain: announce nothing."),
     }, "One node's share of one VirtualService (or of one IPVSSettings), in the node-spec document format.",
         required=["node"])
 
@@ -517,8 +529,69 @@ def nodestate_status() -> dict:
         "activeDirectors": {"type": "array", "items": _obj({
             "address": _str(), "director": _str(), "held": {"type": "boolean"},
             "since": _str("When this director took the VIP over (RFC 3339, its clock).")})},
+        "bgp": _obj({
+            "vips": {"type": "array", "items": _obj({
+                "address": _str(), "announced": {"type": "boolean"}, "reason": _str(), "message": _str()})},
+            "peers": {"type": "array", "items": _obj({
+                "address": _str(), "asn": _int(fmt="int64"), "state": _str(), "info": _str(), "since": _str()})},
+            "problems": {"type": "array", "items": _str()},
+        }, "Active-active: each VIP of this NodeState announced or withdrawn and why, each BGP session."),
         "conditions": condition_schema(),
     }, "Written by the node's agent.")
+
+
+# --------------------------------------------------------------------------
+# BGPPeer (active-active directors' routers)
+# --------------------------------------------------------------------------
+
+def _asn(desc: str) -> dict:
+    return _int(desc=desc, fmt="int64")
+
+
+def bgppeer_spec() -> dict:
+    from lvs_model.bgp import DEFAULT_HOLD_TIME, MAX_ASN, MAX_HOLD_TIME, MIN_HOLD_TIME
+    key = _str("TCP-MD5 password: a key of the Secret mounted into the agent's pod (the agent reads the file of "
+               "that name; the operator never reads the Secret). Absent: no password.",
+               max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    key["x-kubernetes-validations"] = [_rule("!(self in ['.', '..'])",
+                                             "spec.passwordSecretKey must be a key of the Secret, not . or ..")]
+    hold = DEFAULT_HOLD_TIME
+    return _obj({
+        "peerAddress": _ip_field("The router's address (usually the top-of-rack switch), directly reachable.",
+                                 "spec.peerAddress", host_rule=True),
+        "peerASN": _asn("The router's AS number."),
+        "myASN": _asn("The directors' AS number towards this router (one for all directors: equal paths)."),
+        "port": _int(1, 65535, "The router's BGP port; absent: 179."),
+        "holdTime": _int(0, MAX_HOLD_TIME, f"Seconds without a message before the router drops a director's "
+                                           f"routes; absent: {hold}. 0 (never) is refused."),
+        "keepaliveTime": _int(1, MAX_HOLD_TIME, "Seconds between keepalives, below holdTime; absent: a third "
+                                                "of holdTime."),
+        "passwordSecretKey": key,
+        "bfd": _flag("Run BFD with this router (sub-second failure detection where the router runs it)."),
+        "nodeSelector": label_selector("The directors that peer with this router; absent: every director of an "
+                                       "active-active VirtualService."),
+    }, "A BGP router the active-active directors announce VIPs to (MetalLB's BGPPeer, for kube-lvs).",
+        required=["peerAddress", "peerASN", "myASN"], rules=[
+        _rule(f"self.peerASN >= 1 && self.peerASN <= {MAX_ASN}",
+              f"spec.peerASN must be an AS number, 1-{MAX_ASN} (0 is reserved)", ".peerASN"),
+        _rule(f"self.myASN >= 1 && self.myASN <= {MAX_ASN}",
+              f"spec.myASN must be an AS number, 1-{MAX_ASN} (0 is reserved)", ".myASN"),
+        _rule(f"!has(self.holdTime) || self.holdTime >= {MIN_HOLD_TIME}",
+              f"spec.holdTime must be at least {MIN_HOLD_TIME} seconds (BGP's minimum); 0 (never time out) is "
+              "refused: a director that dies must be dropped", ".holdTime"),
+        _rule(f"!has(self.keepaliveTime) || self.keepaliveTime < (has(self.holdTime) ? self.holdTime : {hold})",
+              f"spec.keepaliveTime must be below spec.holdTime (absent: {hold} s)", ".keepaliveTime"),
+    ])
+
+
+def bgppeer_status() -> dict:
+    return _obj({
+        "observedGeneration": _int(0, fmt="int64"),
+        "nodes": {"type": "array", "items": _str(max_length=253),
+                  "description": "The directors that peer with it (of active-active VirtualServices)."},
+        "nodeCount": _int(0),
+        "conditions": condition_schema(),
+    }, "Written by the operator.")
 
 
 # --------------------------------------------------------------------------
@@ -574,6 +647,7 @@ def all_crds() -> dict[str, dict]:
                 _col("Method", ".spec.method"), _col("Directors", ".status.directors", desc="ready/total"),
                 _col("RealServers", ".status.realServers", desc="healthy/total"),
                 _col("Active", ".status.activeDirector", priority=1, desc="the director holding the VIP"),
+                _col("Announced", ".status.announcedBy", priority=1, desc="the directors announcing it over BGP"),
                 _col("FWMark", ".spec.fwmark", "integer", priority=1),
                 _col("Ready", '.status.conditions[?(@.type=="Ready")].status', priority=1),
                 _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
@@ -608,6 +682,15 @@ def all_crds() -> dict[str, dict]:
                 AGE],
             "Admin-owned: kernel-wide IPVS settings (connection timeouts, net.ipv4.vs sysctls) for a "
             "group of nodes.", singular="ipvssetting"),
+        "bgppeers.yaml": crd(
+            "BGPPeer", "bgppeers", "lvspeer", "Cluster", bgppeer_spec(), bgppeer_status(), [
+                _col("Address", ".spec.peerAddress"), _col("PeerASN", ".spec.peerASN", "integer"),
+                _col("MyASN", ".spec.myASN", "integer"), _col("Nodes", ".status.nodeCount", "integer"),
+                _col("Accepted", '.status.conditions[?(@.type=="Accepted")].status'),
+                _col("BFD", ".spec.bfd", "boolean", priority=1),
+                _col("HoldTime", ".spec.holdTime", "integer", priority=1),
+                AGE],
+            "Admin-owned: a BGP router the active-active directors announce their VIPs to."),
         "nodestates.yaml": crd(
             C.NODESTATE_KIND, C.NODESTATE_PLURAL, "lvsnode", "Namespaced",
             nodestate_spec(), nodestate_status(), [

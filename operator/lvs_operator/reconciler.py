@@ -45,7 +45,7 @@ from .services import backed_by, derive_realservers, is_derived, slice_service
 log = logging.getLogger("lvs_operator")
 
 KINDS = ("virtualservices", "realservers", "vippools", "nodes", "namespaces", "nodestates", "ipvssettings",
-         "services", "endpointslices")
+         "services", "endpointslices", "bgppeers")
 
 
 def now_rfc3339() -> str:
@@ -139,7 +139,8 @@ def plan_writes(result: Result, snapshot: Mapping[str, Iterable[Mapping[str, Any
             obj = by_key.get(ref)
             if obj is not None and (obj.get("status") or {}) != wanted[ref]:
                 w.status.append((plural, ref[0], ref[1], wanted[ref]))
-    for plural, wanted in (("vippools", result.pool_status), ("ipvssettings", result.settings_status)):
+    for plural, wanted in (("vippools", result.pool_status), ("ipvssettings", result.settings_status),
+                           ("bgppeers", result.peer_status)):
         cluster_scoped = {key_of(o)[1]: o for o in snapshot.get(plural, ())}
         for name in sorted(wanted):
             obj = cluster_scoped.get(name)
@@ -189,7 +190,7 @@ def scope_of_change(kind: str, key: tuple[str, str], old: Mapping[str, Any] | No
         return refs or None
     if kind == "virtualservices" and old and new and _without_status(old) == _without_status(new):
         return {key}
-    if kind == "ipvssettings" and old and new and _without_status(old) == _without_status(new):
+    if kind in ("ipvssettings", "bgppeers") and old and new and _without_status(old) == _without_status(new):
         return set()
     return None
 
@@ -217,7 +218,8 @@ def compile_snapshot(snapshot: Mapping[str, Iterable[Mapping[str, Any]]], namesp
         snapshot.get("virtualservices", ()), snapshot.get("realservers", ()), snapshot.get("vippools", ()),
         snapshot.get("nodes", ()), snapshot.get("namespaces", ()),
         [o for o in snapshot.get("nodestates", ()) if key_of(o)[0] == namespace],
-        namespace=namespace, now=now, ipvssettings=snapshot.get("ipvssettings", ()))
+        namespace=namespace, now=now, ipvssettings=snapshot.get("ipvssettings", ()),
+        bgppeers=snapshot.get("bgppeers", ()))
 
 
 # --------------------------------------------------------------------------
@@ -284,6 +286,7 @@ class Reconciler:
         self._indexed: Mapping[str, Mapping[tuple[str, str], dict]] | None = None
         self.last_error = ""
         self.last_ok = 0.0
+        self._recheck: asyncio.TimerHandle | None = None  # the next pass a drain needs (recheck)
 
     # -- triggering ----------------------------------------------------------
     @property
@@ -364,6 +367,23 @@ class Reconciler:
 
     def kick(self) -> None:
         self.dirty.set()
+
+    def recheck(self, after: float) -> None:
+        """A full pass in ``after`` seconds (on the loop): a drained director's
+        NodeStates are due to go then (bgp_peers.plan_drain). One timer, the
+        earliest; a restarted operator's first pass plans it again."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(0.0, after) + 0.5  # past the due second: the compile's clock has whole seconds
+        if self._recheck is not None and self._recheck.when() <= due:
+            return
+        if self._recheck is not None:
+            self._recheck.cancel()
+
+        def fire() -> None:
+            self._recheck = None
+            self.scope = None
+            self.kick()
+        self._recheck = loop.call_at(due, fire)
 
     def leadership(self, leader: bool) -> None:
         """The elector's callback: a new leader starts with a full pass."""
@@ -544,6 +564,10 @@ class Reconciler:
         if scope is None:
             self.entangled = result.entangled
             self.full_passes += 1
+        else:
+            result.peer_status = {}  # which nodes peer with a BGPPeer: only a full pass sees them all
+        if result.recheck_after is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.recheck, result.recheck_after)
         w = plan_writes(result, snap, self.namespace)
         if not w:
             return derived_writes

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from lvs_model import channel as C
 from lvs_model.watchstream import Gone, check, follow
 
+from .bgp_peers import BGPPEER_PLURAL
 from .reconciler import project
 
 log = logging.getLogger("lvs_operator")
@@ -48,7 +49,8 @@ def operator_kinds(namespace: str) -> tuple[Kind, ...]:
     g, v = C.GROUP, C.VERSION
     return (Kind(C.VIRTUALSERVICE_PLURAL, g, v), Kind(C.REALSERVER_PLURAL, g, v), Kind(C.VIPPOOL_PLURAL, g, v),
             Kind("nodes"), Kind("namespaces"), Kind(C.NODESTATE_PLURAL, g, v, namespace),
-            Kind(C.IPVSSETTINGS_PLURAL, g, v), Kind("services"), Kind("endpointslices", "discovery.k8s.io", "v1"))
+            Kind(C.IPVSSETTINGS_PLURAL, g, v), Kind("services"), Kind("endpointslices", "discovery.k8s.io", "v1"),
+            Kind(BGPPEER_PLURAL, g, v))
 
 
 def key_of(obj: dict) -> Key:

@@ -27,11 +27,11 @@ def test_committed_crds_equal_the_generated_ones():
 
 def test_names_category_short_names_scope():
     kinds = {c["spec"]["names"]["kind"]: c["spec"] for c in CRDS.values()}
-    assert set(kinds) == {"VirtualService", "RealServer", "VIPPool", "NodeState", "IPVSSettings"}
-    assert kinds["VIPPool"]["scope"] == kinds["IPVSSettings"]["scope"] == "Cluster"
+    assert set(kinds) == {"VirtualService", "RealServer", "VIPPool", "NodeState", "IPVSSettings", "BGPPeer"}
+    assert kinds["VIPPool"]["scope"] == kinds["IPVSSettings"]["scope"] == kinds["BGPPeer"]["scope"] == "Cluster"
     assert {k: s["names"]["shortNames"] for k, s in kinds.items()} == {
         "VirtualService": ["lvsvc"], "RealServer": ["lvsrs"], "VIPPool": ["vippool"], "NodeState": ["lvsnode"],
-        "IPVSSettings": ["lvsset"]}
+        "IPVSSettings": ["lvsset"], "BGPPeer": ["lvspeer"]}
     for spec in kinds.values():
         assert spec["group"] == "lvs.kube-lvs.io"
         assert spec["names"]["categories"] == ["kube-lvs"]
