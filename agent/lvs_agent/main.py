@@ -129,6 +129,10 @@ class Agent:
         self.gc = GCPauses()
         # Director HA (ha_agent.HaController): the engine gets only the group VIPs held here.
         self.ha: Any = None
+        # Active-active (bgp_speaker.BgpSpeaker): announces what each pass left serving.
+        self.bgp: Any = None
+        self._bgp_report: dict = {}  # the speaker's status after the last pass (bgp_status)
+        self._bgp_read_at = -math.inf  # when the sessions were last read from BIRD
         # Set while no pass runs: status threads wait for it (at most STATUS_YIELD
         # seconds), so a burst of statuses never slows programming the kernel.
         self._idle = threading.Event()
@@ -297,6 +301,9 @@ class Agent:
 
     # -- reconcile -----------------------------------------------------------
     SWEEP_TICK = 0.5  # seconds: the loop passes at least this often, each pass sweeps a slice
+    # Seconds between reads of the BGP sessions for status (a birdc run each);
+    # a changed announcement is reported at once.
+    BGP_SESSIONS_INTERVAL = 10.0
     # Seconds a status build or write waits at most for a pass to end. While
     # passes follow each other (a mass create) each writer gets one write through
     # per wait: at 2 s, 1 status/s were written in the ten minutes 10k
@@ -417,6 +424,8 @@ class Agent:
         finally:
             self.last_duration = time.monotonic() - started
         self._sweep_done(report, time.monotonic(), learn=not woken)
+        if self.bgp is not None:
+            await self._announce(programmed, report)
         n_ops = len(getattr(report, "ops", []) or [])
         if self.reconciles == 1:
             log.info("first reconcile done: %d services, %d ops", len(merged.spec.services), n_ops)
@@ -457,6 +466,21 @@ class Agent:
         else:
             self.gc.freeze_starved()
 
+    async def _announce(self, programmed: Any, report: Any) -> None:
+        """The BGP speaker after a pass: announce what now serves, withdraw
+        the rest (its failures are logged and counted, never raised). A
+        changed decision rewrites the statuses of every object."""
+        before = self.bgp.decisions
+        await asyncio.to_thread(self.bgp.after_pass, programmed, report, self.stopping)
+        now = time.monotonic()
+        if self.bgp.decisions == before and now - self._bgp_read_at < self.BGP_SESSIONS_INTERVAL:
+            return
+        self._bgp_read_at = now
+        status = await asyncio.to_thread(self.bgp.status)  # reads the sessions from BIRD
+        if status != self._bgp_report:
+            self._bgp_report = status
+            self._touch()
+
     # -- statuses (the status writer's threads) -------------------------------
     def _build_statuses(self, snap: StatusSnapshot, names: set[str] | None) -> dict[str, dict]:
         """The statuses of ``names`` (None: every object) worth writing."""
@@ -496,6 +520,8 @@ class Agent:
                                   snap.checked, self._conns, stamp, snap.draining)
             if self.ha is not None:
                 self.ha.annotate(status, parsed.spec)
+            if self.bgp is not None and parsed.spec.bgp:
+                status["bgp"] = bgp_status(parsed.spec, self._bgp_report)
             old = self._sent[name] if name in self._sent else obj.get("status")
             if not status_changed(old, status):
                 self._conns_owed.discard(name)
@@ -557,6 +583,8 @@ class Agent:
                 await self.reconcile_once(full=self._last_full is None, woken=woken)
             if self._cache_dirty and self._until_cache() == 0.0:
                 self._save_cache_soon()
+        if self.bgp is not None:  # withdraw every VIP first: the routers move the flows elsewhere
+            await asyncio.to_thread(self.bgp.stop)
         if self.ha is not None and self.ha.stop() and self.synced:
             # Give the held VIPs up (their addresses only: the services stay,
             # nothing is flushed) so the group's next owner takes them cleanly.
@@ -565,6 +593,21 @@ class Agent:
         await self.checker.stop()
         self.status.stop()
         self.gc.uninstall()
+
+
+def bgp_status(spec: Any, report: dict) -> dict:
+    """One NodeState's ``status.bgp``: the speaker's decisions on its own
+    VIPs and the sessions with its own peers (the speaker reports the node's
+    merge); a VIP the speaker has not decided on yet is Pending."""
+    vips = [v for part in spec.bgp for v in part.vips]
+    peers = {p.address for part in spec.bgp for p in part.peers}
+    decided = {v.get("address"): v for v in report.get("vips") or ()}
+    out = {"vips": [decided.get(v) or {"address": v, "announced": False, "reason": "Pending",
+                                        "message": "the BGP speaker has not decided yet"} for v in vips],
+           "peers": [p for p in report.get("peers") or () if p.get("address") in peers]}
+    if report.get("problems"):
+        out["problems"] = list(report["problems"])
+    return out
 
 
 def only_status_changed(old: dict | None, new: dict) -> bool:
@@ -656,6 +699,10 @@ def main(argv: list[str] | None = None) -> int:
                             sync=kernel_sync(args.netns), on_change=lambda: (agent._touch(), agent.wake()),
                             resolve_uplink=engine.resolve_uplink,
                             watch=lambda device: announcer.ArpWatcher(device, args.netns))
+    from .bgp_speaker import DEFAULT_SECRET_DIR, BgpSpeaker
+    # BIRD runs only while the NodeStates give this node BGP peers (active-active directors).
+    agent.bgp = BgpSpeaker(state_dir / "bgp", netns=args.netns,
+                           secret_dir=Path(os.environ.get("KUBE_LVS_BGP_SECRET_DIR") or DEFAULT_SECRET_DIR))
     if args.metrics_port:
         from .metrics import serve
         serve(agent, args.metrics_port, args.metrics_address)

@@ -76,6 +76,9 @@ class AgentCollector(Collector):
         if getattr(a, "ha", None) is not None:
             from .ha_agent import metrics as ha_metrics
             yield from ha_metrics(a.ha, PREFIX)
+        if getattr(a, "bgp", None) is not None:
+            from .bgp_speaker import metrics as bgp_metrics
+            yield from bgp_metrics(a.bgp, PREFIX)
         yield from self._ipvs()
 
     def _ipvs(self) -> Iterable:

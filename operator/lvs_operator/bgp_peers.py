@@ -172,8 +172,8 @@ class Peers:
                 out.valid.append((cr, peer))
         return out
 
-    def for_node(self, node: Node) -> tuple[BgpPeer, ...]:
-        """The peers of ``node``: each selecting BGPPeer's, one per address (the oldest)."""
+    def for_node(self, node: Node) -> dict[str, BgpPeer]:
+        """The peers of ``node`` by BGPPeer name: each selecting one's, one per address (the oldest)."""
         chosen: dict[str, tuple[str, BgpPeer]] = {}
         for cr, peer in self.valid:
             if not selector_matches(cr.node_selector, node.labels):
@@ -182,13 +182,12 @@ class Peers:
                 self.taken[cr.name][node.name] = chosen[peer.address][0]
                 continue
             chosen[peer.address] = (cr.name, peer)
-        return tuple(p for _, p in chosen.values())
+        return dict(chosen.values())
 
-    def note_used(self, node: str, peers: Iterable[BgpPeer]) -> None:
-        addresses = {p.address for p in peers}
-        for cr, peer in self.valid:
-            if peer.address in addresses and node not in self.taken[cr.name] and node not in self.nodes[cr.name]:
-                self.nodes[cr.name].append(node)
+    def note_used(self, node: str, names: Iterable[str]) -> None:
+        for name in names:
+            if node not in self.nodes[name]:
+                self.nodes[name].append(node)
 
 
 def router_id(node: Node) -> str:
@@ -208,7 +207,8 @@ def router_id(node: Node) -> str:
 def director_bgp(node: Node, peers: Peers, vip: str) -> tuple[BgpSpec | None, str]:
     """The ``bgp`` section of ``node``'s NodeStates for ``vip``, or None and
     why the node cannot announce it (naming the fix)."""
-    mine = peers.for_node(node)
+    chosen = peers.for_node(node)
+    mine = tuple(chosen.values())
     if not mine:
         return None, (f"{node.name}: no BGPPeer selects it; create a BGPPeer (bgppeers.{C.GROUP}, cluster-scoped) "
                       "whose spec.nodeSelector matches it, or leave nodeSelector out for every director")
@@ -220,8 +220,9 @@ def director_bgp(node: Node, peers: Peers, vip: str) -> tuple[BgpSpec | None, st
     if not rid:
         return None, (f"{node.name}: no IPv4 InternalIP in the Node's status.addresses, which is its BGP router "
                       "id (every director needs its own); the kubelet reports it (--node-ip)")
-    peers.note_used(node.name, mine)
-    return BgpSpec(rid, tuple(p for p in mine if p.family == family), (vip,)), ""
+    used = {n: p for n, p in chosen.items() if p.family == family}
+    peers.note_used(node.name, used)
+    return BgpSpec(rid, tuple(used.values()), (vip,)), ""
 
 
 # --------------------------------------------------------------------------
