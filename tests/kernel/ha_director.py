@@ -11,7 +11,9 @@ The Leases live in a JSON file (:class:`FileLeases`) with the API server's
 semantics that matter here: resource versions (a stale write is a 409),
 list by label, delete; while a file ``LEASES.down`` exists every call fails
 with 503, as when the API server is stopped. The lab VM has no API server; the e2e tier is where
-the real one is.
+the real one is. A NAT gateway in the group (``directorGroups[].gateway``)
+is held with the VIP on the device of the route to the real servers, found
+by the controller in this namespace, as the agent does.
 
     python ha_director.py SPEC.json LEASES.json STATE_DIR
 """
@@ -115,7 +117,8 @@ def main(spec_path: str, leases_path: str, state_dir: str) -> int:
             engine.reconcile(ha.filter(spec))
             ha.after_pass()
             last = time.monotonic()
-            print("holds", sorted(ha.held), flush=True)
+            print("holds", sorted(ha.held), "gateways", [f"{a.address} on {a.device}" for a in ha.given_gateways],
+                  flush=True)
         time.sleep(ha.renew_every)
 
 
