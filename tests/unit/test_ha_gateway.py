@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from lvs_agent.ha_agent import HaController, gateway_addresses, gateways, held_spec
-from lvs_agent.ha_lease import DirectorLease
+from lvs_agent.ha_agent import gateway_addresses, gateways, held_spec
 from lvs_model.nodespec import (Dest, DirectorGroup, LocalAddress, NodeSpec, Service, dump_node_spec,
                                 parse_node_spec)
 from lvs_operator.compiler import compile_cluster
@@ -28,6 +27,7 @@ from lvs_operator.ha_groups import ANNOTATION_NAT_GATEWAY, ANNOTATION_NAT_GATEWA
 
 from test_compiler import NODES, pool, rs, vs
 from test_ha_agent import Clock, run
+from test_ha_agent import director as group_director
 from test_ha_lease import FakeLeases
 
 VIP, GW, RIP = "192.168.0.30", "192.168.0.254", "10.0.0.51"
@@ -180,10 +180,11 @@ def test_held_spec_adds_the_gateway_only_with_the_vip():
     assert held_spec(spec(), set(), {GW: "eth1"}).director_addresses == ()
 
 
-def director(api, node, clock, announced, routes):
-    c = HaController(DirectorLease(api, "lvs", node, duration=10),
-                     lambda dev, addr: announced.append((node, dev, addr)), clock=clock,
-                     route_lookup=lambda a: routes.append(a) or "eth1")
+def director(api, node, clock, announced, routes, device=("eth1",)):
+    """test_ha_agent's director with this module's spec; the route lookup
+    records what it was asked and answers ``device[0]``."""
+    c = group_director(api, node, clock, announced)
+    c.route_lookup = lambda a: routes.append(a) or device[0]
     c.update(spec(node), "eth0")
     return c
 
@@ -218,17 +219,15 @@ def test_the_gateway_moves_with_the_vip_when_the_holder_dies():
 def test_a_new_route_device_moves_the_gateway_wakes_the_agent_and_is_announced_there():
     api, clock, announced, woken = FakeLeases(), Clock(), [], []
     device = ["eth1"]
-    d1 = HaController(DirectorLease(api, "lvs", "d1", duration=10),
-                      lambda dev, addr: announced.append((dev, addr)), clock=clock,
-                      on_change=lambda: woken.append(clock.now), route_lookup=lambda a: device[0])
-    d1.update(spec("d1"), "eth0")
+    d1 = director(api, "d1", clock, announced, [], device)
+    d1.on_change = lambda: woken.append(clock.now)
     run(clock, d1)
     d1.filter(d1.spec), d1.after_pass()
-    assert (VIP in d1.held, announced) == (True, [("eth0", VIP), ("eth1", GW)])
+    assert (VIP in d1.held, announced) == (True, [("d1", "eth0", VIP), ("d1", "eth1", GW)])
     woken.clear()
     device[0] = "eth2"  # the route to the real servers now leaves by another device
     d1.step()
     assert woken  # a pass, though what it holds did not change
     assert LocalAddress(GW, "eth2") in d1.filter(d1.spec).director_addresses
     d1.after_pass()
-    assert announced[-1] == ("eth2", GW)
+    assert announced[-1] == ("d1", "eth2", GW)
