@@ -315,3 +315,28 @@ def test_bgppeer_statuses_are_written_when_they_differ():
     assert [(pl, n) for pl, _, n, _ in w.status] == [("bgppeers", "tor")]
     w2 = plan_writes(r, {"bgppeers": [peer(status=r.peer_status["tor"])]}, NS)
     assert not [s for s in w2.status if s[0] == "bgppeers"]
+
+
+def test_the_example_compiles_to_three_announcing_directors():
+    """examples/bgp-ecmp: its BGPPeer, pool, VirtualService and RealServers
+    give each director of the group the bgp section (none before: no such kind)."""
+    from pathlib import Path
+
+    import yaml
+    root = Path(__file__).resolve().parents[2] / "examples" / "bgp-ecmp"
+    docs = [d for f in sorted(root.glob("*.yaml")) if f.name != "kustomization.yaml"
+            for d in yaml.safe_load_all(f.read_text()) if d]
+    by_kind: dict[str, list] = {}
+    for d in docs:
+        d["metadata"].setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        by_kind.setdefault(d["kind"], []).append(d)
+    group = {"lvs.kube-lvs.io/director-group": "ecmp"}
+    nodes = [{**node(f"dir-{i}", f"10.40.0.{i}"), "metadata": {"name": f"dir-{i}", "labels": group}}
+             for i in (1, 2, 3)]
+    r = compile_cluster(by_kind["VirtualService"], by_kind["RealServer"], by_kind["VIPPool"], nodes,
+                        bgppeers=by_kind["BGPPeer"])
+    check_specs_parse(r)
+    got = bgp_of(r)
+    assert sorted(got) == ["dir-1", "dir-2", "dir-3"]
+    assert {s.router_id for (s,) in got.values()} == {"10.40.0.1", "10.40.0.2", "10.40.0.3"}
+    assert {s.vips for (s,) in got.values()} == {("192.168.40.100",)}
