@@ -218,6 +218,24 @@ class ControlPlane:
         if not keep and self._own_workdir and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def stop_apiserver(self, grace: float = 10.0) -> None:
+        """Stop kube-apiserver alone (etcd and the controller manager go on), as
+        in an API server outage; :meth:`start_apiserver` brings it back on the
+        same port with the same flags."""
+        for i, (name, p) in enumerate(self._procs):
+            if name == "kube-apiserver":
+                p.terminate()
+                try:
+                    p.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+                del self._procs[i]
+                return
+
+    def start_apiserver(self, timeout: float = 120.0) -> None:
+        self._start_apiserver(time.monotonic() + timeout)
+
     def running(self) -> bool:
         return bool(self._procs) and all(p.poll() is None for _, p in self._procs)
 

@@ -1,6 +1,11 @@
 """Runs in the lab VM: builds one topology (namespaces `<kind>-<host>`), marks it
 ready, holds it until SIGTERM, then tears it down.
 
+``ha``: three directors, a client and two DR real servers on one L2 segment
+(HA_HOSTS); the real servers hold the VIP on ``lo`` (prepared by hand: the
+failover tests are about the directors), the directors only their own
+address and a default route through the client's.
+
 The real servers are not started here: the end-to-end tests run each one as its
 own process so they can stop and restart it. The VIP is *not* put on the
 director and the TUN backends are *not* prepared by hand: the agents do that.
@@ -9,7 +14,22 @@ import signal
 import sys
 from pathlib import Path
 
-from lvs_lab.topology import Lab, seed_nat, tun_one_subnet
+from lvs_lab.topology import Lab, dr_backend_prepare, seed_nat, tun_one_subnet
+
+HA_VIP = "192.168.30.100"
+HA_HOSTS = {"client": "192.168.30.1", "d1": "192.168.30.2", "d2": "192.168.30.3", "d3": "192.168.30.4",
+            "rs1": "192.168.30.10", "rs2": "192.168.30.11"}
+
+
+def ha_lan(lab: Lab) -> None:
+    for host, addr in HA_HOSTS.items():
+        lab.host(host)
+        lab.connect(host, "lan", "eth0", [f"{addr}/24"])
+    for d in ("d1", "d2", "d3"):
+        lab.ip(d, f"route add default via {HA_HOSTS['client']}")
+    for r in ("rs1", "rs2"):
+        dr_backend_prepare(lab, r, HA_VIP)
+    lab.apply()
 
 
 def main() -> None:
@@ -19,6 +39,8 @@ def main() -> None:
         seed_nat(lab=lab)
     elif kind == "tun":
         tun_one_subnet(lab=lab, backend_prepare=False, vip_on_director=False)
+    elif kind == "ha":
+        ha_lan(lab)
     else:
         raise SystemExit(f"unknown topology {kind}")
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})

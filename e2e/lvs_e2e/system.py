@@ -139,9 +139,8 @@ class System:
                 self.operator.wait()
         self.operator = None
 
-    def add_node(self, name: str, director: bool = False) -> None:
-        labels = {DIRECTOR_LABEL: "true"} if director else {}
-        import yaml
+    def add_node(self, name: str, director: bool = False, labels: dict[str, str] | None = None) -> None:
+        labels = {**({DIRECTOR_LABEL: "true"} if director else {}), **(labels or {})}
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}))
 
@@ -315,8 +314,8 @@ class System:
                 parts.append(f"--- {title}: unavailable ({e})")
         if self.ctl is not None:
             add("guest processes", lambda: self.ctl.run(["sh", "-c", f"ls {GUEST_RUN}; ip netns list"]).out)
-            for log in ("agent-nat-director.log", "agent-tun-director.log", "agent-rs1.log"):
-                add(log, lambda log=log: self.guest_log(log, 30))
+            for node in sorted(self.agent_pids):
+                add(f"agent-{node}.log", lambda node=node: self.guest_log(f"agent-{node}.log", 30))
             for ns in ("nat-director", "tun-director"):
                 add(f"ipvsadm -Ln in {ns}", lambda ns=ns: self.ctl.run(["ip", "netns", "exec", ns, "ipvsadm", "-Ln"]).out)
         if self.cp is not None:

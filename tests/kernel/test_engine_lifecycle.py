@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -14,46 +13,17 @@ import yaml
 
 from lvs_agent import ops as O
 from lvs_agent.engine import Engine
-from lvs_lab.netns import call_in_netns
 from lvs_lab.topology import Lab
 from lvs_model.nodespec import DestKey, ServiceKey
 
 from engine_helpers import HoldServer, reconcile_ok, spec
+from lvs_lab.held import Held  # noqa: F401 - test_ha_failover imports it from here
 
 HOLD_PORT = 8080
 
 
 def op_names(report) -> list[str]:
     return [type(op).__name__ for op in report.ops]
-
-
-class Held:
-    """A client connection through the VIP, kept open."""
-
-    def __init__(self, ns: str, host: str, port: int):
-        def do():
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.settimeout(5)
-            s.connect((host, port))
-            return s
-        self.sock = call_in_netns(ns, do)
-        self.server = self._line()
-
-    def _line(self) -> str:
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = self.sock.recv(256)
-            if not chunk:
-                raise ConnectionError("closed")
-            data += chunk
-        return data.decode().strip()
-
-    def echo(self, text: str) -> str:
-        self.sock.sendall(f"{text}\n".encode())
-        return self._line()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

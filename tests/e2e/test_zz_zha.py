@@ -1,0 +1,240 @@
+"""Director failover end to end: three directors on one L2 segment, each the
+real agent (from the image, with the DaemonSet's privileges, a Node-bound
+token), the real API server as the member list (one Lease per director),
+examples/director-ha applied with kubectl. Real traffic from a client
+namespace: new requests every 50 ms and held connections through the VIP.
+
+In order (they share one group, and each starts where the last ended):
+- exactly one director holds the VIP and answers ARP; the others run the
+  backup sync daemon; `kubectl get virtualservices -o wide` names the holder;
+- the holder dies (kill -9 of its agent, its link down): exactly one other
+  director takes the VIP over, the 200 held connections all answer through
+  it, a Takeover Event names it; the figures are written to
+  build/ha-failover-e2e.json (reported, not asserted as timings);
+- the old holder comes back: nothing moves and no request fails;
+- the API server stopped for two minutes: no request fails, nothing moves;
+- the holder cut off from the API server while the others reach it: it loses
+  the VIP to one of them (their Lease expiry, its seeing their gratuitous
+  ARP), one holder at the end.
+
+Before director groups every selected director held the VIP (three ARP
+answers) and a director's death lost its connections: the first test fails.
+Runs last in the e2e session: it stops the API server.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from lvs_e2e.guest_topology import HA_HOSTS, HA_VIP
+from lvs_e2e.system import GUEST_RUN, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+DIRECTORS = ("ha-d1", "ha-d2", "ha-d3")  # node names, and their namespaces
+GROUP_LABEL = {"lvs.kube-lvs.io/director-group": "edge"}
+HOLD_PORT, HELD = 443, 200
+LEASE = 6.0  # the agent's Lease duration: the tests wait a few of them to see that nothing moves
+state: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def ha(system):
+    system.build_topology("ha")
+    for rs in ("rs1", "rs2"):
+        system.start_server("ha", rs)
+    system.ctl.spawn("ha-hold-servers", [system.python, "-m", "lvs_e2e.ha_traffic", "servers", str(HOLD_PORT),
+                                         "ha-rs1:rs1", "ha-rs2:rs2"], log=f"{GUEST_RUN}/ha-hold-servers.log")
+    for d in DIRECTORS:
+        system.add_node(d, labels=GROUP_LABEL)
+        system.start_agent(d, d)
+    system.kubectl("apply", "-k", str(REPO / "examples" / "director-ha"))
+    yield system
+    for d in DIRECTORS:
+        system.stop_agent(d)
+    system.kubectl("delete", "-k", str(REPO / "examples" / "director-ha"), "--wait=false", check=False)
+
+
+# -- what the guest shows -------------------------------------------------------------
+
+def holders(system, among=DIRECTORS) -> list[str]:
+    """The directors that hold the VIP (kernel state, no API)."""
+    return [d for d in among if f"{HA_VIP}/32" in system.g("ip", "-n", d, "-o", "addr", "show")]
+
+
+def macs(system) -> dict[str, str]:
+    return {system.g("ip", "netns", "exec", d, "cat", "/sys/class/net/eth0/address").strip(): d for d in DIRECTORS}
+
+
+def arp_answers(system) -> set[str]:
+    """Who answers the client's ARP request for the VIP."""
+    out = system.g(system.python, "-m", "lvs_e2e.ha_traffic", "arp", "ha-client", HA_HOSTS["client"], HA_VIP)
+    names = macs(system)
+    return {names.get(m, m) for m in out.split()}
+
+
+def uptime(system) -> float:
+    """The guest's CLOCK_BOOTTIME, the probe's clock."""
+    return float(system.g("cat", "/proc/uptime").split()[0])
+
+
+def sole_holder(system, among=DIRECTORS) -> str | None:
+    h = holders(system, among)
+    return h[0] if len(h) == 1 else None
+
+
+def active_director(system, name: str = "https") -> str:
+    vs = json.loads(system.kubectl("get", "virtualservices.lvs.kube-lvs.io", "-n", "edge", name, "-o", "json"))
+    return (vs.get("status") or {}).get("activeDirector", "")
+
+
+class Probe:
+    """lvs_e2e.ha_traffic probe in the client namespace: held connections and
+    a loop of new requests."""
+
+    def __init__(self, system, name: str, held: int):
+        self.system, self.name, self.dir = system, name, f"{GUEST_RUN}/{name}"
+        system.ctl.spawn(name, [system.python, "-m", "lvs_e2e.ha_traffic", "probe", self.dir, "ha-client", HA_VIP,
+                                str(HOLD_PORT), str(held)], log=f"{GUEST_RUN}/{name}.log")
+        got = wait_until(f"{name}: {held} held connections", lambda: self._read("held.json"), 180, 1)
+        self.ports = {f"{HA_HOSTS['client']}:{p}" for p in got["ports"]}
+
+    def _read(self, name: str) -> dict | None:
+        r = self.system.ctl.run(["cat", f"{self.dir}/{name}"])
+        return json.loads(r.out) if r.rc == 0 and r.out.strip() else None
+
+    def answering(self, label: str) -> int:
+        self.system.g("touch", f"{self.dir}/check-{label}")
+        return wait_until(f"{self.name}: held connections checked", lambda: self._read(f"check-{label}.json"),
+                          180, 1)["answering"]
+
+    def requests(self) -> list[tuple[float, bool]]:
+        out = self.system.ctl.run(["cat", f"{self.dir}/requests.log"]).out
+        return [(float(t), ok == "1") for t, ok in (ln.split() for ln in out.splitlines() if len(ln.split()) == 2)]
+
+    def failed(self, since: float = 0.0) -> int:
+        return sum(1 for t, ok in self.requests() if t >= since and not ok)
+
+    def stop(self) -> None:
+        self.system.g("touch", f"{self.dir}/stop")
+        self.system.ctl.signal(self.name, wait=30)
+
+
+def synced(system, standby: str, ports: set[str]) -> bool:
+    """Every held connection is in ``standby``'s connection table (the sync daemon)."""
+    lines = system.ipvsadm(standby, "-Lnc").splitlines()
+    return ports <= {ln.split()[3] for ln in lines if len(ln.split()) > 4 and f":{HOLD_PORT}" in ln.split()[4]}
+
+
+# -- the scenarios ----------------------------------------------------------------------
+
+def test_one_director_holds_the_vip_and_answers_arp(ha):
+    holder = wait_until("one director holds the VIP", lambda: sole_holder(ha), 300, 2)
+    wait_until("the VIP answers", lambda: set(ha.requests("ha", HA_VIP, 4)) == {"rs1", "rs2"}, 120, 2)
+    assert arp_answers(ha) == {holder}
+    assert holders(ha) == [holder]
+    for d in set(DIRECTORS) - {holder}:
+        assert "backup sync daemon" in ha.g("ip", "netns", "exec", d, "ipvsadm", "-L", "--daemon"), d
+        assert f"{HA_VIP}:443" in ha.ipvsadm(d, "-Ln"), f"{d} keeps the service as hot standby"
+    wait_until("status.activeDirector names the holder", lambda: active_director(ha) == holder, 120, 2)
+    assert holder in ha.kubectl("get", "virtualservices.lvs.kube-lvs.io", "-n", "edge", "-o", "wide")
+    state["holder"] = holder
+
+
+def test_the_holder_dies_its_connections_live_on(ha):
+    old = state["holder"]
+    others = tuple(d for d in DIRECTORS if d != old)
+    probe = Probe(ha, "ha-probe-failover", HELD)
+    try:
+        for d in others:
+            wait_until(f"all {HELD} held connections synced to {d}", lambda d=d: synced(ha, d, probe.ports), 180, 2)
+        time.sleep(2)
+        ha.stop_agent(old, 9)  # kill -9: the kernel still forwards until the link goes
+        ha.g("ip", "-n", old, "link", "set", "eth0", "down")
+        killed = uptime(ha)  # from here on only the others can answer
+        new = wait_until("exactly one other director takes the VIP over", lambda: sole_holder(ha, others), 180, 0.5)
+        first_ok = wait_until("a new request through the new holder",
+                              lambda: next((t for t, ok in probe.requests() if t > killed and ok), None), 180, 0.5)
+        answering = probe.answering("after")
+        after = [(t, ok) for t, ok in probe.requests() if killed < t < first_ok]
+    finally:
+        probe.stop()
+    figures = {"method": "dr", "directors": len(DIRECTORS), "lease_store": "kube-apiserver",
+               "takeover_seconds": round(first_ok - killed, 2), "failed_requests_meanwhile": sum(not ok for _, ok in after),
+               "requests_meanwhile": len(after), "held_connections": HELD, "held_connections_answering": answering,
+               "lease_duration_seconds": LEASE, "renew_every_seconds": 2.0}
+    print("failover figures:", json.dumps(figures))
+    out = REPO / "build" / "ha-failover-e2e.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1) + "\n")
+
+    assert answering == HELD, figures
+    assert arp_answers(ha) == {new}
+    assert ha.g("ip", "netns", "exec", "ha-client", "ip", "neigh", "show", HA_VIP).split("lladdr ")[1].split()[0] \
+        == {v: k for k, v in macs(ha).items()}[new]
+    wait_until("status.activeDirector follows", lambda: active_director(ha) == new, 120, 2)
+    events = ha.kubectl("get", "events", "-n", "edge", "--field-selector", "reason=Takeover", "-o", "json")
+    assert any(new in e.get("message", "") for e in json.loads(events)["items"]), events
+    state.update(holder=new, dead=old)
+
+
+def test_the_old_holder_returns_nothing_moves(ha):
+    holder, old = state["holder"], state["dead"]
+    probe = Probe(ha, "ha-probe-return", 20)
+    try:
+        started = uptime(ha)
+        # Its kernel still has the VIP on eth0 (kill -9 left it there): its new
+        # agent removes it before the link comes back (the relay keeps the API
+        # reachable with eth0 down), so the returning node never answers ARP.
+        ha.start_agent(old, old)
+        wait_until(f"{old}'s new agent drops the VIP it no longer holds", lambda: not holders(ha, (old,)), 180, 1)
+        ha.g("ip", "-n", old, "link", "set", "eth0", "up")
+        time.sleep(3 * LEASE)  # past its start-up grace and several rounds
+        assert holders(ha) == [holder]
+        assert arp_answers(ha) == {holder}
+        assert probe.answering("returned") == 20
+        assert probe.failed(since=started) == 0
+    finally:
+        probe.stop()
+
+
+def test_api_server_away_two_minutes_nothing_fails(ha):
+    holder = state["holder"]
+    probe = Probe(ha, "ha-probe-api-away", 20)
+    try:
+        ha.cp.stop_apiserver()
+        try:
+            time.sleep(120)
+            during = holders(ha)
+        finally:
+            ha.cp.start_apiserver()
+        time.sleep(3 * 2.0)  # a few rounds with the member list readable again
+        failed, total = probe.failed(), len(probe.requests())
+        print("api away figures:", json.dumps({"requests": total, "failed": failed}))
+        assert failed == 0 and total > 0
+        assert during == [holder] and holders(ha) == [holder]
+        assert probe.answering("api-back") == 20
+    finally:
+        probe.stop()
+
+
+def test_a_director_cut_off_from_the_api_server_gives_up_the_vip(ha):
+    """The holder loses the API server (its relay stopped), the others do not:
+    they see its Lease expire and one of them takes the VIP over with
+    gratuitous ARP; the cut-off holder, frozen, sees that announcement and
+    drops the VIP. One holder at the end."""
+    cut = state["holder"]
+    others = tuple(d for d in DIRECTORS if d != cut)
+    ha.ctl.signal(f"api-relay-{cut}")
+    try:
+        new = wait_until("one of the others takes the VIP over", lambda: sole_holder(ha, others), 180, 1)
+        wait_until(f"{cut} drops the VIP it no longer owns", lambda: holders(ha) == [new], 120, 1)
+        assert arp_answers(ha) == {new}
+        wait_until("the VIP answers through the new holder",
+                   lambda: set(ha.requests("ha", HA_VIP, 4)) == {"rs1", "rs2"}, 120, 2)
+    finally:
+        ha._start_api_relay(cut)
+    time.sleep(3 * LEASE)  # back in the member list: no fail-back
+    assert holders(ha) == [new] and arp_answers(ha) == {new}
