@@ -335,7 +335,8 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                                for r, i in infos.items() if i.accepted)
     for r, why in modes.items():  # one VIP, two modes: the oldest's holds
         infos[r].reason, infos[r].message = "Conflict", why
-        result.entangled.update(o for o, i in infos.items() if i.service and i.service.address == infos[r].service.address)
+        vip = infos[r].service.address
+        result.entangled.update(o for o, i in infos.items() if i.service and i.service.address == vip)
     gateways = _nat_gateways(infos, gateway_notes, pool_objs, ns_labels, node_addresses)
 
     # 3. RealServers -> dests of their VirtualService.
@@ -477,8 +478,9 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     for ref, info in infos.items():
         result.vs_status[ref] = _vs_status(info, reports.get(ref, {}), rs_by_vs.get(ref, []), now, result.events)
         if info.accepted and BGP.active_active(info.cr.meta.labels):
-            _bgp_status(result.vs_status[ref], info, {n.name: (current.get(shard_names[(n.name, ref)][0]) or {}).get(
-                "status") for n in info.directors}, now, result.events)
+            first_shards = {n.name: current.get(shard_names[(n.name, ref)][0]) or {} for n in info.directors}
+            _bgp_status(result.vs_status[ref], info, {n: o.get("status") for n, o in first_shards.items()}, now,
+                        result.events)
     for ref, ri in rs_infos.items():
         info = infos.get((ri.cr.meta.namespace, ri.cr.virtual_service))
         result.rs_status[ref] = _rs_status(ri, info, reports.get(info.cr.meta.ref, {}) if info else {},

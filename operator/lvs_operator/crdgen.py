@@ -499,14 +499,18 @@ def ipvssettings_spec() -> dict:
        "IPVSSettings: the agent's defaults, else the kernel's value.", required=["nodeSelector"])
 
 
-def ipvssettings_status() -> dict:
+def nodes_status(nodes: str) -> dict:
+    """The status of an admins' object that applies to some nodes (IPVSSettings, BGPPeer)."""
     return _obj({
         "observedGeneration": _int(0, fmt="int64"),
-        "nodes": {"type": "array", "items": _str(max_length=253),
-                  "description": "The nodes these settings apply to (selected, not taken by an older one)."},
+        "nodes": {"type": "array", "items": _str(max_length=253), "description": nodes},
         "nodeCount": _int(0),
         "conditions": condition_schema(),
     }, "Written by the operator.")
+
+
+def ipvssettings_status() -> dict:
+    return nodes_status("The nodes these settings apply to (selected, not taken by an older one).")
 
 
 def _device(field_: str) -> dict:
@@ -585,13 +589,7 @@ def bgppeer_spec() -> dict:
 
 
 def bgppeer_status() -> dict:
-    return _obj({
-        "observedGeneration": _int(0, fmt="int64"),
-        "nodes": {"type": "array", "items": _str(max_length=253),
-                  "description": "The directors that peer with it (of active-active VirtualServices)."},
-        "nodeCount": _int(0),
-        "conditions": condition_schema(),
-    }, "Written by the operator.")
+    return nodes_status("The directors that peer with it (of active-active VirtualServices).")
 
 
 # --------------------------------------------------------------------------
