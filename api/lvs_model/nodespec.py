@@ -217,7 +217,6 @@ class DirectorGroup:
     replies of the connections reach the director that has them. It is held
     on ``gateway_device``, "" : the device of the route to the real servers."""
 
-
     name: str
     members: tuple[str, ...] = ()
     vips: tuple[str, ...] = ()
