@@ -18,10 +18,12 @@ Checked, each step on the router's kernel route and with new connections:
 - one director dies (link down, then kill -9 of its process, whose BIRD
   goes with it): the router drops it when the hold time expires (the time
   from the kill is printed, not asserted), every new connection after that
-  succeeds through the two left, and every held connection that was on the
-  two left still answers. Of the held connections that were on the dead
-  director (the router moves them to the others mid-flow), the number
-  that still answer is printed: ``mh`` and sloppy TCP are what keep them.
+  succeeds through the two left, and every held connection still answers:
+  those on the two left, and those that were on the dead director, which
+  the router moves to the others mid-flow. ``mh`` (every director picks the
+  same real server for a flow) and sloppy TCP (a director takes a flow up
+  mid-connection) are what keep these: with ``rr`` or without sloppy TCP
+  they are reset or dropped.
 
 Figures are printed and written to build/bgp-ecmp.json. Before this change
 no director announced anything (no BGP section, no speaker): the router had
@@ -245,3 +247,4 @@ def test_ecmp_spreads_flows_and_follows_each_director(fabric):
     out.write_text(json.dumps(figures, indent=1) + "\n")
     assert ok == len(after), figures
     assert kept["d1"] == was_on["d1"] and kept["d3"] == was_on["d3"], figures
+    assert kept["d2"] == was_on["d2"], figures  # moved mid-flow, kept by mh and sloppy TCP
