@@ -1,7 +1,9 @@
 """The programs the agent runs besides itself, and what their absence means.
 
 The agent does nearly everything over netlink; what it cannot, it hands to a
-program: the SNAT return path's nftables table goes through ``nft``. This
+program: the SNAT return path's nftables table goes through ``nft``, and the
+BGP announcements of active-active directors through BIRD (``bird``, driven
+with ``birdc``; not a BGP implementation of our own). This
 table is the one list of such programs: the image carries each one
 (deploy/image/build.sh installs their Debian packages and tests/image checks
 the built image against this table), and when one is missing at run time only
@@ -16,6 +18,8 @@ import shutil
 # program -> (the Debian package that ships it, the variable that may name another binary)
 EXTERNAL_TOOLS: dict[str, tuple[str, str]] = {
     "nft": ("nftables", "KUBE_LVS_NFT"),
+    "bird": ("bird2", "KUBE_LVS_BIRD"),
+    "birdc": ("bird2", "KUBE_LVS_BIRDC"),
 }
 
 
