@@ -471,6 +471,8 @@ class Agent:
         the rest (its failures are logged and counted, never raised). A
         changed decision rewrites the statuses of every object."""
         before = self.bgp.decisions
+        if not programmed.bgp and not before and not self.bgp.running:
+            return  # not an active-active director: no walk over every service per pass
         await asyncio.to_thread(self.bgp.after_pass, programmed, report, self.stopping)
         now = time.monotonic()
         if self.bgp.decisions == before and now - self._bgp_read_at < self.BGP_SESSIONS_INTERVAL:

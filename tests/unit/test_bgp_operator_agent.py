@@ -89,3 +89,15 @@ def test_metrics_carry_the_sessions_and_the_announcements(tmp_path):
     text = generate_latest(registry_for(agent, lambda: IPVSTable())).decode()
     assert 'kube_lvs_bgp_vip_announced{reason="Announced",vip="192.168.0.30"} 1.0' in text
     assert 'kube_lvs_bgp_session_up{peer="10.0.0.254"' in text
+
+
+def test_a_director_without_bgp_never_starts_bird(tmp_path):
+    """A plain VirtualService's NodeStates: the speaker stays idle (no bird, no status.bgp)."""
+    r = compiled([web(labels=None)])
+    objs = director_objects(r, "d1")
+    a, fake = agent_with_speaker(tmp_path, objs)
+
+    async def go():
+        await settled(a, full=True)
+    asyncio.run(go())
+    assert fake.calls == [] and "bgp" not in objs["d1-team-a-web"]["status"]
