@@ -28,8 +28,8 @@ from typing import Any, Callable
 from .drain import by_service
 from .gcpause import GCPauses
 from .health import HealthChecker, effective_spec
-from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, stale_statuses,
-                        status_changed)
+from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_status, merge, node_selector, owners_of,
+                        stale_statuses, status_changed)
 from .object_cache import ObjectCache, reconcile_from_cache
 from .verdicts import VERDICT_RECORD, VerdictStore
 from lvs_model.status_writer import StatusWriter
@@ -503,7 +503,7 @@ class Agent:
                     owner = snap.merged.owner
                     moved = {k[0] for k in conns.keys() ^ self._conns.keys()}
                     moved |= {k[0] for k, v in conns.items() if self._conns.get(k, v) != v}
-                    names = names | {owner[k] for k in moved if k in owner}
+                    names = names | {n for k in moved for n in owners_of(owner, k)}  # every shard
                 self._conns = conns
             self._conns_cost = time.monotonic() - started
         now, stamp, out = time.monotonic(), _now(), {}
