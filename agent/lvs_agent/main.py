@@ -694,13 +694,14 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(args.node, args.namespace, engine, api, state_dir / "nodestates.json",
                   resync=args.resync, patch_status=functools.partial(StatusPatcher(api.api_client).patch, PLURAL))
     from . import announce as announcer
-    from .ha_agent import HaController, kernel_sync
+    from .ha_agent import HaController, kernel_sync, route_device
     from .ha_lease import DirectorLease
     agent.ha = HaController(DirectorLease(api, args.namespace, args.node),
                             lambda device, vip: announcer.announce(device, vip, args.netns, count=3),
                             sync=kernel_sync(args.netns), on_change=lambda: (agent._touch(), agent.wake()),
                             resolve_uplink=engine.resolve_uplink,
-                            watch=lambda device: announcer.ArpWatcher(device, args.netns))
+                            watch=lambda device: announcer.ArpWatcher(device, args.netns),
+                            route_lookup=functools.partial(route_device, netns=args.netns))
     from .bgp_speaker import DEFAULT_SECRET_DIR, BgpSpeaker
     # BIRD runs only while the NodeStates give this node BGP peers (active-active directors).
     agent.bgp = BgpSpeaker(state_dir / "bgp", netns=args.netns,

@@ -41,8 +41,6 @@ fail just before this change.
 from __future__ import annotations
 
 import json
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -53,7 +51,7 @@ from pathlib import Path
 import pytest
 
 from lvs_agent import announce
-from lvs_lab.netns import call_in_netns
+from lvs_lab.arp import arp_answers as lab_arp_answers
 from lvs_lab.servers import tcp_replies
 from lvs_lab.topology import Lab, dr_backend_prepare, tun_backend_prepare
 
@@ -99,28 +97,7 @@ def node_doc(node: str, sc: Scenario = SCENARIOS["dr"]) -> dict:
 def arp_answers(lab: Lab, host: str, ip: str, wait: float = 1.0, source: str = "") -> set[str]:
     """Sender MACs of every ARP reply for ``ip`` to one request from ``host``
     (from its eth0 address ``source``, default its address on the client's segment)."""
-    me = socket.inet_aton(source or HOSTS[host])
-
-    def probe() -> set[str]:
-        mac = announce.hw_address("eth0")
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(announce.ETH_P_ARP))
-        s.bind(("eth0", announce.ETH_P_ARP))
-        s.settimeout(0.1)
-        frame = (announce.BROADCAST + mac + struct.pack("!H", announce.ETH_P_ARP)
-                 + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, me, b"\0" * 6, socket.inet_aton(ip)))
-        s.send(frame)
-        out, end = set(), time.monotonic() + wait
-        while time.monotonic() < end:
-            try:
-                data = s.recv(128)
-            except socket.timeout:
-                continue
-            op, sha, spa = struct.unpack_from("!H6s4s", data, 20)
-            if op == 2 and spa == socket.inet_aton(ip):
-                out.add(sha.hex(":"))
-        s.close()
-        return out
-    return call_in_netns(lab.ns(host), probe)
+    return lab_arp_answers(lab.ns(host), source or HOSTS[host], ip, wait=wait)
 
 
 def wait_for(fn, what: str):
