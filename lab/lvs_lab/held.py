@@ -39,15 +39,26 @@ class HoldServer:
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c: socket.socket) -> None:
+        """Greet, echo if asked, and keep the connection until the client
+        closes it; then close it here too (health checks connect and close
+        every few seconds: a server that kept those would run out of file
+        descriptors in minutes and stop accepting)."""
         try:
             c.sendall(f"{self.name}\n".encode())
-            while self.echo and (data := c.recv(4096)):
-                c.sendall(data)
+            while data := c.recv(4096):
+                if self.echo:
+                    c.sendall(data)
         except OSError:
             pass
+        else:
+            try:
+                self.conns.remove(c)
+            except ValueError:  # drop_all() got there first
+                pass
+            c.close()
 
     def drop_all(self) -> None:
-        for c in self.conns:
+        for c in list(self.conns):
             c.close()
         self.conns.clear()
 

@@ -17,19 +17,29 @@ In order (they share one group, and each starts where the last ended):
   the VIP to one of them (their Lease expiry, its seeing their gratuitous
   ARP), one holder at the end.
 
+Then BGP scale-out on the same directors (a second VIP, active-active):
+- every director announces it to a router namespace running BIRD 2, whose
+  kernel gets one multipath route; new connections spread over the three;
+- a director whose label is removed withdraws first (the operator's drain),
+  its services go only after that, and no held connection drops;
+- a director killed (kill -9, link down): the router drops it within the
+  BGP hold time, new connections succeed.
+
 Before director groups every selected director held the VIP (three ARP
 answers) and a director's death lost its connections: the first test fails.
+Before BGP nothing announced the second VIP (no route on the router).
 Runs last in the e2e session: it stops the API server.
 """
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from lvs_e2e.guest_topology import HA_HOSTS, HA_VIP
+from lvs_e2e.guest_topology import BGP_VIP, HA_HOSTS, HA_VIP
 from lvs_e2e.system import GUEST_RUN, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,9 +104,9 @@ class Probe:
     """lvs_e2e.ha_traffic probe in the client namespace: held connections and
     a loop of new requests."""
 
-    def __init__(self, system, name: str, held: int):
+    def __init__(self, system, name: str, held: int, vip: str = HA_VIP):
         self.system, self.name, self.dir = system, name, f"{GUEST_RUN}/{name}"
-        system.ctl.spawn(name, [system.python, "-m", "lvs_e2e.ha_traffic", "probe", self.dir, "ha-client", HA_VIP,
+        system.ctl.spawn(name, [system.python, "-m", "lvs_e2e.ha_traffic", "probe", self.dir, "ha-client", vip,
                                 str(HOLD_PORT), str(held)], log=f"{GUEST_RUN}/{name}.log")
         got = wait_until(f"{name}: {held} held connections", lambda: self._read("held.json"), 180, 1)
         self.ports = {f"{HA_HOSTS['client']}:{p}" for p in got["ports"]}
@@ -238,3 +248,124 @@ def test_a_director_cut_off_from_the_api_server_gives_up_the_vip(ha):
         ha._start_api_relay(cut)
     time.sleep(3 * LEASE)  # back in the member list: no fail-back
     assert holders(ha) == [new] and arp_answers(ha) == {new}
+
+
+# -- BGP scale-out (active-active) ------------------------------------------------------
+
+ROUTER_ASN, DIRECTOR_ASN, HOLD = 64512, 64513, 3  # hold time: the shortest BGP allows, so the test is short
+BGP_LABEL = {"lvs.kube-lvs.io/bgp": "true"}
+ADDR = {d: HA_HOSTS[d.removeprefix("ha-")] for d in DIRECTORS}
+
+
+def bgp_objects() -> list[dict]:
+    peer = {"apiVersion": "lvs.kube-lvs.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "e2e-router"},
+            "spec": {"peerAddress": HA_HOSTS["router"], "peerASN": ROUTER_ASN, "myASN": DIRECTOR_ASN,
+                     "holdTime": HOLD, "keepaliveTime": 1, "nodeSelector": {"matchLabels": BGP_LABEL}}}
+    pool = {"apiVersion": "lvs.kube-lvs.io/v1alpha1", "kind": "VIPPool", "metadata": {"name": "e2e-bgp"},
+            "spec": {"addresses": [f"{BGP_VIP}/32"], "namespaces": ["edge"],
+                     "realServerAddresses": ["192.168.30.0/24"], "directorNodeSelector": {"matchLabels": BGP_LABEL}}}
+    out = [peer, pool]
+    for name, port in (("bgp-http", 80), ("bgp-https", HOLD_PORT)):
+        out.append({"apiVersion": "lvs.kube-lvs.io/v1alpha1", "kind": "VirtualService",
+                    "metadata": {"name": name, "namespace": "edge",
+                                 "labels": {"lvs.kube-lvs.io/failover": "active-active"}},
+                    "spec": {"address": BGP_VIP, "port": port, "protocol": "tcp", "scheduler": "mh", "method": "dr",
+                             "directorSelector": {"matchLabels": BGP_LABEL},
+                             "healthCheck": {"type": "tcp", "interval": 2, "timeout": 1, "rise": 1, "fall": 2}}})
+        out += [{"apiVersion": "lvs.kube-lvs.io/v1alpha1", "kind": "RealServer",
+                 "metadata": {"name": f"{name}-{rs}", "namespace": "edge"},
+                 "spec": {"virtualService": name, "address": HA_HOSTS[rs], "port": port}} for rs in ("rs1", "rs2")]
+    return out
+
+
+def router_conf() -> str:
+    """The upstream router: learns the VIP from every director, installs one
+    multipath route in its kernel, announces nothing."""
+    peers = "".join(f"protocol bgp {d.replace('-', '_')} {{\n  local as {ROUTER_ASN};\n"
+                    f"  neighbor {a} as {DIRECTOR_ASN};\n  hold time {HOLD};\n  keepalive time 1;\n"
+                    "  graceful restart off;\n  ipv4 { import all; export none; };\n}\n" for d, a in ADDR.items())
+    return (f"log stderr all;\nrouter id {HA_HOSTS['router']};\nprotocol device {{}}\n"
+            "protocol kernel {\n  ipv4 { import none; export all; };\n  merge paths on;\n}\n" + peers)
+
+
+def next_hops(system) -> set[str]:
+    """The directors the router's kernel sends the VIP's flows to."""
+    out = system.g("ip", "-n", "ha-router", "route", "show", f"{BGP_VIP}/32")
+    by_addr = {a: d for d, a in ADDR.items()}
+    return {by_addr.get(a, a) for a in re.findall(r"via (\S+)", out)}
+
+
+def bgp_conns(system, d: str) -> int:
+    out = system.ipvsadm(d, "-Ln", "--stats", "--exact")
+    line = next((ln for ln in out.splitlines() if ln.split()[:2] == ["TCP", f"{BGP_VIP}:80"]), "")
+    return int(line.split()[2]) if line else 0
+
+
+@pytest.fixture(scope="module")
+def bgp(ha):
+    for d in DIRECTORS:
+        ha.kubectl("label", "node", d, "lvs.kube-lvs.io/bgp=true", "--overwrite")
+        ha.kubectl("patch", "node", d, "--subresource=status", "--type=merge", "-p",
+                   json.dumps({"status": {"addresses": [{"type": "InternalIP", "address": ADDR[d]}]}}))
+    conf = f"{GUEST_RUN}/router-bird.conf"
+    ha.ctl.run(["sh", "-c", f"cat > {conf}"], input=router_conf()).check()
+    ha.ctl.spawn("ha-router-bird", ["ip", "netns", "exec", "ha-router", "bird", "-f", "-c", conf,
+                                    "-s", f"{GUEST_RUN}/router-bird.ctl"], log=f"{GUEST_RUN}/ha-router-bird.log")
+    ha.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": bgp_objects()}))
+    yield ha
+    ha.ctl.signal("ha-router-bird")
+
+
+def test_bgp_every_director_announces_and_flows_spread(bgp):
+    try:
+        wait_until("a multipath route through the three directors", lambda: next_hops(bgp) == set(DIRECTORS),
+                   300, 2)
+    except TimeoutError:
+        print(bgp.guest_log("ha-router-bird.log", 30))
+        raise
+    before = {d: bgp_conns(bgp, d) for d in DIRECTORS}
+    names = bgp.requests("ha", BGP_VIP, 60)
+    assert names.count("-") == 0 and set(names) == {"rs1", "rs2"}, names
+    spread = wait_until("the directors' counters hold all 60",
+                        lambda: (lambda c: c if sum(c.values()) >= 60 else None)(
+                            {d: bgp_conns(bgp, d) - before[d] for d in DIRECTORS}), 60, 2)
+    print("bgp spread:", json.dumps(spread))
+    assert all(n > 0 for n in spread.values()), spread  # every director carried flows
+    vs = json.loads(bgp.kubectl("get", "virtualservices.lvs.kube-lvs.io", "-n", "edge", "bgp-http", "-o", "json"))
+    wait_until("status.announcedBy names the three", lambda: sorted(json.loads(bgp.kubectl(
+        "get", "virtualservices.lvs.kube-lvs.io", "-n", "edge", "bgp-http", "-o", "json"))["status"].get(
+        "announcedBy", "").split(",")) == sorted(DIRECTORS), 120, 2)
+    assert vs["spec"]["scheduler"] == "mh"
+
+
+def test_bgp_a_drained_director_withdraws_before_its_services_go(bgp):
+    """The label removed: the operator drains (the director withdraws, keeps
+    its services), then removes its services; the held connections it
+    carried moved with the route (mh, sloppy TCP) and none drops."""
+    drained = DIRECTORS[0]
+    probe = Probe(bgp, "bgp-probe-drain", 30, vip=BGP_VIP)
+    try:
+        bgp.kubectl("label", "node", drained, "lvs.kube-lvs.io/bgp-")
+        wait_until(f"{drained} withdrawn", lambda: next_hops(bgp) == set(DIRECTORS[1:]), 120, 0.5)
+        assert f"{BGP_VIP}:{HOLD_PORT}" in bgp.ipvsadm(drained, "-Ln"), "withdrawn first, services still there"
+        wait_until(f"{drained}'s services removed after the drain",
+                   lambda: f"{BGP_VIP}:{HOLD_PORT}" not in bgp.ipvsadm(drained, "-Ln"), 180, 1)
+        answering = probe.answering("drained")
+        failed = probe.failed()
+    finally:
+        probe.stop()
+    print("bgp drain figures:", json.dumps({"held": 30, "answering": answering, "failed_requests": failed}))
+    assert answering == 30 and failed == 0
+
+
+def test_bgp_a_dead_director_is_dropped_within_the_hold_time(bgp):
+    dead = DIRECTORS[1]
+    bgp.stop_agent(dead, 9)
+    bgp.g("ip", "-n", dead, "link", "set", "eth0", "down")
+    killed = time.monotonic()
+    wait_until(f"the router drops {dead}", lambda: dead not in next_hops(bgp), 60, 0.2)
+    took = time.monotonic() - killed
+    names = bgp.requests("ha", BGP_VIP, 20)
+    print("bgp withdraw figures:", json.dumps({"hold_time": HOLD, "dropped_after_seconds": round(took, 2),
+                                                "new_requests": len(names), "failed": names.count("-")}))
+    assert names.count("-") == 0, names

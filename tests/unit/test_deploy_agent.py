@@ -19,8 +19,9 @@ def daemonset(path: Path = S.MANIFEST) -> dict:
 
 def test_the_default_agent_is_not_privileged():
     sb = S.from_manifest()
-    assert sb.capabilities == ("NET_ADMIN", "NET_RAW")  # NET_RAW: failover announcements
-    assert sb.cap_mask == 1 << 12 | 1 << 13
+    # NET_RAW: failover announcements; NET_BIND_SERVICE: BIRD's BGP port 179
+    assert sb.capabilities == ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
+    assert sb.cap_mask == 1 << 12 | 1 << 13 | 1 << 10
     assert (sb.uid, sb.gid, sb.no_new_privs, sb.read_only_root) == (0, 0, True, True)
     assert (sb.sysctl_mount, sb.sysctl_root) == ("/host/proc/sys/net", "/host/proc/sys")
 
@@ -36,7 +37,7 @@ def test_the_sandbox_drops_to_the_manifests_set():
     sb = S.from_manifest()
     argv = sb.command("nat-director", "/tmp/e2e/a.root", "/tmp/e2e/a", ["lvs-agent", "--node", "a"])
     assert argv[:5] == ["ip", "netns", "exec", "nat-director", "sh"]
-    assert "--bounding-set=-all,+net_admin,+net_raw" in argv and "--no-new-privs" in argv
+    assert "--bounding-set=-all,+net_admin,+net_raw,+net_bind_service" in argv and "--no-new-privs" in argv
     assert argv[-2:] == ["--sysctl-root", "/tmp/e2e/a.root/host/proc/sys"]
     assert "--netns" not in argv  # the agent starts inside its namespace: no setns
     script = argv[6]
