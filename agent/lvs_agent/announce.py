@@ -62,6 +62,24 @@ def hw_address(ifname: str, netns: str | None = None) -> bytes:
     return got[18:24]
 
 
+SIOCGIFFLAGS = 0x8913
+IFF_RUNNING = 0x40  # up, and the driver has a carrier (operstate up)
+
+
+def link_running(ifname: str, netns: str | None = None) -> bool:
+    """Whether the device is up with a carrier (SIOCGIFFLAGS; no capability
+    needed). A device that does not exist is not running."""
+    with in_netns(netns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        got = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("256s", ifname.encode()[:15]))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return bool(struct.unpack_from("H", got, 16)[0] & IFF_RUNNING)
+
+
 def send_garp(ifname: str, vip: str, netns: str | None = None, count: int = 1) -> None:
     mac = hw_address(ifname, netns)
     with in_netns(netns):

@@ -111,6 +111,15 @@ def unserved(spec: NodeSpec, vips: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def cut_off(spec: NodeSpec, vips: Iterable[str], uplink: str, running: Callable[[str], bool]) -> frozenset[str]:
+    """The VIPs whose group device (its ``device``, else the uplink) is down
+    or has no carrier: this director cannot answer for them, whatever its
+    Lease says (its API server may be reachable another way)."""
+    devices = {v: g.device or uplink for g in spec.director_groups for v in g.vips}
+    down = {d for d in set(devices.values()) if d and not running(d)}
+    return frozenset(v for v in vips if devices.get(v) in down)
+
+
 def wanted_daemons(spec: NodeSpec, uplink: str) -> tuple[list[SyncDaemon], str]:
     """The sync daemons (master and backup) for this director, and a problem
     when the groups ask for more than one: a namespace runs one daemon per
@@ -151,18 +160,23 @@ class HaController:
                  clock: Callable[[], float] = time.monotonic,
                  resolve_uplink: Callable[[NodeSpec], str] | None = None,
                  watch: Callable[[str], Any] | None = None,
-                 route_lookup: Callable[[str], str] | None = None):
+                 route_lookup: Callable[[str], str] | None = None,
+                 link_running: Callable[[str], bool] = lambda device: True):
         """``resolve_uplink``: the device announcements and the sync daemon
         use when a group names none (read in this thread, not in the pass).
         ``watch(device)``: an object whose ``poll()`` returns the VIPs other
         hosts announced since the last call (announce.ArpWatcher).
         ``route_lookup(address)``: the device of the route to ``address``,
         where a NAT gateway with no declared device is held (default:
-        :func:`route_device` in the agent's own namespace)."""
+        :func:`route_device` in the agent's own namespace).
+        ``link_running(device)``: whether the group's device is up with a
+        carrier (announce.link_running); a director whose device is not gives
+        its VIPs up like one without a healthy real server."""
         self.lease, self.announce, self.sync, self.on_change = lease, announce, sync, on_change
         self.resolve_uplink = resolve_uplink
         self.watch, self.watcher = watch, None
         self.route_lookup = route_lookup or route_device
+        self.link_running = link_running
         self.gateway_devices: dict[str, str] = {}  # gateway -> device of the route to its real servers
         self.given_gateways: tuple[LocalAddress, ...] = ()  # in the spec of the last filter()
         self.announced_gateways: tuple[LocalAddress, ...] = ()
@@ -238,7 +252,7 @@ class HaController:
                 uplink = self.uplink = self.resolve_uplink(spec)
             except Exception as e:  # noqa: BLE001
                 log.warning("no uplink for the director group: %s", e)
-        bad = unserved(spec, vips)
+        bad = unserved(spec, vips) | cut_off(spec, vips, uplink, self.link_running)
         self._watch(uplink)
         moved = self._route_gateways(spec)
         try:

@@ -701,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                             sync=kernel_sync(args.netns), on_change=lambda: (agent._touch(), agent.wake()),
                             resolve_uplink=engine.resolve_uplink,
                             watch=lambda device: announcer.ArpWatcher(device, args.netns),
-                            route_lookup=functools.partial(route_device, netns=args.netns))
+                            route_lookup=functools.partial(route_device, netns=args.netns),
+                            link_running=functools.partial(announcer.link_running, netns=args.netns))
     from .bgp_speaker import DEFAULT_SECRET_DIR, BgpSpeaker
     # BIRD runs only while the NodeStates give this node BGP peers (active-active directors).
     agent.bgp = BgpSpeaker(state_dir / "bgp", netns=args.netns,

@@ -106,7 +106,8 @@ def main(spec_path: str, leases_path: str, state_dir: str) -> int:
     state.mkdir(parents=True, exist_ok=True)
     engine = Engine(state / "ownership.json", uplink=spec.uplink)
     ha = HaController(DirectorLease(FileLeases(leases_path), "lvs", spec.node),
-                      lambda device, vip: announce.announce(device, vip, count=3), sync=kernel_sync(None))
+                      lambda device, vip: announce.announce(device, vip, count=3), sync=kernel_sync(None),
+                      link_running=announce.link_running)
     ha.update(spec)
     engine.reconcile(ha.filter(spec))
     last = time.monotonic()

@@ -259,3 +259,31 @@ def test_cut_off_holder_stops_answering_for_a_vip_it_saw_announced_by_another():
     watcher.seen = {V1, OTHER}  # d2's gratuitous ARP (and one for a VIP d1 does not hold)
     d1.step()
     assert d1.held == {V2}
+
+
+def test_a_director_whose_uplink_is_down_gives_its_vips_up():
+    """Its Lease may still renew (the API server reachable another way), but
+    nobody on the segment can reach it: it lists its VIPs as unserved and
+    the other director takes them. Before, only the Lease's expiry moved
+    them, which never came."""
+    from lvs_agent.ha_agent import cut_off
+    assert cut_off(spec("d1"), [V1, V2], "eth0", lambda dev: dev != "eth0") == {V1, V2}
+    assert cut_off(spec("d1"), [V1, V2], "eth0", lambda dev: True) == frozenset()
+    own = spec("d1", groups=(DirectorGroup("g", ("d1", "d2"), (V1,), sync_id=7, device="eth1"),
+                             DirectorGroup("h", ("d1", "d2"), (V2,), sync_id=7)))
+    assert cut_off(own, [V1, V2], "eth0", lambda dev: dev != "eth1") == {V1}  # the group's own device
+
+    api, clock, announced = FakeLeases(), Clock(), []
+    d1, d2 = director(api, "d1", clock, announced), director(api, "d2", clock, announced)
+    run(clock, d1, d2)
+    holder = d1 if V1 in d1.held else d2
+    other = d2 if holder is d1 else d1
+    holder.link_running = lambda dev: False
+    run(clock, d1, d2)
+    assert V1 in other.held and V1 not in holder.held
+
+
+def test_link_running_reads_the_device_flags():
+    from lvs_agent.announce import link_running
+    assert link_running("lo") is True  # up, and loopback always has a carrier
+    assert link_running("no-such-dev0") is False
