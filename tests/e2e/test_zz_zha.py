@@ -325,7 +325,7 @@ def test_bgp_every_director_announces_and_flows_spread(bgp):
         raise
     before = {d: bgp_conns(bgp, d) for d in DIRECTORS}
     names = bgp.requests("ha", BGP_VIP, 60)
-    assert names.count("-") == 0 and set(names) == {"rs1", "rs2"}, names
+    assert names.count("-") == 0, names  # (mh hashes the source address: one client, one real server)
     spread = wait_until("the directors' counters hold all 60",
                         lambda: (lambda c: c if sum(c.values()) >= 60 else None)(
                             {d: bgp_conns(bgp, d) - before[d] for d in DIRECTORS}), 60, 2)
@@ -359,10 +359,12 @@ def test_bgp_a_drained_director_withdraws_before_its_services_go(bgp):
 
 
 def test_bgp_a_dead_director_is_dropped_within_the_hold_time(bgp):
+    """A node death: its link goes first (so its BIRD cannot close the
+    session), then its agent (kill -9); the router notices at the hold time."""
     dead = DIRECTORS[1]
-    bgp.stop_agent(dead, 9)
     bgp.g("ip", "-n", dead, "link", "set", "eth0", "down")
     killed = time.monotonic()
+    bgp.stop_agent(dead, 9)
     wait_until(f"the router drops {dead}", lambda: dead not in next_hops(bgp), 60, 0.2)
     took = time.monotonic() - killed
     names = bgp.requests("ha", BGP_VIP, 20)
