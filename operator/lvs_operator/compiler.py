@@ -601,6 +601,7 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
     status: dict[str, Any] = {"observedGeneration": gen}
     if svc is not None:
         status["protocol"] = "fwmark" if svc.fwmark else svc.protocol
+        status["scheduler"] = svc.scheduler
         status["service"] = str(svc.key)
     total = len(info.directors)
     ready_nodes = sorted(n for n, r in reports.items() if r["current"] and r["programmed"])

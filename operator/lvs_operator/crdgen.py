@@ -198,7 +198,9 @@ def virtualservice_spec() -> dict:
                                    "(instead of address/port/protocol).", fmt="int64"),
         "family": _str("ipv4 or ipv6; follows spec.address, needed only for an ipv6 fwmark service.",
                        enum=tuple(K.FAMILIES)),
-        "scheduler": _str("IPVS scheduler (ipvsadm -s).", enum=K.SCHEDULERS, default="wlc"),
+        "scheduler": _str("IPVS scheduler (ipvsadm -s). Default: wlc; mh for an active-active (BGP) "
+                          "VirtualService, so every director maps a flow to the same real server.",
+                          enum=K.SCHEDULERS),
         "schedulerFlags": {"type": "array", "maxItems": 4, "x-kubernetes-list-type": "set",
                            "description": "sh-fallback/sh-port with scheduler sh, mh-fallback/mh-port with mh.",
                            "items": _str(enum=tuple(K.SCHED_FLAGS))},
@@ -288,6 +290,7 @@ def virtualservice_status() -> dict:
     return _obj({
         "observedGeneration": _int(0, fmt="int64"),
         "protocol": _str("tcp, udp, sctp or fwmark", max_length=8),
+        "scheduler": _str("The scheduler in use (spec.scheduler or its default)", max_length=8),
         "service": _str("The IPVS service key, e.g. tcp:192.168.0.30:80 or fwm:100", max_length=80),
         "directors": _str("ready/total directors", max_length=24),
         "directorsReady": _int(0),
@@ -641,7 +644,7 @@ def all_crds() -> dict[str, dict]:
             C.VIRTUALSERVICE_KIND, C.VIRTUALSERVICE_PLURAL, "lvsvc", "Namespaced",
             virtualservice_spec(), virtualservice_status(), [
                 _col("VIP", ".spec.address"), _col("Port", ".spec.port", "integer"),
-                _col("Protocol", ".status.protocol"), _col("Scheduler", ".spec.scheduler"),
+                _col("Protocol", ".status.protocol"), _col("Scheduler", ".status.scheduler"),
                 _col("Method", ".spec.method"), _col("Directors", ".status.directors", desc="ready/total"),
                 _col("RealServers", ".status.realServers", desc="healthy/total"),
                 _col("Active", ".status.activeDirector", priority=1, desc="the director holding the VIP"),

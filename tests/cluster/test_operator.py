@@ -459,7 +459,7 @@ def test_second_replica_waits_and_a_restart_rewrites_nothing(env):
     env.apply(rs(NS4, "d", "web", "10.30.0.4"))
     wait_for(lambda: len(env.nodestates()[f"{D1}-{NS4}-web"]["spec"]["services"][0]["dests"]) == 4, 20,
              "op-b to program the new real server")
-    assert "updated NodeState" in b.text()
+    wait_for(lambda: "updated NodeState" in b.text(), 10, "op-b's log of that write")  # the log is flushed apart
 
 
 def test_deleting_a_virtualservice_removes_everything_it_produced(env):

@@ -340,3 +340,22 @@ def test_the_example_compiles_to_three_announcing_directors():
     assert sorted(got) == ["dir-1", "dir-2", "dir-3"]
     assert {s.router_id for (s,) in got.values()} == {"10.40.0.1", "10.40.0.2", "10.40.0.3"}
     assert {s.vips for (s,) in got.values()} == {("192.168.40.100",)}
+
+
+@pytest.mark.parametrize("labels, spec_scheduler, want", [
+    ({"lvs.kube-lvs.io/failover": "active-active"}, None, "mh"),  # ECMP: every director picks the same server
+    ({"lvs.kube-lvs.io/failover": "active-active"}, "rr", "rr"),  # a declared scheduler wins
+    ({"lvs.kube-lvs.io/failover": "active-standby"}, None, "wlc"),
+    ({}, None, "wlc"),
+])
+def test_the_default_scheduler_is_mh_in_active_active_mode(labels, spec_scheduler, want):
+    """Before: the CRD defaulted every VirtualService to wlc, so an
+    active-active one got wlc unless its author knew to ask for mh."""
+    from lvs_operator.crmodel import VirtualService
+    spec = {"address": "192.0.2.10", "port": 80, "method": "dr", "directorSelector": {}}
+    if spec_scheduler:
+        spec["scheduler"] = spec_scheduler
+    vs = VirtualService.of({"metadata": {"name": "web", "namespace": "t", "labels": labels}, "spec": spec})
+    errors: list = []
+    svc = vs.to_service(errors)
+    assert not errors and svc is not None and svc.scheduler == want
