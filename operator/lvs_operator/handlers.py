@@ -66,7 +66,8 @@ def reconciler() -> Reconciler:
         r = STATE["reconciler"] = Reconciler(
             CONFIG["namespace"], _api, debounce=CONFIG["debounce"], resync=CONFIG["resync"],
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
-            identity=CONFIG["identity"], patch_status=StatusPatcher(_api_client()).patch)
+            identity=CONFIG["identity"], patch_status=StatusPatcher(_api_client()).patch,
+            default_loadbalancer=CONFIG.get("default_loadbalancer", False))
     return r
 
 

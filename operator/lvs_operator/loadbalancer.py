@@ -63,9 +63,13 @@ class LBPlan:
     vips: dict[Ref, str] = field(default_factory=dict)  # Service -> its VIP
 
 
-def is_ours(service: Mapping[str, Any]) -> bool:
+def is_ours(service: Mapping[str, Any], default_class: bool = False) -> bool:
+    """A LoadBalancer Service of our class; with ``default_class`` (the
+    admin made kube-lvs the cluster's default load balancer) also one that
+    names no class. Another class is never ours."""
     spec = service.get("spec") or {}
-    return spec.get("type") == "LoadBalancer" and spec.get("loadBalancerClass") == C.LOADBALANCER_CLASS
+    cls = spec.get("loadBalancerClass")
+    return spec.get("type") == "LoadBalancer" and (cls == C.LOADBALANCER_CLASS or (default_class and not cls))
 
 
 def _ref(obj: Mapping[str, Any]) -> Ref:
@@ -153,7 +157,7 @@ def _vs_body(svc: Mapping[str, Any], meta: Meta, port: Mapping[str, Any], vip: s
 
 def plan_loadbalancers(services: Iterable[Mapping[str, Any]], virtualservices: Iterable[Mapping[str, Any]],
                        pools: Iterable[Mapping[str, Any]], namespaces: Iterable[Mapping[str, Any]],
-                       now: str = "1970-01-01T00:00:00Z") -> LBPlan:
+                       now: str = "1970-01-01T00:00:00Z", default_class: bool = False) -> LBPlan:
     plan = LBPlan()
     vss = list(virtualservices)
     svcs = sorted(services, key=lambda s: Meta.of(s).age_key)
@@ -174,7 +178,7 @@ def plan_loadbalancers(services: Iterable[Mapping[str, Any]], virtualservices: I
 
     for svc in svcs:
         ref, meta = _ref(svc), Meta.of(svc)
-        if not is_ours(svc):
+        if not is_ours(svc, default_class):
             mine = {(d.get("spec") or {}).get("address") for d in derived.get(ref, ())}
             had = [i for i in _ingress(svc) if i.get("ip") in mine]
             if had or any(c.get("type") == CONDITION for c in (svc.get("status") or {}).get("conditions") or ()):

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write without holding the Lease (a single replica only)")
     ap.add_argument("--debounce", type=float, default=0.3, help="seconds to batch changes before compiling")
     ap.add_argument("--resync", type=float, default=300.0, help="seconds in which every VirtualService is recompiled (in 60 slices)")
+    ap.add_argument("--default-loadbalancer", action="store_true",
+                    default=os.environ.get("LVS_OPERATOR_DEFAULT_LOADBALANCER", "") == "true",
+                    help="also serve LoadBalancer Services that name no loadBalancerClass (kube-lvs as the "
+                         "cluster's default load balancer; leave off where another one, e.g. a cloud's, serves them)")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--debug", action="store_true")
     return ap
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers.CONFIG.update(
         namespace=args.namespace, identity=args.identity, lease_name=args.lease_name,
         lease_duration=args.lease_duration, lease_renew=args.lease_renew,
-        leader_election=not args.no_leader_election, debounce=args.debounce, resync=args.resync)
+        leader_election=not args.no_leader_election, debounce=args.debounce, resync=args.resync,
+        default_loadbalancer=args.default_loadbalancer)
     kopf.configure(verbose=args.verbose, debug=args.debug)
     for name in ("lvs_operator", "lvs_model"):  # lvs_model: the status writer's backlog line
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)

@@ -239,11 +239,14 @@ class Reconciler:
     def __init__(self, namespace: str, api_factory: Callable[[], Any], *, debounce: float = 0.3,
                  resync: float = 300.0, is_leader: Callable[[], bool] = lambda: True,
                  identity: str = "kube-lvs-operator",
-                 patch_status: Callable[[str, str, str, list, str], bytes] | None = None):
+                 patch_status: Callable[[str, str, str, list, str], bytes] | None = None,
+                 default_loadbalancer: bool = False):
         """``patch_status(plural, namespace, name, patch, content type)``: how
         statuses are written (handlers pass a StatusPatcher's; else through
-        ``api_factory()``), returning the object written."""
+        ``api_factory()``), returning the object written.
+        ``default_loadbalancer``: LoadBalancer Services that name no class are ours too."""
         self.namespace = namespace
+        self.default_loadbalancer = default_loadbalancer
         self.api_factory = api_factory
         self._patch = patch_status
         self.debounce, self.resync = debounce, resync
@@ -334,7 +337,7 @@ class Reconciler:
         Service; None (a full pass) for a LoadBalancer Service of our class
         (before or after): its VIP and VirtualServices are planned in full passes."""
         if kind == "services":
-            if any(o is not None and LB.is_ours(o) for o in (old, new)):
+            if any(o is not None and LB.is_ours(o, self.default_loadbalancer) for o in (old, new)):
                 return None
             if any(o is not None and LB.CONDITION in {c.get("type") for c in (o.get("status") or {}).get(
                     "conditions") or ()} for o in (old, new)):
@@ -549,7 +552,8 @@ class Reconciler:
         derived_writes = 0
         if scope is None:  # LoadBalancer Services: VIPs are only allocated against every VirtualService
             lb = LB.plan_loadbalancers(snap.get("services", ()), snap.get("virtualservices", ()),
-                                       snap.get("vippools", ()), snap.get("namespaces", ()), now)
+                                       snap.get("vippools", ()), snap.get("namespaces", ()), now,
+                                       self.default_loadbalancer)
             vw = plan_owned("virtualservices", lb.virtualservices, snap.get("virtualservices", ()),
                             lambda o: LB.owner_service(o) is not None)
             snap = self.write_owned(vw, snap)

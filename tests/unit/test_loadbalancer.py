@@ -78,6 +78,16 @@ def test_vip_is_kept_requested_honoured_and_exhaustion_reported():
     assert cond(plan_loadbalancers([outside], [], pools, [], NOW), ("web", "out"))["reason"] == "AddressNotAllowed"
 
 
+def test_as_the_default_load_balancer_a_service_without_a_class_is_ours_another_class_never():
+    """--default-loadbalancer: the admin made kube-lvs the cluster's default,
+    so a LoadBalancer Service that names no class gets a VIP; one of another
+    class and a ClusterIP Service stay alone. Before there was no such option."""
+    services = [svc("none", cls=None), svc("metallb", cls="metallb.io/metallb"), svc("cip", cls=None, type_="ClusterIP")]
+    p = plan_loadbalancers(services, [], [pool("a", ["192.168.5.0/24"])], [], NOW, default_class=True)
+    assert set(p.vips) == {("web", "none")}
+    assert not plan_loadbalancers(services, [], [pool("a", ["192.168.5.0/24"])], [], NOW).vips
+
+
 def test_other_classes_are_left_alone_and_no_pool_says_why_once():
     others = [svc("metallb", cls="metallb.io/metallb"), svc("none", cls=None), svc("cip", cls=None, type_="ClusterIP")]
     p = plan_loadbalancers(others, [], [pool("a", ["192.168.5.0/24"])], [], NOW)
