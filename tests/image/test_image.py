@@ -45,12 +45,18 @@ def test_lvsctl_is_in_the_image(image):
     assert r.returncode == 0 and "lvsctl" in r.stdout
 
 
+# How to run each tool harmlessly: --version, except birdc, which has none
+# (it runs when it gets as far as looking for BIRD's control socket).
+PROBES = {"birdc": (["-s", "/nonexistent", "show", "status"], "Unable to connect to server control socket")}
+
+
 @pytest.mark.parametrize("tool", sorted(EXTERNAL_TOOLS))
 def test_every_program_the_agent_runs_is_in_the_image(image, tool):
     """Issue 22 item 6: the image lacked nft, the one program the agent runs
     (for a natReturn: snat service's table). Each tool of lvs_agent.tools
     runs in the image from its PATH, and the agent's own lookup finds it."""
-    r = run(image, tool, "--version")
-    assert r.returncode == 0, (tool, r.stdout, r.stderr)
+    args, expect = PROBES.get(tool, (["--version"], None))
+    r = run(image, tool, *args)
+    assert (r.returncode == 0 if expect is None else expect in r.stdout + r.stderr), (tool, r.stdout, r.stderr)
     r = run(image, "python3", "-c", "from lvs_agent import tools; print(sorted(tools.missing(list(tools.EXTERNAL_TOOLS))))")
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
