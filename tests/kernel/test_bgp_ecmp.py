@@ -1,4 +1,4 @@
-"""Active-active directors over BGP with ECMP, DR, on the real kernel with real traffic.
+"""Active-active directors over BGP with ECMP, DR and TUN, on the real kernel with real traffic.
 
 A router namespace runs BIRD 2 with three eBGP sessions and its kernel
 protocol merging equal paths (``merge paths on``): the VIP's route in its
@@ -6,7 +6,8 @@ kernel is a multipath route over the directors that announce it, hashed on
 L4 (``fib_multipath_hash_policy=1``, as upstream routers hash flows). Three
 director namespaces each run bgp_director.py (the agent's engine and its
 BGP speaker, BIRD 2 as a child, the spec from a file), all with the ``mh``
-scheduler and the same two DR real servers. The client is behind the router.
+scheduler and the same two real servers, DR or TUN (ipip; each real server
+with the VIP on tunl0). The client is behind the router.
 
 Checked, each step on the router's kernel route and with new connections:
 
@@ -25,7 +26,7 @@ Checked, each step on the router's kernel route and with new connections:
   mid-connection) are what keep these: with ``rr`` or without sloppy TCP
   they are reset or dropped.
 
-Figures are printed and written to build/bgp-ecmp.json. Before this change
+Figures are printed and written to build/bgp-ecmp-<method>.json. Before this change
 no director announced anything (no BGP section, no speaker): the router had
 no route to the VIP and the first assertion fails.
 """
@@ -41,7 +42,7 @@ from pathlib import Path
 import pytest
 
 from lvs_lab.servers import tcp_replies
-from lvs_lab.topology import Lab, dr_backend_prepare
+from lvs_lab.topology import Lab, dr_backend_prepare, tun_backend_prepare
 
 from engine_helpers import HoldServer
 from test_engine_lifecycle import Held
@@ -64,10 +65,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-def director_doc(node: str, weight: int = 1) -> dict:
+def director_doc(node: str, weight: int = 1, method: str = "dr") -> dict:
     return {"node": node, "uplink": "eth0",
             "services": [{"address": VIP, "port": port, "scheduler": "mh",
-                          "dests": [{"address": a, "port": port, "method": "dr", "weight": weight}
+                          "dests": [{"address": a, "port": port, "method": method, "weight": weight}
                                     for a in REAL_SERVERS.values()]} for port in (80, HOLD_PORT)],
             "directorAddresses": [VIP],
             "bgp": {"routerId": DIRECTORS[node], "localAsn": DIRECTOR_ASN, "vips": [VIP],
@@ -139,8 +140,10 @@ def wait_for(fn, what: str):
     return wait_until(fn, what, DEADLINE)
 
 
-@pytest.fixture
-def fabric(tmp_path):
+@pytest.fixture(params=["dr", "tun"])
+def fabric(tmp_path, request):
+    method = request.param
+    (tmp_path / "method").write_text(method)
     with Lab() as lab:
         lab.host("router")
         lab.connect("router", "lan", "eth0", [f"{ROUTER}/24"])
@@ -154,7 +157,7 @@ def fabric(tmp_path):
             lab.connect(host, "lan", "eth0", [f"{addr}/24"])
             lab.ip(host, f"route add default via {ROUTER}")
         for r in REAL_SERVERS:
-            dr_backend_prepare(lab, r, VIP)
+            (dr_backend_prepare if method == "dr" else tun_backend_prepare)(lab, r, VIP)
         lab.apply()
         for r in REAL_SERVERS:
             lab.serve(r, port=80)
@@ -166,7 +169,7 @@ def fabric(tmp_path):
         procs = {}
         for d in DIRECTORS:
             spec = tmp_path / f"{d}.json"
-            spec.write_text(json.dumps(director_doc(d)))
+            spec.write_text(json.dumps(director_doc(d, method=method)))
             procs[d] = lab.popen(d, sys.executable, str(HERE / "bgp_director.py"), str(spec), str(tmp_path / d),
                                  stdout=open(tmp_path / f"{d}.log", "a"), stderr=subprocess.STDOUT)
         try:
@@ -182,7 +185,7 @@ def set_weight(tmp: Path, director: str, weight: int) -> None:
     """What the agent gets when its real servers fail their checks or are drained."""
     path = tmp / f"{director}.json"
     new = path.with_suffix(".new")
-    new.write_text(json.dumps(director_doc(director, weight)))
+    new.write_text(json.dumps(director_doc(director, weight, (tmp / "method").read_text())))
     new.replace(path)
 
 
@@ -234,7 +237,8 @@ def test_ecmp_spreads_flows_and_follows_each_director(fabric):
     kept = {d: sum(answers(h) for h in held if on[h.sock.getsockname()[1]] == d) for d in DIRECTORS}
     was_on = {d: sum(1 for v in on.values() if v == d) for d in DIRECTORS}
 
-    figures = {"method": "dr", "scheduler": "mh", "directors": 3, "connections": CONNECTIONS,
+    method = (tmp / "method").read_text()
+    figures = {"method": method, "scheduler": "mh", "directors": 3, "connections": CONNECTIONS,
                "per_director": spread, "share_min": round(min(spread.values()) / CONNECTIONS, 3),
                "withdraw_on_no_real_server_seconds": round(withdraw_s, 2),
                "reannounce_seconds": round(reannounce_s, 2),
@@ -242,7 +246,7 @@ def test_ecmp_spreads_flows_and_follows_each_director(fabric):
                "new_connections_after_drop": len(after), "new_connections_after_drop_ok": ok,
                "held_connections_per_director": was_on, "held_connections_answering": kept}
     print("bgp ecmp figures:", json.dumps(figures))
-    out = REPO / "build" / "bgp-ecmp.json"
+    out = REPO / "build" / f"bgp-ecmp-{method}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=1) + "\n")
     assert ok == len(after), figures
