@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from .errors import FieldError
-from .nodespec import NodeSpec, ServiceKey, _host_ip, _int, _known_keys
+from .nodespec import NodeSpec, ServiceKey, _addressed_entry, _host_ip, _int, _known_keys
 
 # Seconds. A real-world default that drops a dead director within 9 s
 # without BFD (RFC 4271 suggests 90 s, far too long for a load balancer;
@@ -253,13 +253,8 @@ def parse_bgp_part(d: Any, path: str, errors: list[FieldError]) -> BgpSpec | Non
 
 
 def parse_peer(d: Any, path: str, default_local: int, errors: list[FieldError]) -> BgpPeer | None:
-    if not isinstance(d, Mapping):
-        errors.append(FieldError(path, "must be a mapping"))
-        return None
     n = len(errors)
-    _known_keys(d, _PEER_KEYS, path, errors)
-    if "address" not in d:
-        errors.append(FieldError(f"{path}.address", "is required"))
+    if not _addressed_entry(d, _PEER_KEYS, path, errors):
         return None
     address = _peer_address(d["address"], f"{path}.address", errors)
     if "asn" not in d:

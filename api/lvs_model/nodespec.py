@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import kernel as K
@@ -400,6 +400,19 @@ def _known_keys(d: Mapping, allowed: set[str], path: str, errors: list[FieldErro
             errors.append(FieldError(f"{path}.{k}", f"unknown field (known: {', '.join(sorted(allowed))})"))
 
 
+def _addressed_entry(d: Any, keys: set[str], path: str, errors: list[FieldError]) -> bool:
+    """Whether ``d`` is a mapping with an ``address`` (a dest, a BGP peer);
+    its unknown keys are reported either way."""
+    if not isinstance(d, Mapping):
+        errors.append(FieldError(path, "must be a mapping"))
+        return False
+    _known_keys(d, keys, path, errors)
+    if "address" not in d:
+        errors.append(FieldError(f"{path}.address", "is required"))
+        return False
+    return True
+
+
 _DEST_KEYS = {"address", "port", "weight", "method", "tunnel", "upperThreshold", "lowerThreshold"}
 _SVC_KEYS = {"name", "family", "protocol", "address", "port", "fwmark", "scheduler",
              "schedulerFlags", "persistence", "onePacket", "dests", "healthCheck", "snat", "drainTimeout"}
@@ -445,13 +458,8 @@ def parse_health_check(d: Any, path: str, errors: list[FieldError]) -> HealthChe
 
 
 def parse_dest(d: Any, path: str, svc: Service, errors: list[FieldError]) -> Dest | None:
-    if not isinstance(d, Mapping):
-        errors.append(FieldError(path, "must be a mapping"))
-        return None
     n = len(errors)
-    _known_keys(d, _DEST_KEYS, path, errors)
-    if "address" not in d:
-        errors.append(FieldError(f"{path}.address", "is required"))
+    if not _addressed_entry(d, _DEST_KEYS, path, errors):
         return None
     address = _host_ip(d["address"], f"{path}.address", errors, svc.family, "a real server")
     if address and address == svc.address:

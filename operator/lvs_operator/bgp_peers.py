@@ -49,10 +49,9 @@ from lvs_model.bgp import BgpPeer, BgpSpec, parse_peer
 from lvs_model.errors import FieldError
 
 from .crmodel import CustomResource, Node, selector_matches
-from .ha_groups import ACTIVE_STANDBY, LABEL_FAILOVER
+from .ha_groups import ACTIVE_ACTIVE, ACTIVE_STANDBY, LABEL_FAILOVER
 
 BGPPEER_KIND, BGPPEER_PLURAL = "BGPPeer", "bgppeers"
-ACTIVE_ACTIVE = "active-active"
 MODES = (ACTIVE_STANDBY, ACTIVE_ACTIVE)
 # On a NodeState kept while its director drains: when the drain began (RFC 3339, the operator's clock).
 ANNOTATION_DRAIN_STARTED = f"{C.GROUP}/bgp-drain-started"

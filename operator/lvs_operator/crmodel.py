@@ -18,7 +18,7 @@ from lvs_model.errors import FieldError
 from lvs_model.nodespec import Dest, Service, parse_dest, parse_service, parse_timeouts
 from lvs_model.sysctls import sysctl_error
 
-from .ha_groups import LABEL_FAILOVER
+from .ha_groups import ACTIVE_ACTIVE, LABEL_FAILOVER
 
 # Fields of a VirtualService spec that are not part of the service document.
 VS_OPERATOR_FIELDS = ("method", "tunnel", "directorSelector", "natReturn", "backend")
@@ -97,7 +97,7 @@ class VirtualService(CustomResource):
         doc = {k: v for k, v in self.spec.items() if k not in VS_OPERATOR_FIELDS}
         doc["name"] = f"{self.meta.namespace}/{self.meta.name}"
         if "scheduler" not in doc:  # mh under ECMP: a flow another director gets keeps its real server
-            doc["scheduler"] = "mh" if self.meta.labels.get(LABEL_FAILOVER) == "active-active" else "wlc"
+            doc["scheduler"] = "mh" if self.meta.labels.get(LABEL_FAILOVER) == ACTIVE_ACTIVE else "wlc"
         return doc
 
     def to_service(self, errors: list[FieldError]) -> Service | None:

@@ -50,6 +50,7 @@ LABEL_SYNC_DEVICE = f"{GROUP}/sync-device"
 LABEL_PREFERRED = f"{GROUP}/preferred-director"
 LABEL_FAIL_BACK = f"{GROUP}/fail-back"
 ACTIVE_STANDBY = "active-standby"
+ACTIVE_ACTIVE = "active-active"  # every director announces the VIP over BGP (bgp_peers.py)
 ANNOTATION_NAT_GATEWAY = f"{GROUP}/nat-gateway"
 ANNOTATION_NAT_GATEWAY_DEVICE = f"{GROUP}/nat-gateway-device"
 
