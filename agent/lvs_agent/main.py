@@ -32,8 +32,8 @@ from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_stat
                         stale_statuses, status_changed)
 from .object_cache import ObjectCache, reconcile_from_cache
 from .verdicts import VERDICT_RECORD, VerdictStore
-from lvs_model.status_writer import StatusWriter
-from lvs_model.watchstream import Gone, check, follow
+from lvs_kube.status_writer import StatusWriter
+from lvs_kube.watchstream import Gone, check, follow
 
 log = logging.getLogger("lvs-agent")
 
@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
                               wait=True, waiting=lambda why: log.warning("%s: waiting for it", why))
     engine = Engine(state_dir / AGENT_RECORD, netns=args.netns, uplink=args.uplink,
                     drain_path=state_dir / DRAIN_RECORD)
-    from lvs_model.status_patch import StatusPatcher
+    from lvs_kube.status_patch import StatusPatcher
     api = client.CustomObjectsApi()
     agent = Agent(args.node, args.namespace, engine, api, state_dir / "nodestates.json",
                   resync=args.resync, patch_status=functools.partial(StatusPatcher(api.api_client).patch, PLURAL))

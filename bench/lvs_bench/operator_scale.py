@@ -115,12 +115,12 @@ class Api:
         return co
 
     def create(self, plural: str, ns: str, body: dict) -> None:
-        """A POST over a kept-alive connection of this thread's (lvs_model.status_patch):
+        """A POST over a kept-alive connection of this thread's (lvs_kube.status_patch):
         the generated client's own CPU per call was a quarter of the API server's, on
         the same two cores, while 110k objects went in."""
         raw = getattr(self._local, "raw", None)
         if raw is None:
-            from lvs_model.status_patch import StatusPatcher
+            from lvs_kube.status_patch import StatusPatcher
             raw = self._local.raw = StatusPatcher(self._co().api_client)
         raw.request("POST", f"/namespaces/{ns}/{plural}", body)
 

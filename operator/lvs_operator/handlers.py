@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import kopf
 
 from lvs_model import channel as C
-from lvs_model.status_patch import StatusPatcher
+from lvs_kube.status_patch import StatusPatcher
 
 from .leader import LeaseElector
 from .reconciler import Reconciler

@@ -34,58 +34,20 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from lvs_model import channel as C
-from lvs_model.status_patch import JSON_PATCH, PatchError
-from lvs_model.status_writer import StatusWriter
+from lvs_kube.status_patch import JSON_PATCH, PatchError
+from lvs_kube.status_writer import StatusWriter
 
 from . import loadbalancer as LB
 from .compiler import Event, Result, compile_cluster
+from .objects import KINDS, key_of, project
 from .owned import OwnedWrites, plan_owned
 from .services import backed_by, derive_realservers, is_derived, slice_service
 
 log = logging.getLogger("lvs_operator")
 
-KINDS = ("virtualservices", "realservers", "vippools", "nodes", "namespaces", "nodestates", "ipvssettings",
-         "services", "endpointslices", "bgppeers")
-
 
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def plain(obj: Any) -> Any:
-    """kopf bodies and views -> plain dicts and lists (a stable snapshot)."""
-    if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
-
-
-def project(kind: str, body: Mapping[str, Any]) -> dict:
-    """What the compiler needs of an object (keeps the caches small)."""
-    body = plain(body)
-    meta = body.get("metadata") or {}
-    keep = {k: meta[k] for k in ("name", "namespace", "uid", "creationTimestamp", "generation",
-                                 "resourceVersion", "labels", "annotations", "ownerReferences") if k in meta}
-    if kind == "endpointslices":  # no spec: the fields are top-level
-        keep.pop("annotations", None)
-        return {"metadata": keep, **{k: body[k] for k in ("addressType", "endpoints", "ports") if k in body}}
-    if kind == "services":
-        spec = body.get("spec") or {}
-        st = body.get("status") or {}
-        return {"metadata": keep, "spec": {k: spec[k] for k in ("type", "loadBalancerClass", "ports") if k in spec},
-                "status": {k: st[k] for k in ("loadBalancer", "conditions") if k in st}}
-    if kind == "nodes":
-        keep.pop("annotations", None)
-        return {"metadata": keep, "status": {"addresses": (body.get("status") or {}).get("addresses") or []}}
-    if kind == "namespaces":
-        return {"metadata": {k: keep[k] for k in ("name", "labels", "resourceVersion") if k in keep}}
-    return {"metadata": keep, "spec": body.get("spec") or {}, "status": body.get("status") or {}}
-
-
-def key_of(obj: Mapping[str, Any]) -> tuple[str, str]:
-    m = obj.get("metadata") or {}
-    return (m.get("namespace") or "", m.get("name") or "")
 
 
 # --------------------------------------------------------------------------

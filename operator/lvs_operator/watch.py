@@ -22,15 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lvs_model import channel as C
-from lvs_model.watchstream import Gone, check, follow
+from lvs_kube.watchstream import Gone, check, follow
 
 from .bgp_peers import BGPPEER_PLURAL
-from .reconciler import project
+from .objects import Key, key_of, project
 
 log = logging.getLogger("lvs_operator")
-
-Key = tuple[str, str]  # (namespace or "", name)
-
 
 @dataclass(frozen=True)
 class Kind:
@@ -51,11 +48,6 @@ def operator_kinds(namespace: str) -> tuple[Kind, ...]:
             Kind("nodes"), Kind("namespaces"), Kind(C.NODESTATE_PLURAL, g, v, namespace),
             Kind(C.IPVSSETTINGS_PLURAL, g, v), Kind("services"), Kind("endpointslices", "discovery.k8s.io", "v1"),
             Kind(BGPPEER_PLURAL, g, v))
-
-
-def key_of(obj: dict) -> Key:
-    m = obj.get("metadata") or {}
-    return (m.get("namespace") or "", m.get("name") or "")
 
 
 class Watcher:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lvs_model.channel import GROUP, NODESTATE_PLURAL, VERSION
-from lvs_model.status_patch import JSON_PATCH, PatchError, StatusPatcher
+from lvs_kube.status_patch import JSON_PATCH, PatchError, StatusPatcher
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import pytest
 
 from lvs_operator import leader as L
 from lvs_operator.compiler import compile_cluster
-from lvs_operator.reconciler import Reconciler, project
+from lvs_operator.objects import project
+from lvs_operator.reconciler import Reconciler
 
 from test_compiler import NODES, POOLS, rs, vs
 

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from lvs_model import channel as C
-from lvs_operator.reconciler import (Reconciler, compile_snapshot, plan_writes, project, scope_of_change,
+from lvs_operator.objects import project
+from lvs_operator.reconciler import (Reconciler, compile_snapshot, plan_writes, scope_of_change,
                                      scoped_snapshot)
 from lvs_operator.watch import Caches, Kind
 

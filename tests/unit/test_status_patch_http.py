@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from lvs_model.status_patch import PatchError, StatusPatcher
+from lvs_kube.status_patch import PatchError, StatusPatcher
 
 
 class Server:

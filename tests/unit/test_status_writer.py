@@ -9,7 +9,7 @@ import threading
 import time
 
 from lvs_agent.main import Agent
-from lvs_model.status_writer import DRAINED, StatusWriter
+from lvs_kube.status_writer import DRAINED, StatusWriter
 
 from test_agent_incremental import agent, obj
 
@@ -181,7 +181,7 @@ def test_agent_status_threads_wait_while_a_pass_runs(tmp_path):
 
 
 def test_a_large_backlog_logs_one_line_when_drained_a_small_one_none(caplog):
-    caplog.set_level(logging.INFO, logger="lvs_model.status_writer")
+    caplog.set_level(logging.INFO, logger="lvs_kube.status_writer")
     w = StatusWriter(lambda snap, names: {f"o{i}": i for i in range(snap)}, lambda n, s: None, workers=4)
     w.submit(StatusWriter.BURST_LOG - 1, None)
     assert w.wait_idle(5)

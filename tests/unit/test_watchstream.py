@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lvs_model.watchstream import Gone, events, resource_version
+from lvs_kube.watchstream import Gone, events, resource_version
 
 
 class Resp:
