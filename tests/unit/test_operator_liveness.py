@@ -60,3 +60,71 @@ def test_a_running_operator_passes(monkeypatch):
         rec.cancel(), elector.cancel()
         return out
     assert run(scenario())["passes"] == 0
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("broken", ["reconciler", "watch thread"])
+def test_kopf_liveness_endpoint_answers_500_when_a_part_died(monkeypatch, broken):
+    """Through kopf's own health reporter (the endpoint the kubelet probes):
+    green while every part runs, an HTTP error once the reconciler task ended
+    with an exception or a watch thread ended."""
+    import aiohttp
+    from kopf._cogs.structs import ephemera
+    from kopf._core.engines import indexing, probing
+
+    async def scenario():
+        rec, elector = await _parts(fail_reconciler=False)
+        watch = threading.Thread(target=threading.Event().wait, args=(5,), name="watch-nodes", daemon=True)
+        watch.start()
+        state = {"stop": asyncio.Event(), "reconciler_task": rec, "elector_task": elector,
+                 "watch_threads": [watch]}
+        monkeypatch.setattr(handlers, "STATE", state)
+        url = f"http://127.0.0.1:{_free_port()}/healthz"
+        ready = asyncio.Event()
+        settings = kopf.OperatorSettings()
+        reporter = asyncio.create_task(probing.health_reporter(
+            url, memo=ephemera.Memo(), indices=indexing.OperatorIndices(indexing.OperatorIndexers()), registry=kopf.get_default_registry(),
+            settings=settings, ready_flag=ready))
+        await asyncio.wait_for(ready.wait(), 5)
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url) as resp:
+                    before = resp.status
+                if broken == "reconciler":
+                    rec.cancel()
+                    async def crash():
+                        raise RuntimeError("boom")
+                    state["reconciler_task"] = asyncio.create_task(crash())
+                    await asyncio.sleep(0.01)
+                else:
+                    state["watch_threads"] = [threading.Thread(target=lambda: None, name="watch-nodes")]
+                    state["watch_threads"][0].start()
+                    state["watch_threads"][0].join()
+                # kopf caches a successful probe for 10 s: ask a fresh reporter's view
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+                ready2 = asyncio.Event()
+                url2 = f"http://127.0.0.1:{_free_port()}/healthz"
+                rep2 = asyncio.create_task(probing.health_reporter(
+                    url2, memo=ephemera.Memo(), indices=indexing.OperatorIndices(indexing.OperatorIndexers()),
+                    registry=kopf.get_default_registry(), settings=settings, ready_flag=ready2))
+                await asyncio.wait_for(ready2.wait(), 5)
+                async with http.get(url2) as resp:
+                    after = resp.status
+                rep2.cancel()
+                await asyncio.gather(rep2, return_exceptions=True)
+        finally:
+            reporter.cancel()
+            elector.cancel()
+            state["reconciler_task"].cancel()
+        return before, after
+
+    before, after = run(scenario())
+    assert before == 200
+    assert after >= 500
