@@ -15,7 +15,6 @@ import functools
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -32,6 +31,7 @@ from .nodestate import (GROUP, PLURAL, VERSION, Merged, StatusInputs, build_stat
                         stale_statuses, status_changed)
 from .object_cache import ObjectCache, reconcile_from_cache
 from .verdicts import VERDICT_RECORD, VerdictStore
+from lvs_kube.backoff import Backoff
 from lvs_kube.status_writer import StatusWriter
 from lvs_kube.watchstream import Gone, check, follow
 
@@ -40,21 +40,6 @@ log = logging.getLogger("lvs-agent")
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class Backoff:
-    """Exponential backoff with jitter, 1 s doubling to 60 s."""
-
-    def __init__(self, first: float = 1.0, cap: float = 60.0):
-        self.first, self.cap, self.delay = first, cap, first
-
-    def next(self) -> float:
-        d = self.delay
-        self.delay = min(self.cap, self.delay * 2)
-        return d * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 @dataclass(frozen=True)
