@@ -1,28 +1,26 @@
 """The operator's caches: one list+watch per kind, projected, in plain dicts.
 
-kopf's per-object machinery costs time quadratic in the number of objects at
-start-up (bench part 4: 23 min at 11k objects), so the operator keeps its own
-caches the way client-go informers do: a paginated LIST, then a WATCH from
-the list's resourceVersion (with bookmarks), a fresh LIST when the server says
-410 Gone, backoff while the API server is away. Every kind must have listed
-once before the reconciler runs, so a restarted operator never mistakes "not
-listed yet" for "deleted".
+kopf's per-object machinery costs time that grows with the square of the
+number of objects at start-up, so the operator keeps its own caches the way
+client-go informers do, with ``lvs_kube.informer`` (the agent's watch is the
+same code). Every kind must have listed once before the reconciler runs, so a
+restarted operator never mistakes "not listed yet" for "deleted".
 
-Each watcher runs in a thread (the kubernetes client is blocking) and hands
-its results to the asyncio loop in one call per LIST and one per event; the
-caches are only ever touched on the loop.
+Each kind's informer runs in a thread (the kubernetes client is blocking)
+and hands its results to the asyncio loop in one call per LIST and one per
+event; the caches are only ever touched on the loop.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from lvs_model import channel as C
-from lvs_kube.watchstream import Gone, check, follow
+from lvs_kube.backoff import Backoff
+from lvs_kube.informer import Collection, Informer
 
 from .bgp_peers import BGPPEER_PLURAL
 from .objects import Key, key_of, project
@@ -48,75 +46,6 @@ def operator_kinds(namespace: str) -> tuple[Kind, ...]:
             Kind("nodes"), Kind("namespaces"), Kind(C.NODESTATE_PLURAL, g, v, namespace),
             Kind(C.IPVSSETTINGS_PLURAL, g, v), Kind("services"), Kind("endpointslices", "discovery.k8s.io", "v1"),
             Kind(BGPPEER_PLURAL, g, v))
-
-
-class Watcher:
-    """LIST + WATCH of one kind; calls ``on_list(kind, {key: obj})`` and
-    ``on_event(kind, type, key, obj)`` (from its thread: the caller makes
-    them thread-safe)."""
-
-    PAGE = 500
-
-    def __init__(self, kind: Kind, api_client_factory: Callable[[], Any],
-                 on_list: Callable[[str, dict[Key, dict]], None],
-                 on_event: Callable[[str, str, Key, dict | None], None],
-                 stop: threading.Event, timeout: int = 300):
-        self.kind, self.factory = kind, api_client_factory
-        self.on_list, self.on_event = on_list, on_event
-        self.stop, self.timeout = stop, timeout
-        self.lists = 0
-
-    def _get(self, api: Any, params: list[tuple[str, Any]], timeout: float) -> Any:
-        """GET the kind's collection; the raw urllib3 response (not read yet)."""
-        method, url, headers, _, _ = api.param_serialize(
-            "GET", self.kind.path(), query_params=params, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"])
-        return check(api.call_api(method, url, header_params=headers, _request_timeout=timeout).response)
-
-    def list(self, api: Any) -> str:
-        objs: dict[Key, dict] = {}
-        cont, rv = "", ""
-        while True:
-            params: list[tuple[str, Any]] = [("limit", self.PAGE)] + ([("continue", cont)] if cont else [])
-            resp = self._get(api, params, 120)
-            body = json.loads(resp.data)
-            for o in body.get("items") or ():
-                objs[key_of(o)] = project(self.kind.plural, o)
-            meta = body.get("metadata") or {}
-            cont, rv = meta.get("continue") or "", meta.get("resourceVersion") or rv
-            if not cont:
-                break
-        self.lists += 1
-        self.on_list(self.kind.plural, objs)
-        return rv
-
-    def watch(self, api: Any, rv: str) -> str:
-        params = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
-                  ("timeoutSeconds", self.timeout)]
-        return follow(self._get(api, params, self.timeout + 30), rv, self._event, self.stop.is_set)
-
-    def _event(self, ev: dict) -> None:
-        typ, obj = ev.get("type"), ev.get("object") or {}
-        if typ != "BOOKMARK":  # a bookmark only moves the resourceVersion
-            self.on_event(self.kind.plural, typ, key_of(obj),
-                          None if typ == "DELETED" else project(self.kind.plural, obj))
-
-    def run(self) -> None:
-        backoff = 1.0
-        rv = ""
-        while not self.stop.is_set():
-            try:
-                api = self.factory()
-                if not rv:
-                    rv = self.list(api)
-                rv = self.watch(api, rv)
-                backoff = 1.0
-            except Gone:
-                rv = ""
-            except Exception as e:  # API server away: keep the caches, retry
-                log.warning("watch %s: %s; retrying in %.0fs", self.kind.plural, e, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
 
 
 class Caches:
@@ -157,14 +86,35 @@ class Caches:
         loop = asyncio.get_running_loop()
         threads = []
         for kind in self.kinds:
-            w = Watcher(kind, api_client_factory,
-                        on_list=lambda k, objs: loop.call_soon_threadsafe(self.replace, k, objs),
-                        on_event=lambda k, t, key, o: loop.call_soon_threadsafe(self.apply, k, t, key, o),
-                        stop=stop)
-            t = threading.Thread(target=w.run, name=f"watch-{kind.plural}", daemon=True)
+            t = threading.Thread(target=informer(kind, api_client_factory, loop, self, stop).run,
+                                 name=f"watch-{kind.plural}", daemon=True)
             t.start()
             threads.append(t)
         return threads
 
 
-__all__ = ["Caches", "Kind", "Watcher", "operator_kinds"]
+# Seconds between retries while the API server is away, doubling up to: the
+# longest the operator's caches stay behind once the server is back.
+RETRY_CAP = 30.0
+
+
+def informer(kind: Kind, api_client_factory: Callable[[], Any], loop: asyncio.AbstractEventLoop, caches: Caches,
+             stop: threading.Event) -> Informer:
+    """The informer that fills ``caches``' ``kind``: each LIST and each event
+    keyed and projected in its thread, handed to the loop in one call."""
+    plural = kind.plural
+
+    def listed(items: list[dict]) -> None:
+        objs = {key_of(o): project(plural, o) for o in items}
+        loop.call_soon_threadsafe(caches.replace, plural, objs)
+
+    def event(ev: dict) -> None:
+        typ, obj = ev["type"], ev.get("object") or {}
+        loop.call_soon_threadsafe(caches.apply, plural, typ, key_of(obj),
+                                  None if typ == "DELETED" else project(plural, obj))
+
+    return Informer(Collection(kind.path(), api_client_factory), listed, event, stop.is_set, name=plural,
+                    backoff=Backoff(cap=RETRY_CAP), sleep=stop.wait)
+
+
+__all__ = ["Caches", "Kind", "informer", "operator_kinds"]
