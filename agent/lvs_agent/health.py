@@ -19,67 +19,16 @@ import time
 from collections import deque
 from concurrent.futures import Future
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Hashable
 
 from lvs_model.nodespec import MIN_HEALTH_INTERVAL, Dest, DestKey, HealthCheck, NodeSpec, ServiceKey
 
-HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = "Healthy", "Unhealthy", "Draining", "Unknown"
+# The verdict vocabulary is pure (verdicts.py); the checker's users find it here too.
+from .verdicts import (DRAINING, HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, Verdicts, dest_health, effective_spec,
+                       step)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DestHealth:
-    state: str = UNKNOWN
-    successes: int = 0  # consecutive
-    failures: int = 0  # consecutive
-    last_error: str = ""
-    changed_at: float = 0.0
-
-
-def step(h: DestHealth, ok: bool, rise: int, fall: int, now: float, error: str = "") -> DestHealth:
-    """One check result in; the new verdict out (pure)."""
-    if ok:
-        succ, fail = h.successes + 1, 0
-        state = HEALTHY if (h.state == UNKNOWN or succ >= rise) else h.state
-    else:
-        succ, fail = 0, h.failures + 1
-        state = UNHEALTHY if fail >= fall else h.state
-    changed = now if state != h.state else h.changed_at
-    return DestHealth(state, succ, fail, "" if ok else error, changed)
-
-
-Verdicts = dict[tuple[ServiceKey, DestKey], DestHealth]
-
-
-def dest_health(d: Dest, h: DestHealth | None, checked: bool) -> str:
-    """The health column a user sees for one dest."""
-    if d.weight == 0:
-        return DRAINING
-    if not checked:
-        return HEALTHY if h is None else h.state  # unchecked services count as up
-    return (h or DestHealth()).state
-
-
-def effective_spec(spec: NodeSpec, verdicts: Verdicts) -> NodeSpec:
-    """The spec with failed servers' weights at 0 (pure). A service with no
-    failed server stays the same object (the engine's incremental reconcile
-    looks for changed services by identity first)."""
-    if not verdicts:
-        return spec
-    services = []
-    for s in spec.services:
-        if s.health.type == "none":
-            services.append(s)
-            continue
-        key = s.key
-        down = {d.key for d in s.dests if verdicts.get((key, d.key), DestHealth()).state == UNHEALTHY}
-        if not down:
-            services.append(s)
-            continue
-        services.append(replace(s, dests=tuple(replace(d, weight=0) if d.key in down else d for d in s.dests)))
-    return replace(spec, services=tuple(services))
 
 
 # ---------------------------------------------------------------------------
@@ -363,3 +312,7 @@ class HealthChecker:
         self._tasks.clear()
         self._checked.clear()
         self._pool.shutdown()
+
+
+__all__ = ["DRAINING", "DestHealth", "FairPool", "HEALTHY", "HealthChecker", "UNHEALTHY", "UNKNOWN", "Verdicts",
+           "dest_health", "effective_spec", "enter_netns", "paced", "probe", "step"]

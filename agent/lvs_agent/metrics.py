@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .health import dest_health
+from .verdicts import dest_health
 from .observe import IPVSTable, read_ipvs
 
 PREFIX = "kube_lvs"

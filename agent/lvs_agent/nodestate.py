@@ -19,12 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
-from lvs_model.channel import (ANNOTATION_VIRTUALSERVICE, GROUP, LABEL_NODE, NODESTATE_PLURAL as PLURAL, VERSION,
-                               label_value)
+from lvs_model.channel import ANNOTATION_VIRTUALSERVICE, LABEL_NODE, label_value
 from lvs_model.errors import FieldError
 from lvs_model.nodespec import DestKey, NodeSpec, Service, ServiceKey, parse_node_spec
 
-from .health import DRAINING, Verdicts, dest_health
+from .verdicts import DRAINING, Verdicts, dest_health
 
 
 def node_selector(node: str) -> str:

@@ -1,4 +1,8 @@
-"""Health verdicts kept across agent restarts.
+"""Health verdicts: the vocabulary (pure), and the verdicts kept across agent restarts.
+
+The states, one dest's verdict and how a check result moves it, and the
+spec the verdicts make, are pure: the merge (nodestate.py) and the status
+read them without depending on the checker that produces them (health.py).
 
 A restarted agent used to start with no verdicts: every checked real server
 was Unknown, and Unknown keeps the configured weight, so a server held at
@@ -25,12 +29,67 @@ behaviour before: configured weights until the checks decide).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from typing import Mapping
 
-from lvs_model.nodespec import DestKey, ServiceKey
+from lvs_model.nodespec import Dest, DestKey, NodeSpec, ServiceKey
 
-from .health import HEALTHY, UNHEALTHY, DestHealth, Verdicts
 from .jsonrecord import JsonRecord
+
+HEALTHY, UNHEALTHY, DRAINING, UNKNOWN = "Healthy", "Unhealthy", "Draining", "Unknown"
+
+@dataclass(frozen=True)
+class DestHealth:
+    state: str = UNKNOWN
+    successes: int = 0  # consecutive
+    failures: int = 0  # consecutive
+    last_error: str = ""
+    changed_at: float = 0.0
+
+
+def step(h: DestHealth, ok: bool, rise: int, fall: int, now: float, error: str = "") -> DestHealth:
+    """One check result in; the new verdict out (pure)."""
+    if ok:
+        succ, fail = h.successes + 1, 0
+        state = HEALTHY if (h.state == UNKNOWN or succ >= rise) else h.state
+    else:
+        succ, fail = 0, h.failures + 1
+        state = UNHEALTHY if fail >= fall else h.state
+    changed = now if state != h.state else h.changed_at
+    return DestHealth(state, succ, fail, "" if ok else error, changed)
+
+
+Verdicts = dict[tuple[ServiceKey, DestKey], DestHealth]
+
+
+def dest_health(d: Dest, h: DestHealth | None, checked: bool) -> str:
+    """The health column a user sees for one dest."""
+    if d.weight == 0:
+        return DRAINING
+    if not checked:
+        return HEALTHY if h is None else h.state  # unchecked services count as up
+    return (h or DestHealth()).state
+
+
+def effective_spec(spec: NodeSpec, verdicts: Verdicts) -> NodeSpec:
+    """The spec with failed servers' weights at 0 (pure). A service with no
+    failed server stays the same object (the engine's incremental reconcile
+    looks for changed services by identity first)."""
+    if not verdicts:
+        return spec
+    services = []
+    for s in spec.services:
+        if s.health.type == "none":
+            services.append(s)
+            continue
+        key = s.key
+        down = {d.key for d in s.dests if verdicts.get((key, d.key), DestHealth()).state == UNHEALTHY}
+        if not down:
+            services.append(s)
+            continue
+        services.append(replace(s, dests=tuple(replace(d, weight=0) if d.key in down else d for d in s.dests)))
+    return replace(spec, services=tuple(services))
+
 
 VERDICT_RECORD = "verdicts.json"  # in the agent's state directory
 
@@ -57,4 +116,5 @@ class VerdictStore(JsonRecord[Verdicts]):
         super().__init__(path, from_json, to_json, dict)
 
 
-__all__ = ["VERDICT_RECORD", "VerdictStore", "from_json", "to_json"]
+__all__ = ["DRAINING", "DestHealth", "HEALTHY", "UNHEALTHY", "UNKNOWN", "VERDICT_RECORD", "VerdictStore", "Verdicts",
+           "dest_health", "effective_spec", "from_json", "step", "to_json"]

@@ -45,19 +45,19 @@ def test_watch_is_resumed_not_relisted_and_a_relist_keeps_unchanged_objects(api,
         return real_list(*a, **kw)
     api.list_namespaced_custom_object = counted
     a = Agent("n1", ns, object(), api, tmp_path / "cache.json")  # no reconcile here: no engine
-    a.WATCH_SECONDS = 2
-    t = threading.Thread(target=a._watch_forever, daemon=True)
+    a.store.informer.watch_seconds = 2
+    t = threading.Thread(target=a.store.run, daemon=True)
     t.start()
     try:
         wait("the first list", lambda: a.synced and len(a.objects) == 3)
         first = dict(a.objects)
-        assert a._take_dirty() is None  # the first list: every status
+        assert a.store.take_dirty() is None  # the first list: every status
         wait("three watches ended by the server", lambda: lists["watch"] >= 3, 20)
         api.create_namespaced_custom_object(GROUP, VERSION, ns, NODESTATE_PLURAL, nodestate("o3", "10.0.0.4"))
         wait("the new object", lambda: "o3" in a.objects)
         assert lists["list"] == 1  # resumed each time, never listed again
         assert all(a.objects[n] is first[n] for n in first)
-        assert a._take_dirty() == {"o3"}
+        assert a.store.take_dirty() == {"o3"}
 
         # A relist (what an expired watch or an error leads to): o1 changed meanwhile,
         # o2 only in status; the rest keep their dicts, only o1 is marked.
@@ -71,12 +71,12 @@ def test_watch_is_resumed_not_relisted_and_a_relist_keeps_unchanged_objects(api,
                                                   {"status": {"observedGeneration": 1}})
         api.delete_namespaced_custom_object(GROUP, VERSION, ns, NODESTATE_PLURAL, "o3")
         before = dict(a.objects)
-        a._take_dirty()
-        a._relist(f"{LABEL_NODE}={label_value('n1')}")
+        a.store.take_dirty()
+        a.store.relist()
         assert sorted(a.objects) == ["o0", "o1", "o2"]
         assert a.objects["o0"] is before["o0"]
         assert a.objects["o2"] is not before["o2"] and a.objects["o2"]["spec"] is before["o2"]["spec"]
         assert a.objects["o1"]["spec"]["services"][0]["dests"][0]["weight"] == 9
-        assert a._take_dirty() == {"o1", "o3"}
+        assert a.store.take_dirty() == {"o1", "o3"}
     finally:
         a.stopping = True

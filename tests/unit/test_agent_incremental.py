@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from lvs_agent.main import Agent
+from lvs_agent.store import CACHE_EVERY
 from lvs_agent.nodestate import StatusInputs, stale_statuses
 from lvs_model.nodespec import DestKey, ServiceKey
 
@@ -156,7 +157,7 @@ def test_event_during_a_reconcile_is_not_lost(tmp_path):
 
 def test_connection_counts_refresh_at_most_every_interval(tmp_path):
     a, eng, _ = agent(tmp_path)
-    a.conn_status_interval = 0.0
+    a.reporter.conn_status_interval = 0.0
 
     async def go():
         await settled(a, full=True)
@@ -183,23 +184,11 @@ def test_loop_first_pass_is_full_then_incremental_passes_sweep_with_the_clock(tm
         a.stopping = True
         a.wake()
         await asyncio.wait_for(task, 5)
-    a._watch_forever = lambda: None  # no API server here
+    a.store.run = lambda: None  # no API server here
     asyncio.run(go())
     assert eng.calls[0] is False and all(eng.calls[1:])
     assert eng.sweeps[0] == 0 and all(1 <= n <= 2 for n in eng.sweeps[1:4]), eng.sweeps
 
-
-def test_sweep_slice_follows_the_clock(tmp_path):
-    a, _, _ = agent(tmp_path)
-    a.resync = 30.0
-    assert a._sweep_size(9999, 100.0) == 0  # no sweep before the first pass
-    assert a._sweep_size(9999, 100.5) == 167  # half a second of a 30 s round of 10,000
-    assert a._sweep_size(9999, 100.5) == 0  # no time passed
-    assert a._sweep_size(9999, 200.0) == 10000  # a long pass: the whole round, no more
-    assert a._sweep_size(0, 200.5) == 1  # an empty spec: the node side still gets checked
-
-
-# ---- reuse: unchanged objects keep their parse and their service objects --------------
 
 def test_merge_reuses_the_parse_of_unchanged_objects():
     from lvs_agent.nodestate import merge
@@ -251,40 +240,19 @@ def test_only_status_changed():
 def test_cache_writes_are_spaced_but_never_lost(tmp_path):
     import json
     a, _, _ = agent(tmp_path)
-    a._save_cache()
+    a.store.save_cache()
     assert set(json.loads((tmp_path / "cache.json").read_text())) == {"o1", "o2", "o3"}
     a.objects["o4"] = obj("o4", "10.0.0.4")
-    a._save_cache(now=False)  # within CACHE_EVERY of the last write: deferred
-    assert "o4" not in json.loads((tmp_path / "cache.json").read_text()) and a._cache_dirty
-    a._cache_saved -= a.CACHE_EVERY
-    a._save_cache(now=False)
-    assert "o4" in json.loads((tmp_path / "cache.json").read_text()) and not a._cache_dirty
-
-
-def test_sweep_keeps_to_its_budget_on_a_slow_machine(tmp_path):
-    """At 10 ms per service (a TCG VM at 10k services) the sweep may take 20 %
-    of the time: 10 services per half second, not 167; the round takes longer
-    and its length is measured."""
-    a, _, _ = agent(tmp_path)
-    a.resync = 30.0
-    a._sweep_size(9999, 100.0)
-    # A change's pass teaches nothing (its time is not the sweep's).
-    a._sweep_done(SimpleNamespace(swept=100, duration=5.0, round_done=False), 100.0, learn=False)
-    assert a._sweep_cost is None
-    a._sweep_done(SimpleNamespace(swept=100, duration=1.0, round_done=True), 100.0)
-    assert a._sweep_cost == 0.01 and a.sweep_round_seconds == 0.0  # the first round's start
-    assert a._sweep_size(9999, 100.5) == 10
-    a._sweep_done(SimpleNamespace(swept=10, duration=0.1, round_done=True), 160.0)
-    assert a.sweep_round_seconds == 60.0
-    a._sweep_cost = 1e-5  # a fast machine: the clock decides
-    assert a._sweep_size(9999, 101.0) == 167
-    a._sweep_cost = 0.01
-    assert a._sweep_size(9999, 111.0) == 10  # 10 s since: 2 s of budget, but one slice is 0.1 s at most
+    a.store.save_cache(now=False)  # within CACHE_EVERY of the last write: deferred
+    assert "o4" not in json.loads((tmp_path / "cache.json").read_text()) and a.store.cache_dirty
+    a.store.cache_saved -= CACHE_EVERY
+    a.store.save_cache(now=False)
+    assert "o4" in json.loads((tmp_path / "cache.json").read_text()) and not a.store.cache_dirty
 
 
 def test_moved_connection_counts_rebuild_only_their_objects(tmp_path):
     a, eng, api = agent(tmp_path)
-    a.conn_status_interval = 0.0
+    a.reporter.conn_status_interval = 0.0
 
     async def go():
         await settled(a, full=True)
@@ -308,19 +276,19 @@ def test_counts_held_back_by_the_interval_are_written_once_it_has_passed(tmp_pat
     async def go():
         await settled(a, full=True)
         api.patched.clear()
-        a.conn_status_interval = 0.0  # the next read is due now ...
-        a._last_status_write = {n: time.monotonic() for n in a.objects}
-        a.conn_status_interval = 30.0  # ... but o2 was written just now
-        a._conns_at = None
+        a.reporter.conn_status_interval = 0.0  # the next read is due now ...
+        a.reporter.last_write = {n: time.monotonic() for n in a.objects}
+        a.reporter.conn_status_interval = 30.0  # ... but o2 was written just now
+        a.reporter.conns_at = None
         eng.conns = {(K2, "10.1.0.1", 80): (0, 4)}
         await settled(a, full=False)
         assert api.patched == [] and eng.conn_reads == 2  # read, held back
-        a._last_status_write["o2"] -= 31  # the interval is over; the counts did not move again
+        a.reporter.last_write["o2"] -= 31  # the interval is over; the counts did not move again
         await settled(a, full=False)
         assert api.patched == ["o2"] and eng.conn_reads == 2
         assert a.objects["o2"]["status"]["dests"][0]["inactiveConns"] == 4
         api.patched.clear()
-        a._last_status_write["o2"] -= 31
+        a.reporter.last_write["o2"] -= 31
         await settled(a, full=False)
         assert api.patched == []  # written once, owed no more
     asyncio.run(go())
@@ -331,27 +299,13 @@ def test_watch_event_wakes_without_writing_the_cache_and_the_cache_is_slim(tmp_p
     a, _, _ = agent(tmp_path)
     o = obj("o9", "10.0.0.9")
     o["metadata"]["managedFields"] = [{"manager": "lvs-operator", "fieldsV1": {"f:spec": {}}}]
-    a._on_event({"type": "ADDED", "object": o})
-    assert a._cache_dirty and not a.cache_path.exists()  # the loop writes it, in its own thread
-    a._save_cache_soon()
-    a._cache_thread.join(5)
-    cached = json.loads(a.cache_path.read_text())
+    a.store._event({"type": "ADDED", "object": o})
+    assert a.store.cache_dirty and not a.store.cache_path.exists()  # the loop writes it, in its own thread
+    a.store.save_cache_soon()
+    a.store.cache_thread.join(5)
+    cached = json.loads(a.store.cache_path.read_text())
     assert cached["o9"]["spec"] == o["spec"] and "managedFields" not in cached["o9"]["metadata"]
     assert a.objects["o9"]["metadata"]["managedFields"]  # the live object keeps them
-
-
-def test_a_change_pass_sweeps_nothing_unless_the_sweep_is_starved(tmp_path):
-    """A slice swept in the pass that programs a change delays the change by
-    the slice; the next tick's slice catches up instead (it covers the time
-    since the last slice). Changes arriving faster than the tick for
-    SWEEP_STARVED seconds still sweep, so drift is never ignored."""
-    a, _, _ = agent(tmp_path)
-    a.resync = 30.0
-    a._sweep_size(9999, 100.0)
-    assert a._sweep_size(9999, 100.4, change=True) == 0
-    assert a._sweep_size(9999, 100.5) == 167  # the tick: half a second's slice, nothing lost
-    assert a._sweep_size(9999, 100.9, change=True) == 0
-    assert a._sweep_size(9999, 101.0 + a.SWEEP_STARVED, change=True) == 834  # starved: 2.5 s of round
 
 
 def test_gc_pauses_freeze_what_survived_at_most_every_settle_period_and_reclaim_hourly(monkeypatch):
@@ -447,7 +401,7 @@ def test_connection_counts_wait_while_built_statuses_wait_for_a_writer(tmp_path)
     written yet: the read waits (still due) until the writers have caught up."""
     import threading
     a, eng, api = agent(tmp_path)
-    a.conn_status_interval = 0.0
+    a.reporter.conn_status_interval = 0.0
     gate = threading.Event()
     write = api.patch_namespaced_custom_object_status
 
@@ -472,7 +426,7 @@ def test_connection_counts_wait_while_built_statuses_wait_for_a_writer(tmp_path)
         reads = eng.conn_reads  # that pass's build read them: nothing was queued yet
         await a.reconcile_once(full=False)  # counts due (interval 0), the backlog not drained
         await asyncio.sleep(0.2)
-        assert eng.conn_reads == reads and a._conns_due
+        assert eng.conn_reads == reads and a.reporter.conns_due
         gate.set()
         assert await asyncio.to_thread(a.status.wait_idle, 10)
         await settled(a, full=False)

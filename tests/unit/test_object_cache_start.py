@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from lvs_agent import ops as O
 from lvs_agent.main import Agent
+from lvs_agent.store import CACHE_EVERY
 from lvs_agent.object_cache import ObjectCache, additive, reconcile_from_cache
 from lvs_agent.plan import Plan, plan, settle
 from lvs_agent.state import Observed, Ownership
@@ -81,10 +82,10 @@ def test_a_cache_load_after_the_first_list_changes_nothing(tmp_path):
     from the list's version and never said it again."""
     ObjectCache(tmp_path / "cache.json").save({"a": obj("a", "10.0.0.1"), "b": obj("b", "10.0.0.2")})
     a = agent(tmp_path, ListingApi([obj("b", "10.0.0.2", rv="7")]))
-    read = a.cache.load()  # the start's load read the file: the list had not finished
-    a._relist("sel")  # now it has (and rewrote the file)
-    a.cache.load = lambda: read
-    a._load_cache()  # the load goes on with what it read
+    read = a.store.cache.load()  # the start's load read the file: the list had not finished
+    a.store.relist()  # now it has (and rewrote the file)
+    a.store.cache.load = lambda: read
+    a.store.load_cache()  # the load goes on with what it read
     assert set(a.objects) == {"b"} and a.objects["b"]["metadata"]["resourceVersion"] == "7"
     assert a.synced and not a.from_cache
 
@@ -92,13 +93,13 @@ def test_a_cache_load_after_the_first_list_changes_nothing(tmp_path):
 def test_the_cache_seeds_before_the_first_list_and_the_list_replaces_it(tmp_path):
     ObjectCache(tmp_path / "cache.json").save({"a": obj("a", "10.0.0.1"), "b": obj("b", "10.0.0.2")})
     a = agent(tmp_path, ListingApi([obj("b", "10.0.0.5", rv="7")]))
-    a._load_cache()
+    a.store.load_cache()
     assert set(a.objects) == {"a", "b"} and a.synced and a.from_cache
-    a._take_dirty()
-    a._relist("sel")
+    a.store.take_dirty()
+    a.store.relist()
     assert set(a.objects) == {"b"} and not a.from_cache
     assert a.objects["b"]["spec"]["services"][0]["address"] == "10.0.0.5"
-    assert {"a", "b"} <= a._take_dirty()  # the gone one and the changed one are re-planned
+    assert {"a", "b"} <= a.store.take_dirty()  # the gone one and the changed one are re-planned
 
 
 def test_additive_keeps_adds_and_updates_only():
@@ -131,13 +132,13 @@ def test_a_pass_from_the_cache_alone_never_removes_what_the_record_owns(tmp_path
     a = agent(tmp_path, ListingApi([obj("a", "10.0.0.1"), obj("c", "10.0.0.3")]), eng)
 
     async def go():
-        a._load_cache()
+        a.store.load_cache()
         await a.reconcile_once(full=True)
         assert eng.full_reconciles == 0 and a._last_full is None
         assert not any(isinstance(op, O.DelService) for op in eng.applied)
         assert b.key in kernel.services and b.key in eng.owned.services
         assert {s.address for s in kernel.services.values()} == {"10.0.0.1", "10.0.0.2"}
-        a._relist("sel")  # B's NodeState was deleted meanwhile: the list says so
+        a.store.relist()  # B's NodeState was deleted meanwhile: the list says so
         await a.reconcile_once(full=a._last_full is None)
         assert eng.full_reconciles == 1
         assert {s.address for s in kernel.services.values()} == {"10.0.0.1", "10.0.0.3"}
@@ -162,15 +163,15 @@ def test_the_cache_is_written_on_the_way_out(tmp_path):
     a = agent(tmp_path, None, KernelEngine(Observed(), Ownership()))
     a.objects = {"o1": obj("o1", "10.0.0.1")}
     a.synced = True
-    a._watch_forever = lambda: None  # no API server here
-    a._save_cache()
+    a.store.run = lambda: None  # no API server here
+    a.store.save_cache()
 
     async def go():
         task = asyncio.create_task(a.run())
         await asyncio.sleep(0)
-        a._on_event({"type": "ADDED", "object": obj("o2", "10.0.0.2")})
-        a._on_event({"type": "DELETED", "object": obj("o1", "10.0.0.1")})
-        assert a._cache_dirty and time.monotonic() - a._cache_saved < a.CACHE_EVERY
+        a.store._event({"type": "ADDED", "object": obj("o2", "10.0.0.2")})
+        a.store._event({"type": "DELETED", "object": obj("o1", "10.0.0.1")})
+        assert a.store.cache_dirty and time.monotonic() - a.store.cache_saved < CACHE_EVERY
         a.stopping = True
         a.wake()
         await asyncio.wait_for(task, 10)
