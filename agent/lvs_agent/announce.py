@@ -20,7 +20,7 @@ import ipaddress
 import socket
 import struct
 
-from .observe import in_netns
+from .netns import in_netns
 
 BROADCAST = b"\xff" * 6
 ETH_P_ARP = 0x0806

@@ -33,10 +33,14 @@ from typing import Iterable, Sequence
 from lvs_model.nodespec import ServiceKey
 
 from . import ops as O
+from .fou import apply_op as apply_fou
+from .gre_csum import apply_op as apply_gre_csum
 from .ipvs_config import set_timeouts, with_connection
-from .observe import (in_netns, netlink_socket, open_iproute, open_ipvs, pyroute2_dest,
-                      pyroute2_dest_key, pyroute2_service, pyroute2_service_key, run_nft,
-                      write_sysctl)
+from .ipvs_pyroute2 import open_ipvs, pyroute2_dest, pyroute2_dest_key, pyroute2_service, pyroute2_service_key
+from .netns import netlink_socket
+from .nft import run_nft
+from .rtnl import RtnlReader, open_iproute
+from .sysctl import write_sysctl
 from .plan import FALLBACK_TUNNELS
 from .state import unknown_result
 from .tools import missing_message
@@ -180,7 +184,7 @@ def _ifindex(ipr, name: str) -> int:
     return idx[0]
 
 
-def _apply_link_addr(ipr, op: O.Op) -> None:
+def _apply_link(ipr, op: O.Op) -> None:
     match op:
         case O.AddLink(name, kind):
             try:
@@ -202,14 +206,6 @@ def _apply_link_addr(ipr, op: O.Op) -> None:
                 ipr.link("set", index=idx[0], state="down")
             else:
                 ipr.link("del", index=idx[0])
-        case O.AddAddress(dev, addr, plen):
-            kw = {"flags": IFA_F_NODAD} if ":" in addr else {}
-            ipr.addr("add", index=_ifindex(ipr, dev), address=addr, prefixlen=plen, **kw)
-        case O.DelAddress(dev, addr, plen):
-            idx = ipr.link_lookup(ifname=dev)
-            if not idx:
-                return
-            ipr.addr("del", index=idx[0], address=addr, prefixlen=plen)
         case _:
             raise TypeError(op)
 
@@ -269,8 +265,9 @@ def address_message(index: int, addr: str, plen: int) -> bytes:
 class RtnlWriter:
     """One rtnetlink request at a time, each acked (error -> OSError).
 
-    Addresses go this way too: at 10k VIPs, pyroute2's per-address lookup and
-    decode took minutes in the lab VM."""
+    Addresses go this way too: one fixed-layout message per address, the
+    device index read once, where pyroute2 looks each device up and decodes
+    every answer (a node may carry thousands of VIPs)."""
 
     def __init__(self, netns: str | None = None):
         self.netns = netns
@@ -282,7 +279,6 @@ class RtnlWriter:
 
     def ifindex(self, name: str) -> int | None:
         if self._ifindex is None or name not in self._ifindex:
-            from .observe import RtnlReader
             with RtnlReader(self.netns) as r:
                 self._ifindex = {n: i for i, n in r.links()[1].items()}
         return self._ifindex.get(name)
@@ -425,15 +421,13 @@ class Applier:
                     elif isinstance(op, O.NFT_OPS):
                         _apply_nft(op, self.netns)
                     elif isinstance(op, O.FOU_OPS):
-                        from .fou import apply_op as apply_fou  # fou.py imports this package's observer
                         apply_fou(op, self.netns)
                     elif isinstance(op, O.GRE_CSUM_OPS):
-                        from .gre_csum import apply_op as apply_gre_csum
                         apply_gre_csum(op, self.netns)
                     elif isinstance(op, (O.AddLink, O.SetLinkUp, O.DelLink)):
                         if ipr is None:
                             ipr = open_iproute(self.netns)
-                        _apply_link_addr(ipr, op)
+                        _apply_link(ipr, op)
                     else:
                         results[i] = f"EOPNOTSUPP: this engine cannot apply {type(op).__name__}"
                         continue

@@ -53,7 +53,10 @@ from . import ops as O
 from . import tools
 from .apply import Applier
 from .ipvs_timeouts import observe_keys as observe_timeout_keys
-from .observe import IPVSTable, in_netns, observe, read_ipvs, read_ipvs_services, resolve_default_uplink
+from .ipvs_codec import IPVSTable
+from .netns import in_netns
+from .observe import observe, read_ipvs, read_ipvs_services
+from .rtnl import resolve_default_uplink
 from .plan import (NFT_FAMILY, NFT_TABLE, REPLY_TABLE_BASE, REPLY_TABLE_COUNT, Plan, claim, claim_services,
                    plan, plan_services, settle)
 from .state import Observed, Ownership, OwnershipStore
@@ -195,7 +198,7 @@ class Engine:
             return spec.uplink
         if self.uplink:
             return self.uplink
-        return resolve_default_uplink(self.netns, fast=self.applier.use_batch)
+        return resolve_default_uplink(self.netns)
 
     @staticmethod
     def missing_tools(spec: NodeSpec, owned: Ownership) -> frozenset[str]:
@@ -236,13 +239,6 @@ class Engine:
         return obs, table, uplink
 
     # -- public --------------------------------------------------------------
-    def observe(self, spec: NodeSpec | None = None, with_stats: bool = False) -> Observed:
-        """The kernel as the planner sees it (sysctls: those ``spec`` implies
-        plus those this engine changed)."""
-        with self._lock:
-            obs, _, _ = self._observe(spec or NodeSpec(), self.load_owned(), with_stats)
-            return obs
-
     def table(self, with_stats: bool = False) -> IPVSTable:
         """The whole IPVS table with counters (for lvsctl list and metrics)."""
         with self._lock:
@@ -253,9 +249,9 @@ class Engine:
                     ) -> dict[tuple[ServiceKey, str, int], tuple[int, int]]:
         """(service key, dest address, dest port) -> (active, inactive).
 
-        Read through a socket of its own, without the engine's lock: at 10k
-        services the read takes seconds in the VM, and a reconcile must not
-        wait for it (the agent's status thread calls this). ``pause`` is
+        Read through a socket of its own, without the engine's lock: the read
+        grows with the table, and a reconcile must not wait for it (the
+        agent's status thread calls this). ``pause`` is
         called between slices of the read: the agent's waits while a change
         is programmed, so the two do not share the interpreter meanwhile."""
         t = read_ipvs(self.netns, fast=self.applier.use_batch, pause=pause)

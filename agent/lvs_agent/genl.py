@@ -19,7 +19,7 @@ import struct
 import time
 from typing import Iterator
 
-from .observe import netlink_socket
+from .netns import netlink_socket
 
 # netlink
 NETLINK_GENERIC = 16

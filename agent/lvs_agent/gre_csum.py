@@ -25,7 +25,7 @@ import struct
 from lvs_model.nodespec import NodeSpec
 
 from . import ops as O
-from .observe import in_netns
+from .netns import in_netns
 from .state import LinkState, Observed, Ownership
 
 KEY_PREFIX = "gre-csum:"

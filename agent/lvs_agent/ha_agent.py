@@ -393,7 +393,7 @@ class HaController:
 
 def route_device(address: str, netns: str | None = None) -> str:
     """The device of the kernel's route to ``address`` (``ip route get``)."""
-    from .observe import open_iproute
+    from .rtnl import open_iproute
     ipr = open_iproute(netns)
     try:
         (route,) = ipr.route("get", dst=address)[:1]

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 from lvs_model import kernel as K
 from lvs_model.nodespec import TIMEOUT_NAMES, Dest, DestKey, Service, ServiceKey
 
-from .observe import DestRuntime, IPVSTable, Stats, svc_flags
+from .ipvs_codec import DestRuntime, IPVSTable, Stats, svc_flags
 
 ROOT_MESSAGE = "lvsctl must run as root (it programs the kernel's IPVS table)"
 

@@ -15,7 +15,8 @@ import pytest
 from lvs_agent import ops as O
 from lvs_agent import tools
 from lvs_agent.engine import Engine, build_report
-from lvs_agent.observe import IPVSTable, read_nft_table
+from lvs_agent.ipvs_codec import IPVSTable
+from lvs_agent.nft import read_nft_table
 from lvs_agent.plan import NFT_FAMILY, NFT_TABLE, claim, plan
 from lvs_agent.state import Observed, Ownership
 from lvs_model.nodespec import parse_node_spec

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from lvs_agent import lvsctl as L
-from lvs_agent.observe import (DestRuntime, IPVSTable, Stats, decode_service, ipv6_netmask_decode,
-                               ipv6_netmask_encode, sched_flag_names, svc_flags, sysctl_path)
+from lvs_agent.ipvs_codec import (DestRuntime, IPVSTable, Stats, decode_service, ipv6_netmask_decode,
+                                  ipv6_netmask_encode, sched_flag_names, svc_flags)
+from lvs_agent.sysctl import sysctl_path
 from lvs_model.nodespec import Dest, Service, parse_node_spec
 
 

@@ -284,7 +284,7 @@ def test_create_with_unknown_outcome_stays_claimed():
 
 
 def test_uplink_fallback_skips_tunnels_and_dummies():
-    from lvs_agent.observe import _pick_uplink
+    from lvs_agent.rtnl import _pick_uplink
     links = {"lo": LinkState("", True), "tunl0": LinkState("ipip", True),
              "kube-lvs0": LinkState("dummy", True), "eth0": LinkState("veth", True)}
     assert _pick_uplink(links, {1: "lo", 2: "tunl0", 3: "kube-lvs0", 4: "eth0"}, []) == "eth0"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lvs_agent import observe as ob
+from lvs_agent import sysctl as ob
 
 
 @pytest.fixture
