@@ -1,10 +1,10 @@
 """Garbage-collector pauses in the agent.
 
 A full (generation 2) collection walks every object the collector tracks and
-holds the interpreter lock all the while: with 10k NodeStates the agent keeps
-about a million (the objects, their parses, the spec, the ownership record,
-the statuses sent), and in the lab VM one walk took 1.1 s in which no watch
-event was read and no change programmed (bench part 5: most of its p99).
+holds the interpreter lock all the while: the agent keeps objects in
+proportion to its NodeStates (the objects, their parses, the spec, the
+ownership record, the statuses sent), so a full walk is a pause that grows
+with the table, in which no watch event is read and no change programmed.
 
 So the agent moves what has survived out of the collector's sight
 (``gc.freeze``) every SETTLE_EVERY seconds, in a pass that programs no
@@ -16,12 +16,11 @@ kept until the next reclaim, once per RECLAIM_EVERY, which unfreezes and
 walks everything once (the one full pause left, hourly). Slow collections
 are logged and counted (metrics: kube_lvs_gc_*).
 
-While every pass programs a change (a mass create: 10k NodeStates arriving
-over ten minutes) no pass settles, and the unfrozen heap grew until each
-automatic full collection took 1-3 s, every ~20 s, in the VM. A pass that
-programs a change therefore freezes without collecting once no settle has
-run for STARVED seconds: no pause (a freeze moves lists), and a cycle
-frozen while garbage waits for the hourly reclaim.
+While every pass programs a change (a mass create) no pass settles, and the
+unfrozen heap would grow until each automatic full collection is a long
+pause again. A pass that programs a change therefore freezes without
+collecting once no settle has run for STARVED seconds: no pause (a freeze
+moves lists), and a cycle frozen while garbage waits for the hourly reclaim.
 """
 from __future__ import annotations
 
@@ -37,10 +36,18 @@ class GCPauses:
     """Times collections (``install``); ``settle()`` after a pass that
     programmed no change."""
 
-    SLOW = 0.1  # seconds: a collection this long is logged
-    SETTLE_EVERY = 10.0  # seconds between freezes
-    STARVED = 30.0  # seconds without a settle after which a change's pass freezes (no collection)
-    RECLAIM_EVERY = 3600.0  # seconds between full walks (frozen cycles reclaimed)
+    # Seconds: a collection this long is logged (a pause a change's latency would show).
+    SLOW = 0.1
+    # Seconds between freezes: often enough that each collection of the young
+    # heap stays small, rarely enough that the collect before each is no cost.
+    SETTLE_EVERY = 10.0
+    # Seconds without a settle after which a change's pass freezes (no
+    # collection): a few settle periods, so a burst of changes only skips a
+    # settle that a quiet moment would have run.
+    STARVED = 30.0
+    # Seconds between full walks (frozen cycles reclaimed): the one long pause
+    # left, rare enough to cost nothing, often enough to bound leaked cycles.
+    RECLAIM_EVERY = 3600.0
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock

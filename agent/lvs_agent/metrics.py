@@ -35,8 +35,8 @@ TableReader = Callable[[], IPVSTable]
 
 def kernel_table(agent: Any) -> IPVSTable:
     """The whole IPVS table with counters, on a netlink socket of its own and
-    without the engine's lock (``engine.table()`` takes it: at 10k services a
-    dump is seconds, and every reconcile meanwhile waited for the scrape).
+    without the engine's lock (``engine.table()`` takes it: a dump grows with
+    the table, and a reconcile would wait for the scrape).
     Like the status thread's connection counts, the read pauses between
     slices while the agent programs a change."""
     engine = agent.engine
@@ -83,8 +83,8 @@ class AgentCollector(Collector):
 
     def _ipvs(self) -> Iterable:
         from .nodestate import merge
-        # The loop's last merge: a merge from scratch parses every object
-        # (seconds at 10k objects in the VM) on every scrape.
+        # The loop's last merge: a merge from scratch would parse every
+        # object on every scrape.
         last = getattr(self.agent, "_merged", None)
         spec = last.spec if last is not None else merge(self.agent.objects, self.agent.node).spec
         try:

@@ -92,9 +92,9 @@ class Merged:
     owner: Owners = field(default_factory=Owners)  # service -> object name (owners_of: all its shards)
     parsed: dict[str, Parsed] = field(default_factory=dict)  # object name -> its parse, for the next merge
     index: dict[ServiceKey, int] = field(default_factory=dict)  # service -> position in spec.services
-    health_checked: int = 0  # services with a health check (none: no walk over 10k for the checker)
+    health_checked: int = 0  # services with a health check (none: no walk over every service for the checker)
     # The owner map of the merge this one only added new objects' services to
-    # (no service changed hands): the status pass then skips comparing 10k owners.
+    # (no service changed hands): the status pass then skips comparing every owner.
     grown_from: Mapping[ServiceKey, str] | None = None
 
 
@@ -105,8 +105,8 @@ def _checked(services) -> int:
 def parse_object(obj: Mapping[str, Any], previous: Parsed | None = None) -> Parsed:
     """``previous`` again if the object's spec is the same mapping, else a new parse.
 
-    At 10k objects parsing them all on every event costs seconds in the VM;
-    reuse also keeps unchanged services the same objects, which is what the
+    Parsing every object on every event would make each event cost the
+    whole table; reuse also keeps unchanged services the same objects, which is what the
     engine's incremental reconcile checks first."""
     source = obj.get("spec") or {}
     if previous is not None and previous.source is source:
@@ -137,11 +137,10 @@ def _merge_changed(objects: Mapping[str, Mapping[str, Any]], node: str, prev: Me
     and new objects' services appended, or None when anything else could
     move: no object gone, each changed object with the same service keys, a
     new one with keys nobody has, no errors before or after, the same
-    node-level fields (director addresses, sysctls, ...). A weight change at
-    10k objects then costs a pass over identities, not a new merge, and so
-    does each of 10k objects arriving one pass at a time (a new merge per
-    pass made creating them quadratic: ~0.1 s natively per pass at 10k, a
-    second in the VM); ``changed``: the only objects that may have changed
+    node-level fields (director addresses, sysctls, ...). A weight change then
+    costs a pass over identities, not a new merge, and so does each of many
+    objects arriving one pass at a time (a new merge per pass would make
+    creating them quadratic); ``changed``: the only objects that may have changed
     (the watch marks them), not even that pass.
 
     Services of objects added since the last full merge come after the
@@ -287,8 +286,8 @@ def _weights_of(live: Service | None) -> dict:
 def _live(programmed: NodeSpec, merged: Merged, key: ServiceKey) -> Service | None:
     """The programmed service of ``key``: the merge's index gives its place
     (the programmed spec keeps the merged order). ``programmed.service`` would
-    build a dict of every key once per pass: at 10k services that was most of
-    a one-object status build, competing with the next change's pass."""
+    build a dict of every key once per pass, a cost in the whole table for a
+    one-object status build, competing with the next change's pass."""
     i = merged.index.get(key)
     if i is not None and i < len(programmed.services) and programmed.services[i].key == key:
         return programmed.services[i]
@@ -342,7 +341,7 @@ def build_status(name: str, obj: Mapping[str, Any], merged: Merged, programmed: 
 class StatusInputs:
     """What the statuses are built from besides the objects themselves and the
     connection counts: compared between two passes to rebuild only the
-    statuses that may differ (at 10k objects, building them all is seconds)."""
+    statuses that may differ (building them all is work in the whole table)."""
 
     owner: Mapping[ServiceKey, str] = field(default_factory=dict)  # service -> object name
     errors: Mapping[ServiceKey, str] = field(default_factory=dict)  # service -> why not programmed

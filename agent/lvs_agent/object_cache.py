@@ -25,8 +25,8 @@ class ObjectCache:
 
     Each object is serialised once per version and the file is joined from those
     texts: ``json.dumps`` of the whole map holds the interpreter lock for the
-    whole call, seconds at 10k objects in a slow VM, and a change to program
-    waited for it. Serialising object by object lets the other threads run
+    whole call, a time that grows with the objects, and a change to program
+    would wait for it. Serialising object by object lets the other threads run
     between objects, and an unchanged object costs a comparison."""
 
     def __init__(self, path: Path) -> None:
@@ -45,7 +45,9 @@ class ObjectCache:
             return None
         return objects if isinstance(objects, dict) else None
 
-    PAUSE_EVERY = 256  # objects between two calls of save's ``pause``
+    # Objects between two calls of save's ``pause``: a slice short next to a
+    # change's pass, long enough that the calls themselves cost nothing.
+    PAUSE_EVERY = 256
 
     def save(self, objects: dict[str, dict], pause: Callable[[], object] | None = None) -> None:
         """``pause``: called every PAUSE_EVERY objects; it may wait (the agent's

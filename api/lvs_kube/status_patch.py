@@ -1,11 +1,11 @@
 """Status writes over kept-alive HTTPS connections of their own.
 
 After a mass create, status writes are most of what the agent and the
-operator do: 10k NodeState statuses from the agent, 30k VirtualService and
-RealServer statuses (twice) from the operator. Through the kubernetes client
-each write paid for argument validation, serialising, re-deriving the auth
-header, urllib3's URL and pool handling and http.client's header parser (the
-email package); in the lab VM that was half the agent's interpreter time.
+operator do: one per NodeState from the agent, one or two per VirtualService
+and RealServer from the operator. Through the kubernetes client each write
+pays for argument validation, serialising, re-deriving the auth header,
+urllib3's URL and pool handling and http.client's header parser (the email
+package), costs far larger than the write's own bytes.
 A write here is one request line, a few cached headers and a read of the
 status line, the body's length and the body; the TLS settings, client
 certificates and bearer token are the client's own. A proxy in the client's
@@ -146,7 +146,9 @@ class StatusPatcher:
     subresource (namespace "" for a cluster-scoped one); returns the answer's
     body (the object as written)."""
 
-    AUTH_TTL = 10.0  # seconds an auth header is reused (the client's refresh hook rotates tokens)
+    # Seconds an auth header is reused: far below any token's lifetime (the
+    # client's refresh hook rotates tokens), far above the time between writes.
+    AUTH_TTL = 10.0
     TIMEOUT = 30.0
 
     def __init__(self, api_client: Any):

@@ -1,10 +1,10 @@
 """Statuses, built and written off the reconcile path (the agent's NodeState
 statuses, the operator's VirtualService and RealServer statuses).
 
-At 10k objects in the lab VM a status pass is seconds of building and, the
-first time, 10k API writes at a few per second each: done inline, it held
-back programming the kernel (the next reconcile waited for the writes). The
-reconcile loop therefore only hands over a snapshot of what the statuses are
+A status pass is work in proportion to the objects (building each, and the
+first time one API write each): done inline, it would hold back programming
+the kernel (the next reconcile waiting for the writes). The reconcile loop
+therefore only hands over a snapshot of what the statuses are
 built from (``submit``); one builder thread turns the newest snapshot into the
 statuses that changed, and a few writer threads send them.
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Generic, TypeVar
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")  # a snapshot of the status inputs
-DRAINED = "status backlog drained"  # the log line's prefix (bench part 4 waits for it)
+DRAINED = "status backlog drained"  # the log line's prefix (a user or a benchmark waits for it)
 
 
 class StatusWriter(Generic[S]):

@@ -1,9 +1,9 @@
 """The events of one WATCH response, each line's JSON decoded once.
 
-Shared by the operator's caches and the agent's NodeState watch. The
-kubernetes client's ``Watch`` decodes an event, encodes its object again and
-decodes it a second time ("deserialize"): in the lab VM a fifth of the
-agent's time while its own status writes came back after a mass create.
+Shared by both programs' informers (``lvs_kube.informer``). The kubernetes
+client's ``Watch`` decodes an event, encodes its object again and decodes it
+a second time ("deserialize"): three times the decoding for every event,
+most of them the agent's own status writes coming back.
 """
 from __future__ import annotations
 
