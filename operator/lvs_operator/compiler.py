@@ -28,11 +28,10 @@ stamps conditions whose status changed). No I/O.
 """
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from lvs_model import channel as C
 from lvs_model.errors import FieldError
@@ -41,6 +40,7 @@ from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyR
 
 from . import bgp_peers as BGP
 from . import shards as S
+from .compile_cache import NO_CACHE, CompileCache
 from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
 from .ha_groups import (active_director, canonical_gateway, director_group, gateway_annotations, gateway_denial,
                         held_here, held_since)
@@ -157,10 +157,12 @@ def _fmt_errors(errors: Iterable[FieldError]) -> str:
     return "; ".join(str(e) for e in errors)
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def _ip_key(address: str) -> tuple[int, int]:
     ip = ipaddress.ip_address(address)
     return (ip.version, int(ip))
+
+
+SortKey = Callable[[str, int], tuple]
 
 
 def _ip_sort_key(address: str, port: int) -> tuple:
@@ -239,35 +241,10 @@ def _label_map(objs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
             for o in objs}
 
 
-# --------------------------------------------------------------------------
-# Memos: parsing is the expensive part, and between two passes almost nothing
-# changed. Keyed by (uid, resourceVersion), which change with every write, so a
-# hit is always the same input; objects without them (unit tests) are not memoised.
-# --------------------------------------------------------------------------
-
-_MEMO: dict[tuple, Any] = {}
-_MEMO_MAX = 400_000
-
-
-def _memo(key: tuple, compute):
-    if not all(key[1:]):
-        return compute()
-    hit = _MEMO.get(key)
-    if hit is None:
-        if len(_MEMO) >= _MEMO_MAX:
-            _MEMO.clear()
-        hit = _MEMO[key] = compute()
-    return hit
-
-
 def _with_errors(fn) -> tuple[Any, tuple[FieldError, ...]]:
     errors: list[FieldError] = []
     value = fn(errors)
     return value, tuple(errors)
-
-
-# Same NodeSpec (frozen, hashable), same document: callers never mutate it.
-_dump_node_spec = functools.lru_cache(maxsize=1 << 16)(dump_node_spec)
 
 
 # --------------------------------------------------------------------------
@@ -282,7 +259,17 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                     nodestates: Iterable[Mapping[str, Any]] = (),
                     *, namespace: str = C.DEFAULT_NAMESPACE, now: str = "1970-01-01T00:00:00Z",
                     ipvssettings: Iterable[Mapping[str, Any]] = (),
-                    bgppeers: Iterable[Mapping[str, Any]] = ()) -> Result:
+                    bgppeers: Iterable[Mapping[str, Any]] = (),
+                    cache: CompileCache = NO_CACHE) -> Result:
+    """``cache``: what a long-lived caller keeps between passes (compile_cache);
+    the result is the same with or without it."""
+    _memo = cache.memo
+    # Same NodeSpec (frozen, hashable), same document: callers never mutate it.
+    _dump_node_spec = cache.calls(dump_node_spec)
+    ip_key = cache.calls(_ip_key)
+
+    def sort_key(address: str, port: int) -> tuple:
+        return (*ip_key(address), port)
     virtualservices = list(virtualservices)
     gateway_notes = gateway_annotations(virtualservices)  # NAT gateways of director groups
     vss = sorted((VirtualService.of(o) for o in virtualservices), key=lambda v: v.meta.age_key)
@@ -381,7 +368,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
         if not info.accepted:
             continue
         vs, svc = info.cr, info.service
-        dests = sorted(info.dests, key=lambda rd: _ip_sort_key(rd[1].address, rd[1].port))
+        dests = sorted(info.dests, key=lambda rd: sort_key(rd[1].address, rd[1].port))
         snat = vs.nat_return == "snat" and any(d.method == "nat" for _, d in dests)
         svc = replace(svc, dests=tuple(d for _, d in dests), snat=snat)
         info.service = svc
@@ -405,7 +392,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
                 sysctls=(("net.ipv4.vs.conntrack", "1"),) if snat else (), director_groups=groups,
                 bgp=bgp.get(n.name, ()))
         via = tuple(sorted({a for a in (n.address(svc.family) for n in info.directors) if a},
-                           key=lambda a: _ip_sort_key(a, 0)))
+                           key=lambda a: sort_key(a, 0)))
         for rs, d in dests:
             node = nodes_by_name.get(rs.node_name)
             if node is None:
@@ -440,7 +427,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     taken = set(names.values()) if counts else set()
     for (node, ref), spec in sorted(specs.items()):
         k = counts.get(ref, 1) if spec.services else 1
-        parts = list(zip(_shard_names(names[(node, ref)], node, ref, k, taken), S.split(spec, k)))
+        parts = list(zip(_shard_names(names[(node, ref)], node, ref, k, taken), S.split(spec, k, cache.calls(S._digest))))
         shard_names[(node, ref)] = [name for name, _ in parts]
         for i, (name, part) in enumerate(parts):
             annotations = {C.ANNOTATION_VIRTUALSERVICE: f"{ref[0]}/{ref[1]}"}
@@ -470,13 +457,14 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
             continue
         for n in info.directors:
             reports[ref][n.name] = _combined_report(
-                [_director_report(current.get(name), result.nodestates[name], info.service.key)
+                [_director_report(current.get(name), result.nodestates[name], info.service.key, sort_key)
                  for name in shard_names[(n.name, ref)]])
     rs_by_vs: dict[tuple[str, str], list[_RS]] = defaultdict(list)
     for ri in rs_infos.values():
         rs_by_vs[(ri.cr.meta.namespace, ri.cr.virtual_service)].append(ri)
     for ref, info in infos.items():
-        result.vs_status[ref] = _vs_status(info, reports.get(ref, {}), rs_by_vs.get(ref, []), now, result.events)
+        result.vs_status[ref] = _vs_status(info, reports.get(ref, {}), rs_by_vs.get(ref, []), now, result.events,
+                                         sort_key)
         if info.accepted and BGP.active_active(info.cr.meta.labels):
             first_shards = {n.name: current.get(shard_names[(n.name, ref)][0]) or {} for n in info.directors}
             _bgp_status(result.vs_status[ref], info, {n: o.get("status") for n, o in first_shards.items()}, now,
@@ -484,10 +472,10 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     for ref, ri in rs_infos.items():
         info = infos.get((ri.cr.meta.namespace, ri.cr.virtual_service))
         result.rs_status[ref] = _rs_status(ri, info, reports.get(info.cr.meta.ref, {}) if info else {},
-                                           now, result.events, nodes_by_name)
+                                           now, result.events, nodes_by_name, sort_key)
     for p in pool_objs:
         result.pool_status[p.name] = _pool_status(p, _overlaps(p, pool_objs, ns_labels), now)
-    _compile_settings(ipvssettings, node_objs, current, namespace, now, result)
+    _compile_settings(ipvssettings, node_objs, current, namespace, now, result, cache)
     for cr in peers.objs:
         result.peer_status[cr.name] = BGP.peer_status(cr, peers, now, condition)
     return result
@@ -566,7 +554,8 @@ def _combined_report(parts: list[dict]) -> dict:
     return rep
 
 
-def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], key: ServiceKey) -> dict:
+def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], key: ServiceKey,
+                     sort_key: SortKey = _ip_sort_key) -> dict:
     """What one director's agent says about the service in its NodeState."""
     rep = {"exists": obj is not None, "current": False, "programmed": False, "error": "", "dests": {},
            "held": False, "since": ""}
@@ -585,7 +574,7 @@ def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], 
     for d in status.get("dests") or ():
         if d.get("service") == str(key):
             try:
-                dk = _ip_sort_key(str(d.get("address")), int(d.get("port") or 0))
+                dk = sort_key(str(d.get("address")), int(d.get("port") or 0))
             except ValueError:
                 continue
             rep["dests"][dk] = d
@@ -593,7 +582,7 @@ def _director_report(obj: Mapping[str, Any] | None, desired: Mapping[str, Any], 
 
 
 def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
-               now: str, events: list[Event]) -> dict:
+               now: str, events: list[Event], sort_key: SortKey = _ip_sort_key) -> dict:
     vs = info.cr
     gen = vs.meta.generation
     prev = vs.status.get("conditions") or ()
@@ -612,7 +601,7 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
         if ri.dest is None:
             continue
         rs_total += 1
-        if _aggregate_health(ri, reports)[0] == HEALTHY:
+        if _aggregate_health(ri, reports, sort_key)[0] == HEALTHY:
             rs_healthy += 1
     if not info.accepted:
         ready = total = rs_healthy = 0
@@ -691,11 +680,12 @@ def _vs_status(info: _VS, reports: Mapping[str, dict], rs_infos: Iterable[_RS],
     return status
 
 
-def _aggregate_health(ri: _RS, reports: Mapping[str, dict]) -> tuple[str, list[dict]]:
+def _aggregate_health(ri: _RS, reports: Mapping[str, dict],
+                      sort_key: SortKey = _ip_sort_key) -> tuple[str, list[dict]]:
     """The RealServer's health over its directors' reports, and the per-director detail."""
     if ri.dest is None:
         return UNKNOWN, []
-    dk = _ip_sort_key(ri.dest.address, ri.dest.port)
+    dk = sort_key(ri.dest.address, ri.dest.port)
     per = []
     for node in sorted(reports):
         d = reports[node]["dests"].get(dk)
@@ -735,7 +725,7 @@ def _backend_condition(ri: _RS, info: _VS, nodes: Mapping[str, Node]) -> tuple[b
 
 
 def _rs_status(ri: _RS, info: _VS | None, reports: Mapping[str, dict], now: str,
-               events: list[Event], nodes: Mapping[str, Node]) -> dict:
+               events: list[Event], nodes: Mapping[str, Node], sort_key: SortKey = _ip_sort_key) -> dict:
     rs = ri.cr
     gen = rs.meta.generation
     prev = rs.status.get("conditions") or ()
@@ -743,7 +733,7 @@ def _rs_status(ri: _RS, info: _VS | None, reports: Mapping[str, dict], now: str,
     if ri.dest is not None:
         status.update(port=ri.dest.port, method=ri.dest.method)
     programmed = ri.dest is not None and info is not None and info.accepted
-    health, per = _aggregate_health(ri, reports) if programmed else (UNKNOWN, [])
+    health, per = _aggregate_health(ri, reports, sort_key) if programmed else (UNKNOWN, [])
     if ri.dest is not None and ri.dest.weight == 0 and health == UNKNOWN:
         health = DRAINING
     status.update(health=health, activeConns=sum(p["activeConns"] for p in per),
@@ -829,14 +819,14 @@ def _pool_status(p: VIPPool, overlaps: list[str], now: str) -> dict:
 # --------------------------------------------------------------------------
 
 def _compile_settings(objs: Iterable[Mapping[str, Any]], nodes: list[Node], current: Mapping[str, Mapping],
-                      namespace: str, now: str, result: Result) -> None:
+                      namespace: str, now: str, result: Result, cache: CompileCache = NO_CACHE) -> None:
     """One NodeState per (selected node, IPVSSettings) carrying its timeouts
     and sysctls; a node already taken by an older IPVSSettings is left to it
     and named in the younger one's Conflict condition. Needs only the Nodes,
     so its outcome never depends on which VirtualServices a pass compiles."""
     owner: dict[str, str] = {}  # node -> the IPVSSettings that has it
     for st in sorted((IPVSSettings.of(o) for o in objs), key=lambda x: x.meta.age_key):
-        (timeouts, sysctls), errors = _memo(("ipvssettings", st.meta.uid, st.meta.resource_version),
+        (timeouts, sysctls), errors = cache.memo(("ipvssettings", st.meta.uid, st.meta.resource_version),
                                             lambda: _with_errors(st.node_fields))
         selected = [n.name for n in nodes if selector_matches(st.node_selector, n.labels)] if not errors else []
         taken = {n: owner[n] for n in selected if n in owner}
@@ -857,7 +847,7 @@ def _compile_settings(objs: Iterable[Mapping[str, Any]], nodes: list[Node], curr
                                C.LABEL_MANAGED_BY: C.MANAGED_BY},
                     "annotations": {C.ANNOTATION_IPVSSETTINGS: st.name},
                 },
-                "spec": _dump_node_spec(NodeSpec(node=node, timeouts=timeouts, sysctls=sysctls)),
+                "spec": cache.calls(dump_node_spec)(NodeSpec(node=node, timeouts=timeouts, sysctls=sysctls)),
             }
             result.nodestates[name] = body
             reports[node] = _settings_report(current.get(name), body)

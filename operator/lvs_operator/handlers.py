@@ -22,8 +22,8 @@ import kopf
 from lvs_model import channel as C
 from lvs_kube.status_patch import StatusPatcher
 
-from .leader import LeaseElector
-from .reconciler import Reconciler
+from .leader import LEASE_DURATION, LEASE_RENEW, LeaseElector
+from .reconciler import DEBOUNCE, RESYNC, Reconciler
 from .watch import Caches, operator_kinds
 
 log = logging.getLogger("lvs_operator")
@@ -33,10 +33,10 @@ CONFIG: dict[str, Any] = {
     "namespace": os.environ.get("POD_NAMESPACE") or C.DEFAULT_NAMESPACE,
     "identity": os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
     "lease_name": "kube-lvs-operator",
-    "lease_duration": 15.0,
-    "lease_renew": 5.0,
-    "debounce": 0.3,
-    "resync": 300.0,
+    "lease_duration": LEASE_DURATION,
+    "lease_renew": LEASE_RENEW,
+    "debounce": DEBOUNCE,
+    "resync": RESYNC,
     "leader_election": True,
 }
 
@@ -75,6 +75,9 @@ def reconciler() -> Reconciler:
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     settings.posting.enabled = False  # no kopf log lines as Events on users' objects
     settings.scanning.disabled = True  # no cluster-wide CRD/namespace scanning (RBAC)
+    # kopf's own watches (the probe's; the caches are watch.py's): the server
+    # ends each watch within 5 minutes, the client gives it 30 s more before
+    # calling the connection dead; one request may take a minute at most.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60

@@ -23,6 +23,16 @@ from typing import Any, Callable
 
 log = logging.getLogger("lvs_operator.leader")
 
+# Defaults of --lease-duration and --lease-renew (main.py): client-go's leader
+# election defaults, so a dead leader is replaced within 15 s and a leader
+# renews three times per Lease, surviving two lost renewals.
+LEASE_DURATION = 15.0
+LEASE_RENEW = 5.0
+# A leader that cannot renew stops writing this long before its Lease expires
+# for the others: room for one renewal's round trip and the replicas' clocks
+# running at slightly different rates.
+LEASE_MARGIN = 2.0
+
 
 def _micro_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -30,7 +40,7 @@ def _micro_now() -> str:
 
 class LeaseElector:
     def __init__(self, api: Any, namespace: str, name: str, identity: str,
-                 duration: float = 15.0, renew_every: float = 5.0, margin: float = 2.0,
+                 duration: float = LEASE_DURATION, renew_every: float = LEASE_RENEW, margin: float = LEASE_MARGIN,
                  on_change: Callable[[bool], None] | None = None):
         """``api``: a kubernetes CustomObjectsApi (used for the Lease path, plain dicts)."""
         self.api, self.namespace, self.name, self.identity = api, namespace, name, identity

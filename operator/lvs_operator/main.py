@@ -17,6 +17,10 @@ import sys
 
 from lvs_model import channel as C
 
+from .leader import LEASE_DURATION, LEASE_RENEW
+from .reconciler import DEBOUNCE, RESYNC
+from .scope import RESYNC_SLICES
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lvs-operator", description=__doc__.splitlines()[0],
@@ -28,12 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
                     help="this replica's name in the Lease ($POD_NAME)")
     ap.add_argument("--lease-name", default="kube-lvs-operator")
-    ap.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
-    ap.add_argument("--lease-renew", type=float, default=5.0, help="seconds between renewals")
+    ap.add_argument("--lease-duration", type=float, default=LEASE_DURATION,
+                    help="seconds a Lease holds without renewal (a dead leader is replaced within it)")
+    ap.add_argument("--lease-renew", type=float, default=LEASE_RENEW, help="seconds between renewals")
     ap.add_argument("--no-leader-election", action="store_true",
                     help="write without holding the Lease (a single replica only)")
-    ap.add_argument("--debounce", type=float, default=0.3, help="seconds to batch changes before compiling")
-    ap.add_argument("--resync", type=float, default=300.0, help="seconds in which every VirtualService is recompiled (in 60 slices)")
+    ap.add_argument("--debounce", type=float, default=DEBOUNCE,
+                    help="at most this many seconds between passes while changes keep coming (a burst is "
+                         "compiled together; a change after a quiet spell is compiled at once)")
+    ap.add_argument("--resync", type=float, default=RESYNC,
+                    help=f"seconds in which every VirtualService is recompiled (in {RESYNC_SLICES} slices)")
     ap.add_argument("--default-loadbalancer", action="store_true",
                     default=os.environ.get("LVS_OPERATOR_DEFAULT_LOADBALANCER", "") == "true",
                     help="also serve LoadBalancer Services that name no loadBalancerClass (kube-lvs as the "

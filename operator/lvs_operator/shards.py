@@ -24,9 +24,9 @@ rewrites the one shard holding it, about ``SHARD_DESTS`` dests.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import replace
+from typing import Callable
 
 from lvs_model import channel as C
 from lvs_model.nodespec import NodeSpec
@@ -55,18 +55,18 @@ def shard_count(n: int, current: int = 1) -> int:
     return want if want > current or want * 4 <= current else current
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def _digest(address: str, port: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{address}/{port}".encode(), digest_size=4).digest(), "big")
 
 
-def bucket(address: str, port: int, k: int) -> int:
+def bucket(address: str, port: int, k: int, digest: Callable[[str, int], int] = _digest) -> int:
     """The shard of a dest (or reply route): the same on every node and in
-    every process (never Python's salted hash)."""
-    return _digest(address, port) % k
+    every process (never Python's salted hash). ``digest``: ``_digest``, or
+    the same remembered by a caller's cache (compile_cache)."""
+    return digest(address, port) % k
 
 
-def split(spec: NodeSpec, k: int) -> list[NodeSpec]:
+def split(spec: NodeSpec, k: int, digest: Callable[[str, int], int] = _digest) -> list[NodeSpec]:
     """``spec`` as ``k`` shards: each service with the dests of its bucket
     (possibly none: the shard still declares the service, so the names stay
     put), the reply routes of its bucket, every other field whole."""
@@ -75,10 +75,10 @@ def split(spec: NodeSpec, k: int) -> list[NodeSpec]:
     dests = [[[] for _ in spec.services] for _ in range(k)]
     for si, svc in enumerate(spec.services):
         for d in svc.dests:
-            dests[bucket(d.address, d.port, k)][si].append(d)
+            dests[bucket(d.address, d.port, k, digest)][si].append(d)
     routes: list[list] = [[] for _ in range(k)]
     for r in spec.reply_routes:
-        routes[bucket(r.address, r.port, k)].append(r)
+        routes[bucket(r.address, r.port, k, digest)].append(r)
     return [replace(spec, services=tuple(replace(s, dests=tuple(dests[i][si])) for si, s in enumerate(spec.services)),
                     reply_routes=tuple(routes[i]))
             for i in range(k)]

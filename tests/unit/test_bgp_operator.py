@@ -17,7 +17,8 @@ from lvs_model.nodespec import effective_sysctls, parse_node_spec
 from lvs_operator import bgp_peers as B
 from lvs_operator.compiler import compile_cluster
 from lvs_operator.objects import KINDS
-from lvs_operator.reconciler import plan_writes, scope_of_change
+from lvs_operator.scope import scope_of_change
+from lvs_operator.write_plan import plan_writes
 from lvs_operator.watch import operator_kinds
 
 from test_compiler import NODES, POOLS, check_specs_parse, node, obj, rs, vs

@@ -9,7 +9,7 @@ import pytest
 from lvs_model import channel as C
 from lvs_model.nodespec import dump_node_spec, parse_node_spec
 from lvs_operator.compiler import compile_cluster
-from lvs_operator.reconciler import plan_writes
+from lvs_operator.write_plan import plan_writes
 
 NS = C.DEFAULT_NAMESPACE
 DIRECTOR = {"matchLabels": {"lvs.kube-lvs.io/director": "true"}}

@@ -9,6 +9,7 @@ import pytest
 from lvs_operator import leader as L
 from lvs_operator.compiler import compile_cluster
 from lvs_operator.objects import project
+from lvs_operator.compile_cache import CompileCache
 from lvs_operator.reconciler import Reconciler
 
 from test_compiler import NODES, POOLS, rs, vs
@@ -148,16 +149,16 @@ def test_overlay_until_the_watch_catches_up():
     cache = {("kube-lvs-system", "x"): _ns_obj("x", 5, {"node": "old"}),
              ("kube-lvs-system", "gone"): _ns_obj("gone", 6, {"node": "g"})}
     r.caches = {"nodestates": cache}
-    r.overlay[("nodestates", "kube-lvs-system", "x")] = (project("nodestates", _ns_obj("x", 9, {"node": "new"})), 1e18)
-    r.overlay[("nodestates", "kube-lvs-system", "gone")] = (None, 1e18)
+    r.overlay.entries[("nodestates", "kube-lvs-system", "x")] = (project("nodestates", _ns_obj("x", 9, {"node": "new"})), 1e18)
+    r.overlay.entries[("nodestates", "kube-lvs-system", "gone")] = (None, 1e18)
     snap = r.snapshot()["nodestates"]
     assert [o["spec"]["node"] for o in snap] == ["new"]  # written and deleted by us
     cache[("kube-lvs-system", "x")] = _ns_obj("x", 9, {"node": "new"})
     del cache[("kube-lvs-system", "gone")]
     assert [o["spec"]["node"] for o in r.snapshot()["nodestates"]] == ["new"]
-    assert r.overlay == {}  # caught up: overlays dropped
+    assert r.overlay.entries == {}  # caught up: overlays dropped
     # A newer version from someone else (an agent's status write) wins over an older overlay.
-    r.overlay[("nodestates", "kube-lvs-system", "x")] = (project("nodestates", _ns_obj("x", 8, {"node": "mine"})), 1e18)
+    r.overlay.entries[("nodestates", "kube-lvs-system", "x")] = (project("nodestates", _ns_obj("x", 8, {"node": "mine"})), 1e18)
     assert [o["spec"]["node"] for o in r.snapshot()["nodestates"]] == ["new"]
 
 
@@ -166,21 +167,22 @@ def test_overlay_until_the_watch_catches_up():
 # --------------------------------------------------------------------------
 
 def test_memo_follows_resource_versions():
+    cache = CompileCache()
     vss = [vs("web", address="192.168.0.30", port=80)]
     rss = [rs("a", "web", "10.0.0.51"), rs("b", "web", "10.0.0.52")]
     for i, o in enumerate(vss + rss):
         o["metadata"]["resourceVersion"] = str(i + 1)
-    first = compile_cluster(vss, rss, POOLS, NODES)
-    again = compile_cluster(copy.deepcopy(vss), copy.deepcopy(rss), POOLS, NODES)
+    first = compile_cluster(vss, rss, POOLS, NODES, cache=cache)
+    again = compile_cluster(copy.deepcopy(vss), copy.deepcopy(rss), POOLS, NODES, cache=cache)
     assert again.nodestates == first.nodestates
     rss[1]["spec"]["weight"] = 9
     rss[1]["metadata"]["resourceVersion"] = "99"
-    changed = compile_cluster(vss, rss, POOLS, NODES)
+    changed = compile_cluster(vss, rss, POOLS, NODES, cache=cache)
     dests = changed.nodestates["d1-team-a-web"]["spec"]["services"][0]["dests"]
     assert [d["weight"] for d in dests] == [1, 9]
     vss[0]["spec"]["port"] = 8080
     vss[0]["metadata"]["resourceVersion"] = "100"
-    moved = compile_cluster(vss, rss, POOLS, NODES)
+    moved = compile_cluster(vss, rss, POOLS, NODES, cache=cache)
     assert moved.nodestates["d1-team-a-web"]["spec"]["services"][0]["port"] == 8080
     assert [d["port"] for d in moved.nodestates["d1-team-a-web"]["spec"]["services"][0]["dests"]] == [8080, 8080]
 

@@ -17,7 +17,8 @@ from lvs_model import channel as C
 from lvs_model.nodespec import (NodeSpec, Service, dump_node_spec, effective_sysctls, parse_node_spec,
                                 parse_node_spec_strict)
 from lvs_operator.compiler import compile_cluster
-from lvs_operator.reconciler import compile_snapshot, plan_writes, scope_of_change, scoped_snapshot
+from lvs_operator.scope import scope_of_change, scoped_snapshot
+from lvs_operator.write_plan import compile_snapshot, plan_writes
 
 from test_compiler import NODES, POOLS, obj, rs, vs
 

@@ -8,8 +8,9 @@ import pytest
 
 from lvs_model import channel as C
 from lvs_operator.objects import project
-from lvs_operator.reconciler import (Reconciler, compile_snapshot, plan_writes, scope_of_change,
-                                     scoped_snapshot)
+from lvs_operator.reconciler import Reconciler
+from lvs_operator.scope import scope_of_change, scoped_snapshot
+from lvs_operator.write_plan import compile_snapshot, plan_writes
 from lvs_operator.watch import Caches, Kind
 
 from test_compiler import NODES, POOLS, rs, vs
@@ -121,17 +122,17 @@ def test_a_scoped_snapshot_from_the_index_is_the_scoped_part_of_the_whole():
     change("realservers", ("team-a", "web3-0"), moved)
     change("realservers", ("team-a", "web2-1"), None)
     ns = next(o for o in r.caches["nodestates"].values() if o["metadata"]["name"] == "d1-team-a-web2")
-    r.overlay[("nodestates", NS, "d1-team-a-web2")] = (None, 1e18)  # deleted by us, not seen yet
+    r.overlay.entries[("nodestates", NS, "d1-team-a-web2")] = (None, 1e18)  # deleted by us, not seen yet
     extra = dict(ns, metadata=dict(ns["metadata"], name="d9-team-a-web5", resourceVersion="77"))
-    r.overlay[("nodestates", NS, "d9-team-a-web5")] = (extra, 1e18)  # created by us, not seen yet
+    r.overlay.entries[("nodestates", NS, "d9-team-a-web5")] = (extra, 1e18)  # created by us, not seen yet
     other = dict(ns, metadata=dict(ns["metadata"], name="d9-team-a-web1", resourceVersion="78",
                                    annotations={C.ANNOTATION_VIRTUALSERVICE: "team-a/web1"}))
-    r.overlay[("nodestates", NS, "d9-team-a-web1")] = (other, 1e18)  # out of scope
+    r.overlay.entries[("nodestates", NS, "d9-team-a-web1")] = (other, 1e18)  # out of scope
     after = check()
     assert after["realservers"] == ["web2-0", "web2-2", "web3-0", "web5-0", "web5-1", "web5-2"]
     assert "d1-team-a-web2" not in after["nodestates"] and "d9-team-a-web5" in after["nodestates"]
     assert "d9-team-a-web1" not in after["nodestates"]
-    assert ("nodestates", NS, "d1-team-a-web2") in r.overlay  # still cached: the overlay stays
+    assert ("nodestates", NS, "d1-team-a-web2") in r.overlay.entries  # still cached: the overlay stays
     change("nodestates", (NS, "d9-team-a-web5"), extra)  # the watch catches up
     assert "d9-team-a-web5" in check()["nodestates"]
 
@@ -190,7 +191,7 @@ def test_our_own_write_coming_back_wakes_no_pass_but_anyone_elses_does():
     mine["metadata"]["resourceVersion"] = "12"
     before = dict(mine, status={})
     before["metadata"] = dict(mine["metadata"], resourceVersion="11")
-    r._note("realservers", mine, "team-a", "a")
+    r.overlay.note("realservers", mine, "team-a", "a")
     r.changed("realservers", ("team-a", "a"), before, mine)
     assert r.scope == set() and not r.dirty.is_set()
     theirs = dict(mine, status={"health": "Unknown"})
@@ -204,11 +205,11 @@ def test_our_own_write_coming_back_wakes_no_pass_but_anyone_elses_does():
     # The echo of a status still being written (the writer thread has not noted it yet).
     r.scope, _ = set(), r.dirty.clear()
     sending = {"health": "Healthy", "activeConns": 3}
-    r._sending[("realservers", "team-a", "b")] = sending
+    r.overlay.sending[("realservers", "team-a", "b")] = sending
     echo = dict(other, status=dict(sending), metadata=dict(other["metadata"], resourceVersion="20"))
     r.changed("realservers", ("team-a", "b"), other, echo)
-    assert r.scope == set() and not r.dirty.is_set() and not r._sending
-    r._sending[("realservers", "team-a", "b")] = sending
+    assert r.scope == set() and not r.dirty.is_set() and not r.overlay.sending
+    r.overlay.sending[("realservers", "team-a", "b")] = sending
     edited = dict(echo, spec=dict(echo["spec"], weight=9), metadata=dict(echo["metadata"], resourceVersion="21"))
     r.changed("realservers", ("team-a", "b"), echo, edited)  # the same status, but the spec moved
     assert r.scope == {("team-a", "web2")} and r.dirty.is_set()
@@ -272,7 +273,7 @@ def test_resync_recompiles_every_virtualservice_once_per_round_in_scoped_slices(
     assert deleted == ["d1-team-a-gone"] and replaced == [edited["metadata"]["name"]]
     r.scope = None
     r.resync_tick()  # a full pass already due stays full
-    assert r.scope is None and r._round_pos == 5  # the next round has begun
+    assert r.scope is None and r.resync_round.pos == 5  # the next round has begun
 
 
 class FakeStatusApi:
@@ -295,21 +296,21 @@ def test_statuses_are_written_off_the_pass_and_the_newest_planned_wins():
     api = FakeStatusApi()
     r = Reconciler(NS, api_factory=lambda: api)
     submitted = []
-    r._status_writer = type("Stub", (), {"submit": lambda self, snap, keys: submitted.append(keys)})()
+    r.writer._status_writer = type("Stub", (), {"submit": lambda self, snap, keys: submitted.append(keys)})()
     key = ("realservers", "team-a", "web1-0")
     r.queue_statuses([(*key, {"phase": "Pending"})])
     r.queue_statuses([(*key, {"phase": "Ready"}), ("virtualservices", "team-a", "web1", {"phase": "Ready"})])
     assert submitted == [{key}, {key, ("virtualservices", "team-a", "web1")}]
-    assert r._take_statuses(None, {key}) == {key: {"phase": "Ready"}}
-    assert r._take_statuses(None, {key}) == {}  # taken once
+    assert r.writer._take_statuses(None, {key}) == {key: {"phase": "Ready"}}
+    assert r.writer._take_statuses(None, {key}) == {}  # taken once
     # The real writer threads: written, and overlaid until the watch has them.
-    r._status_writer = None
+    r.writer._status_writer = None
     r.queue_statuses([(*key, {"phase": "Ready"})])
     assert r.statuses_idle(10)
     assert api.written == [("realservers", "team-a", "web1-0", {"phase": "Ready"})]
-    assert r.overlay[key][0]["status"] == {"phase": "Ready"}
-    assert r._sending == {}  # written: the overlay recognises its echo now
-    r._status_writer.stop()
+    assert r.overlay.entries[key][0]["status"] == {"phase": "Ready"}
+    assert r.overlay.sending == {}  # written: the overlay recognises its echo now
+    r.writer._status_writer.stop()
 
 
 def test_a_follower_writes_no_queued_status_and_a_failed_one_is_counted():
@@ -321,8 +322,8 @@ def test_a_follower_writes_no_queued_status_and_a_failed_one_is_counted():
     leader[0] = True
     r.queue_statuses([("realservers", "team-a", "bad", {"phase": "Ready"})])
     assert r.statuses_idle(10) and r.status_failures == 1 and api.written == []
-    assert r._sending == {}  # not written: nothing to mistake for its echo
-    r._status_writer.stop()
+    assert r.overlay.sending == {}  # not written: nothing to mistake for its echo
+    r.writer._status_writer.stop()
 
 
 def test_a_deleted_object_is_not_brought_back_by_our_unseen_status_write():
@@ -335,7 +336,7 @@ def test_a_deleted_object_is_not_brought_back_by_our_unseen_status_write():
     key = ("team-a", "web1")
     old = r.caches["virtualservices"][key]
     written = dict(old, metadata=dict(old["metadata"], resourceVersion="999999"), status={"phase": "x"})
-    r.overlay[("virtualservices", *key)] = (written, 1e18)
+    r.overlay.entries[("virtualservices", *key)] = (written, 1e18)
     assert "web1" in _names(r.snapshot())["virtualservices"]
     r.caches["virtualservices"].pop(key)
     r.changed("virtualservices", key, old, None)

@@ -1,0 +1,157 @@
+"""The operator's small parts on their own: scope slicing and narrowing, the
+own-writes overlay, the writer's API calls and event bodies."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from lvs_model import channel as C
+from lvs_operator.compiler import Event
+from lvs_operator.overlay import Overlay
+from lvs_operator.scope import ResyncRound, narrow, next_slice, resync_refs
+from lvs_operator.write_plan import Writes
+from lvs_operator.writer import Writer, event_body
+
+
+def _obj(name, rv, ns="team-a", **extra):
+    return {"metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv)}, **extra}
+
+
+# -- scope ----------------------------------------------------------------------
+
+def test_next_slice_covers_every_ref_once_per_round_and_rereads_only_between_rounds():
+    refs = {("a", str(i)) for i in range(10)}
+    asked = []
+
+    def everything():
+        asked.append(1)
+        return set(refs)
+    rnd, seen = ResyncRound(), []
+    for _ in range(4):
+        part, rnd = next_slice(rnd, everything, slices=4)
+        seen.append(part)
+    assert [len(p) for p in seen] == [3, 3, 3, 1] and set().union(*seen) == refs and len(asked) == 1
+    refs.add(("b", "new"))
+    part, rnd = next_slice(rnd, everything, slices=4)
+    assert len(asked) == 2 and rnd.pos == 3 and len(rnd.refs) == 11
+    assert next_slice(ResyncRound(), set, 60) == (set(), ResyncRound((), 0))
+
+
+def test_resync_refs_include_virtualservices_named_only_by_a_nodestate():
+    orphan = {"metadata": {"annotations": {C.ANNOTATION_VIRTUALSERVICE: "team-a/gone"}}}
+    settings = {"metadata": {"annotations": {}}}
+    assert resync_refs([("team-a", "web")], [orphan, settings]) == {("team-a", "web"), ("team-a", "gone")}
+
+
+def test_narrow_keeps_a_small_unentangled_scope_only():
+    a, b = ("n", "a"), ("n", "b")
+    assert narrow({a}, set(), 8) == {a}
+    assert narrow({a, b}, set(), 8) == {a, b}  # exactly a quarter
+    assert narrow({a, b}, set(), 7) is None  # over a quarter: a full pass
+    assert narrow({a}, {a}, 100) is None  # in a conflict: only a full pass is correct
+    assert narrow(set(), set(), 0) == set() and narrow(None, set(), 5) is None
+
+
+# -- overlay ----------------------------------------------------------------------
+
+def test_overlay_lays_our_writes_over_the_caches_until_they_catch_up_or_expire():
+    now = [0.0]
+    o = Overlay(ttl=30.0, clock=lambda: now[0])
+    o.note("realservers", _obj("x", 5, spec={"virtualService": "web"}), "team-a", "x")
+    o.note("realservers", None, "team-a", "gone")
+    assert o.writes == 2
+    caches = {"realservers": {("team-a", "x"): _obj("x", 4), ("team-a", "gone"): _obj("gone", 1)}}
+    snap = {"realservers": dict(caches["realservers"])}
+    o.apply(snap, caches, None)
+    assert snap["realservers"][("team-a", "x")]["metadata"]["resourceVersion"] == "5"
+    assert ("team-a", "gone") not in snap["realservers"]
+    # out of scope: not laid over, but kept
+    snap = {"realservers": {}}
+    o.apply(snap, caches, {("team-a", "other")})
+    assert snap["realservers"] == {} and len(o.entries) == 2
+    # the caches caught up with x; gone's entry expires
+    caches["realservers"][("team-a", "x")] = _obj("x", 6)
+    now[0] = 31.0
+    o.apply({"realservers": dict(caches["realservers"])}, caches, None)
+    assert o.entries == {}
+
+
+def test_overlay_recognises_its_echo_by_version_or_by_the_status_being_sent():
+    o = Overlay()
+    key = ("virtualservices", "team-a", "web")
+    o.note("virtualservices", _obj("web", 7, spec={"port": 80}), "team-a", "web")
+    assert o.is_echo(key, None, _obj("web", 7, spec={"port": 80}))
+    assert not o.is_echo(key, None, _obj("web", 8, spec={"port": 80}))
+    assert not o.is_echo(key, None, None)
+    status = {"phase": "Ready"}
+    o.sending_begin(("realservers", "team-a", "r"), status)
+    old = _obj("r", 1, spec={"weight": 1})
+    assert not o.is_echo(("realservers", "team-a", "r"), old, _obj("r", 2, spec={"weight": 2}, status=status))
+    assert o.is_echo(("realservers", "team-a", "r"), old, _obj("r", 2, spec={"weight": 1}, status=status))
+    assert o.sending == {}  # recognised once
+    o.sending_begin(key, status)
+    o.sending_end(key, {"phase": "Ready"})  # another value: not ours to drop
+    assert o.sending == {key: status}
+    o.sending_end(key, status)
+    o.forget(key)
+    assert o.sending == {} and key not in o.entries
+
+
+# -- writer -----------------------------------------------------------------------
+
+class FakeApi:
+    def __init__(self, fail=()):
+        self.calls, self.fail, self.rv = [], set(fail), 10
+
+    def _done(self, op, name, body=None):
+        from kubernetes.client.exceptions import ApiException
+        if name in self.fail:
+            raise ApiException(status=409, reason="Conflict")
+        self.calls.append((op, name))
+        self.rv += 1
+        return {**(body or {}), "metadata": {**((body or {}).get("metadata") or {}), "name": name,
+                                             "resourceVersion": str(self.rv)}}
+
+    def create_namespaced_custom_object(self, g, v, ns, plural, body):
+        return self._done("create", body["metadata"]["name"], body)
+
+    def replace_namespaced_custom_object(self, g, v, ns, plural, name, body):
+        return self._done("replace", name, body)
+
+    def delete_namespaced_custom_object(self, g, v, ns, plural, name, body=None):
+        from kubernetes.client.exceptions import ApiException
+        if name == "missing":
+            raise ApiException(status=404, reason="NotFound")
+        return self._done("delete", name)
+
+
+def _ns(name):
+    return {"metadata": {"name": name, "namespace": "kube-lvs-system", "labels": {}, "annotations": {}},
+            "spec": {"node": "d1"}}
+
+
+def test_writer_writes_nodestates_notes_them_and_fails_the_pass_on_any_error():
+    api, overlay = FakeApi(fail={"bad"}), Overlay()
+    w = Writer("kube-lvs-system", lambda: api, overlay)
+    ev = Event("VirtualService", "team-a", "web", "uid-1", "Warning", "Conflict", "taken")
+    with pytest.raises(RuntimeError, match="create NodeState bad: 409 Conflict"):
+        w.execute(Writes(create=[_ns("a"), _ns("bad")], replace=[_ns("b")], delete=[("c", "u"), ("missing", "")],
+                         events=[ev]))
+    events = [c for c in api.calls if c[1].startswith("web.")]
+    assert len(events) == 1  # a failed NodeState still lets the events go out
+    assert sorted(c for c in api.calls if c not in events) == [("create", "a"), ("delete", "c"), ("replace", "b")]
+    assert set(overlay.entries) == {("nodestates", "kube-lvs-system", n) for n in ("a", "b", "c", "missing")}
+    assert overlay.entries[("nodestates", "kube-lvs-system", "c")][0] is None
+
+
+def test_event_body_is_an_events_v1_event_on_the_object():
+    ev = Event("Service", "team-a", "x" * 300, "uid-1", "Warning", "NoPool", "m" * 2000)
+    body = event_body(ev, "op-1", datetime(2026, 1, 2, tzinfo=timezone.utc), "abc")
+    assert body["metadata"] == {"name": "x" * 200 + ".abc", "namespace": "team-a"}
+    assert body["regarding"] == {"apiVersion": "v1", "kind": "Service", "name": "x" * 300,
+                                 "namespace": "team-a", "uid": "uid-1"}
+    assert len(body["note"]) == 1024 and body["eventTime"] == "2026-01-02T00:00:00.000000Z"
+    cluster = event_body(Event("VIPPool", "", "p", "u", "Warning", "Overlap", "m"), "op", datetime.now(timezone.utc), "s")
+    assert cluster["metadata"]["namespace"] == "default" and "namespace" not in cluster["regarding"]
+    assert cluster["regarding"]["apiVersion"] == C.API_VERSION
