@@ -55,11 +55,18 @@ BACKGROUND_YIELD = 0.25
 # but every thread shares one interpreter lock with the pass; two overlap the
 # round trips without taking the interpreter from the pass.
 STATUS_WORKERS = 2
-# Seconds (the interpreter's switch interval, see main()).
+# Seconds, the interpreter's switch interval: what a thread back from a
+# syscall waits for the interpreter while a background thread computes. The
+# pass makes many netlink calls in a row, so it is kept well below Python's
+# 5 ms default, or a change's latency would be dozens of such waits.
 SWITCH_INTERVAL = 0.001
 
 
 class Agent:
+    """The pass loop: the store's objects merged, health verdicts applied,
+    the engine run on what changed plus a slice of the drift sweep, the
+    statuses handed to the reporter."""
+
     # The loop's tuning, per instance for tests (the module constants say why).
     SWEEP_TICK, STATUS_YIELD, BACKGROUND_YIELD = SWEEP_TICK, STATUS_YIELD, BACKGROUND_YIELD
     BGP_SESSIONS_INTERVAL = BGP_SESSIONS_INTERVAL
@@ -328,10 +335,6 @@ def main(argv: list[str] | None = None) -> int:
                         "/host/proc/sys/net, /proc/sys being read-only in a container")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The interpreter's switch interval is what a thread back from a syscall
-    # waits for the interpreter while a background thread computes: the pass
-    # makes many netlink calls in a row, so it is kept well below the default
-    # 5 ms, where a change's latency would be dozens of such waits.
     sys.setswitchinterval(SWITCH_INTERVAL)
     if not args.node:
         p.error("--node (or env NODE_NAME from the downward API) is required")
