@@ -31,11 +31,10 @@ from lvs_kube.backoff import Backoff
 from . import loadbalancer as LB
 from . import scope as SC
 from .compile_cache import CompileCache
-from .objects import KINDS
 from .overlay import Overlay
 from .owned import plan_owned
 from .scope import SCOPED_KINDS, Ref, scope_of_change, scoped_snapshot
-from .services import backed_by, derive_realservers, is_derived, slice_service
+from .services import derive_realservers, is_derived
 from .write_plan import Writes, compile_snapshot, plan_writes
 from .writer import PatchStatus, Writer
 
@@ -84,12 +83,7 @@ class Reconciler:
         self._pass_took = 0.0  # seconds the last pass took
         self.resync_round = SC.ResyncRound()
         self.first_pass_pending = True  # log the first full pass after (re)gaining leadership
-        # RealServers and NodeStates by the VirtualService they belong to (kind ->
-        # ref -> cache keys), so a scoped pass's snapshot is a few lookups, not a
-        # scan of every object; built on first use from ``indexed`` (the caches
-        # it was built from), then kept by ``changed``.
-        self._index: dict[str, dict[Ref, set[tuple[str, str]]]] = {}
-        self._indexed: Mapping[str, Mapping[tuple[str, str], dict]] | None = None
+        self.index = SC.RefIndex()  # a scoped pass's snapshot in a few lookups
         self.last_error = ""
         self.last_ok = 0.0
         self._recheck: asyncio.TimerHandle | None = None  # the next pass a drain needs (recheck)
@@ -118,42 +112,22 @@ class Reconciler:
 
     def changed(self, kind: str, key: tuple[str, str], old: dict | None, new: dict | None) -> None:
         """A cache change (from the watch): widen the next pass's scope."""
-        index = self._index.get(kind) if self._indexed is not None else None
-        if index is not None:
-            ref_of = SCOPED_KINDS[kind]
-            if old is not None and (r := ref_of(old)) is not None and r in index:
-                index[r].discard(key)
-                if not index[r]:
-                    del index[r]
-            if new is not None and (r := ref_of(new)) is not None:
-                index.setdefault(r, set()).add(key)
+        if kind in SCOPED_KINDS:
+            self.index.changed(kind, key, old, new)
         if new is None:
             self.overlay.forget((kind, *key))
         if self.overlay.is_echo((kind, *key), old, new):
             return  # the pass that wrote it planned with it already
-        refs = (self._service_scope(kind, key, old, new) if kind in ("services", "endpointslices")
-                else scope_of_change(kind, key, old, new))
+        if kind in ("services", "endpointslices"):
+            refs = SC.service_scope(kind, key, old, new, ((self.caches or {}).get("virtualservices") or {}).values(),
+                                    self.default_loadbalancer)
+        else:
+            refs = scope_of_change(kind, key, old, new)
         if refs is None or self.scope is None:
             self.scope = None
         else:
             self.scope |= refs
         self.kick()
-
-    def _service_scope(self, kind: str, key: tuple[str, str], old: dict | None, new: dict | None) -> set[Ref] | None:
-        """A Service or EndpointSlice change: the VirtualServices backed by its
-        Service; None (a full pass) for a LoadBalancer Service of our class
-        (before or after): its VIP and VirtualServices are planned in full passes."""
-        if kind == "services":
-            if any(o is not None and LB.is_ours(o, self.default_loadbalancer) for o in (old, new)):
-                return None
-            if any(o is not None and LB.CONDITION in {c.get("type") for c in (o.get("status") or {}).get(
-                    "conditions") or ()} for o in (old, new)):
-                return None  # ours until now: released in a full pass
-            services = {key}
-        else:
-            services = {r for r in (slice_service(old or {}), slice_service(new or {})) if r}
-        vss = ((self.caches or {}).get("virtualservices") or {}).values()
-        return set().union(*(backed_by(vss, s) for s in services)) if services else set()
 
     def kick(self) -> None:
         self.dirty.set()
@@ -209,29 +183,9 @@ class Reconciler:
         """The caches (with our own writes the watch has not shown yet); for a
         ``scope``: only its VirtualServices, RealServers and NodeStates."""
         caches = self.caches or {}
-        snap: dict[str, dict] = {}
-        for kind in KINDS:
-            objs = caches.get(kind) or {}
-            if scope is None or kind not in SCOPED_KINDS:
-                snap[kind] = dict(objs)
-            elif kind == "virtualservices":
-                snap[kind] = {k: objs[k] for k in scope if k in objs}
-            else:
-                index = self._ref_index(kind)
-                snap[kind] = {k: objs[k] for r in scope for k in index.get(r, ()) if k in objs}
+        snap = SC.scoped_view(caches, scope, self.index)
         self.overlay.apply(snap, caches, scope)
         return {k: list(v.values()) for k, v in snap.items()}  # type: ignore[union-attr]
-
-    def _ref_index(self, kind: str) -> dict[Ref, set[tuple[str, str]]]:
-        if self._indexed is not self.caches:
-            self._index, self._indexed = {}, self.caches
-        if kind not in self._index:
-            ref_of, index = SCOPED_KINDS[kind], {}
-            for key, obj in ((self.caches or {}).get(kind) or {}).items():
-                if (r := ref_of(obj)) is not None:
-                    index.setdefault(r, set()).add(key)
-            self._index[kind] = index
-        return self._index[kind]
 
     # -- the loop -------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

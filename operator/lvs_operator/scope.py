@@ -5,7 +5,10 @@ that one alone costs milliseconds where a full pass over a large cluster
 costs seconds. Everything here answers "which VirtualServices" (a scope, a
 set of refs) or None: anything may be affected, compile everything.
 
-- ``scope_of_change``: the scope of one cache change;
+- ``scope_of_change``: the scope of one cache change (``service_scope`` for
+  a Service's or EndpointSlice's);
+- ``RefIndex`` and ``scoped_view``: a scoped pass's part of the caches in a
+  few lookups, not a scan of every object;
 - ``scoped_snapshot``: the part of a snapshot a scoped compile needs;
 - ``narrow``: a scope, or None where a full pass is as cheap or the only correct one;
 - ``next_slice``: the periodic resync, one slice of every VirtualService at a time.
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 from lvs_model import channel as C
 
-from .objects import key_of
+from . import loadbalancer as LB
+from .objects import KINDS, key_of
+from .services import backed_by, slice_service
 
 Ref = tuple[str, str]  # a VirtualService's (namespace, name)
 
@@ -71,6 +76,23 @@ def scope_of_change(kind: str, key: tuple[str, str], old: Mapping[str, Any] | No
     return None
 
 
+def service_scope(kind: str, key: tuple[str, str], old: Mapping[str, Any] | None, new: Mapping[str, Any] | None,
+                  virtualservices: Collection[Mapping[str, Any]], default_loadbalancer: bool) -> set[Ref] | None:
+    """A Service or EndpointSlice change: the VirtualServices backed by its
+    Service; None (a full pass) for a LoadBalancer Service of our class
+    (before or after): its VIP and VirtualServices are planned in full passes."""
+    if kind == "services":
+        if any(o is not None and LB.is_ours(o, default_loadbalancer) for o in (old, new)):
+            return None
+        if any(o is not None and LB.CONDITION in {c.get("type") for c in (o.get("status") or {}).get(
+                "conditions") or ()} for o in (old, new)):
+            return None  # ours until now: released in a full pass
+        services = {key}
+    else:
+        services = {r for r in (slice_service(old or {}), slice_service(new or {})) if r}
+    return set().union(*(backed_by(virtualservices, s) for s in services)) if services else set()
+
+
 # The kinds a scoped pass takes only part of, with the VirtualService each
 # object belongs to.
 SCOPED_KINDS: dict[str, Callable[[Mapping[str, Any]], Ref | None]] = {
@@ -87,6 +109,58 @@ def scoped_snapshot(snap: Mapping[str, list[dict]], refs: set[Ref]) -> dict[str,
         out[kind] = [o for o in snap.get(kind, ()) if ref_of(o) in refs]
     out["ipvssettings"] = []
     return out
+
+
+Caches = Mapping[str, Mapping[tuple[str, str], dict]]  # kind -> (namespace, name) -> object
+
+
+class RefIndex:
+    """The RealServers and NodeStates of each VirtualService (kind -> ref ->
+    cache keys), built per kind on first use from one caches object and kept
+    up to date by ``changed``; other caches start it anew."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, dict[Ref, set[tuple[str, str]]]] = {}
+        self._of: Caches | None = None
+
+    def changed(self, kind: str, key: tuple[str, str], old: Mapping[str, Any] | None,
+                new: Mapping[str, Any] | None) -> None:
+        index = self._index.get(kind) if self._of is not None else None
+        if index is None:
+            return
+        ref_of = SCOPED_KINDS[kind]
+        if old is not None and (r := ref_of(old)) is not None and r in index:
+            index[r].discard(key)
+            if not index[r]:
+                del index[r]
+        if new is not None and (r := ref_of(new)) is not None:
+            index.setdefault(r, set()).add(key)
+
+    def of(self, caches: Caches, kind: str) -> dict[Ref, set[tuple[str, str]]]:
+        if self._of is not caches:
+            self._index, self._of = {}, caches
+        if kind not in self._index:
+            ref_of, index = SCOPED_KINDS[kind], {}
+            for key, obj in (caches.get(kind) or {}).items():
+                if (r := ref_of(obj)) is not None:
+                    index.setdefault(r, set()).add(key)
+            self._index[kind] = index
+        return self._index[kind]
+
+
+def scoped_view(caches: Caches, scope: set[Ref] | None, index: RefIndex) -> dict[str, dict]:
+    """Every kind's objects by key (copies of the caches' mappings); for a
+    ``scope``, only its VirtualServices, RealServers and NodeStates."""
+    snap: dict[str, dict] = {}
+    for kind in KINDS:
+        objs = caches.get(kind) or {}
+        if scope is None or kind not in SCOPED_KINDS:
+            snap[kind] = dict(objs)
+        elif kind == "virtualservices":
+            snap[kind] = {k: objs[k] for k in scope if k in objs}
+        else:
+            snap[kind] = {k: objs[k] for r in scope for k in index.of(caches, kind).get(r, ()) if k in objs}
+    return snap
 
 
 # A scope over this fraction of the VirtualServices is compiled as a full pass:

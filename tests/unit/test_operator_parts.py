@@ -7,9 +7,11 @@ from datetime import datetime, timezone
 import pytest
 
 from lvs_model import channel as C
+from lvs_operator import loadbalancer as LB
 from lvs_operator.compiler import Event
 from lvs_operator.overlay import Overlay
-from lvs_operator.scope import ResyncRound, narrow, next_slice, resync_refs
+from lvs_operator.scope import (RefIndex, ResyncRound, narrow, next_slice, resync_refs, scoped_view,
+                                service_scope)
 from lvs_operator.write_plan import Writes
 from lvs_operator.writer import Writer, event_body
 
@@ -155,3 +157,45 @@ def test_event_body_is_an_events_v1_event_on_the_object():
     cluster = event_body(Event("VIPPool", "", "p", "u", "Warning", "Overlap", "m"), "op", datetime.now(timezone.utc), "s")
     assert cluster["metadata"]["namespace"] == "default" and "namespace" not in cluster["regarding"]
     assert cluster["regarding"]["apiVersion"] == C.API_VERSION
+
+
+# -- scope: Services, the index, the scoped view -----------------------------------------
+
+def _vsobj(name, backend=None, ns="team-a"):
+    return {"metadata": {"name": name, "namespace": ns},
+            "spec": {"address": "192.168.0.1", **({"backend": {"service": backend}} if backend else {})}}
+
+
+def test_service_scope_is_the_virtualservices_it_backs_or_a_full_pass_for_a_loadbalancer():
+    vss = [_vsobj("a", "web"), _vsobj("b", "web"), _vsobj("c", "db"), _vsobj("d", "web", ns="team-b")]
+    svc = {"metadata": {"name": "web", "namespace": "team-a"}, "spec": {"type": "ClusterIP"}}
+    assert service_scope("services", ("team-a", "web"), None, svc, vss, False) == {("team-a", "a"), ("team-a", "b")}
+    lb = {"metadata": svc["metadata"], "spec": {"type": "LoadBalancer"}}
+    assert service_scope("services", ("team-a", "web"), svc, lb, vss, False) == {("team-a", "a"), ("team-a", "b")}
+    assert service_scope("services", ("team-a", "web"), svc, lb, vss, True) is None  # the default class: ours
+    was_ours = {**svc, "status": {"conditions": [{"type": LB.CONDITION}]}}
+    assert service_scope("services", ("team-a", "web"), was_ours, svc, vss, False) is None
+    eps = {"metadata": {"name": "db-x", "namespace": "team-a", "labels": {"kubernetes.io/service-name": "db"}}}
+    assert service_scope("endpointslices", ("team-a", "db-x"), None, eps, vss, False) == {("team-a", "c")}
+    assert service_scope("endpointslices", ("team-a", "x"), None, {"metadata": {}}, vss, False) == set()
+
+
+def test_ref_index_and_scoped_view_give_the_scoped_part_and_follow_changes():
+    rs_a = {"metadata": {"name": "r1", "namespace": "team-a"}, "spec": {"virtualService": "a"}}
+    rs_b = {"metadata": {"name": "r2", "namespace": "team-a"}, "spec": {"virtualService": "b"}}
+    caches = {"virtualservices": {("team-a", "a"): _vsobj("a"), ("team-a", "b"): _vsobj("b")},
+              "realservers": {("team-a", "r1"): rs_a, ("team-a", "r2"): rs_b},
+              "nodes": {("", "d1"): {"metadata": {"name": "d1"}}}}
+    index = RefIndex()
+    view = scoped_view(caches, {("team-a", "a")}, index)
+    assert list(view["virtualservices"]) == [("team-a", "a")] and list(view["realservers"]) == [("team-a", "r1")]
+    assert view["nodes"] == caches["nodes"] and view["nodestates"] == {}
+    assert scoped_view(caches, None, index)["realservers"] == caches["realservers"]
+    moved = {**rs_b, "spec": {"virtualService": "a"}}  # r2 now names a
+    caches["realservers"][("team-a", "r2")] = moved
+    index.changed("realservers", ("team-a", "r2"), rs_b, moved)
+    assert set(scoped_view(caches, {("team-a", "a")}, index)["realservers"]) == {("team-a", "r1"), ("team-a", "r2")}
+    assert scoped_view(caches, {("team-a", "b")}, index)["realservers"] == {}
+    other = {k: dict(v) for k, v in caches.items()}  # other caches: the index starts anew
+    del other["realservers"][("team-a", "r1")]
+    assert list(scoped_view(other, {("team-a", "a")}, index)["realservers"]) == [("team-a", "r2")]
