@@ -19,10 +19,9 @@ change may reach beyond those services' IPVS entries.
 ``reconcile(spec, incremental=True, sweep=n)`` also re-reads and repairs the
 next ``n`` services of a rotating sweep over every desired and owned service,
 and, at the start of each round, the node side (links, addresses, sysctls,
-reply routes, the SNAT table). A full reconcile at 10k services is 10-15 s
-in the lab VM, a change arriving meanwhile waits for it; swept a slice per
-pass, drift is still found within one round and a change waits at most for
-a slice.
+reply routes, the SNAT table). A full reconcile grows with the table, and a
+change arriving meanwhile waits for it; swept a slice per pass, drift is
+still found within one round and a change waits at most for a slice.
 
 ``Engine(..., drain_path=...)`` (the agent) drains before it deletes
 (drain.py): a dest that leaves the spec while its service stays is kept at
@@ -133,7 +132,7 @@ def build_report(spec: NodeSpec, p: Plan, results: list[tuple[O.Op, str | None]]
     r = Report(results=results, problems=dict(p.problems), uplink=uplink)
     keys = desired if desired is not None else [s.key for s in spec.services]
     failed = [(op, err) for op, err in results if err]
-    desired_set = set(keys) if failed else set()  # hashing 10k keys costs ~0.1 s in the VM
+    desired_set = set(keys) if failed else set()  # a set of every key only when some op failed
     per_service: dict[ServiceKey, list[str]] = {}
     for op, err in failed:
         k = O.service_key(op)
@@ -178,8 +177,8 @@ class Engine:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def load_owned(self) -> Ownership:
-        """The ownership record; parsed again only when the file changed (at
-        100k dests the JSON costs a second per reconcile in the VM)."""
+        """The ownership record; parsed again only when the file changed (its
+        JSON grows with the table, and most passes change nothing)."""
         sig = self._file_sig()
         if self._owned is not None and self._owned[0] == sig and sig is not None:
             return self._owned[1]

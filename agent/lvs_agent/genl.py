@@ -82,10 +82,17 @@ class NetlinkError(OSError):
     pass
 
 
+# A local kernel answers at once: the timeout only bounds a read that would hang.
+DEFAULT_TIMEOUT = 30.0
+# One recv() returns one skb: an answer, or a dump batch the kernel caps at 32 KiB.
+DEFAULT_RECV_SIZE = 64 * 1024
+
+
 class GenlSocket:
     """One generic netlink socket in ``netns`` (None: this process's)."""
 
-    def __init__(self, netns: str | None = None, timeout: float = 30.0, recv_size: int = 64 * 1024):
+    def __init__(self, netns: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 recv_size: int = DEFAULT_RECV_SIZE):
         self.netns = netns
         self.sock = netlink_socket(netns, NETLINK_GENERIC)
         try:

@@ -1,7 +1,7 @@
 """Incremental reconcile: which services to re-plan, or why it must be full (pure).
 
-A full reconcile reads the whole kernel IPVS table: seconds at 100k dests in
-the lab VM, for a change of one weight. The engine therefore remembers the
+A full reconcile reads the whole kernel IPVS table, a cost that grows with
+the table, for a change of one weight. The engine therefore remembers the
 last spec it reconciled (``Memory``) and, for the next spec, re-plans only the
 services that were added, removed or changed since, plus those that were not
 fine last time (failed ops, planner problems: they are retried as a full
@@ -9,12 +9,11 @@ reconcile would). When the node side may have to change too (a non-service
 part of the spec such as the director addresses, whatever the services
 derive for the node: sysctls, reply routes, the SNAT table), the delta says
 so (``node``) and the engine re-reads and re-plans the node side whole, still
-without reading the IPVS table: at 10k VirtualServices each one brings its
-VIP, and a full reconcile per new VIP kept a director busy for minutes. Only
+without reading the IPVS table: each VirtualService brings its VIP, and a
+full reconcile per new VIP would make creating N services cost N full reads. Only
 no memory, a changed ownership record file or a key listed twice mean full.
 
-Deciding must not cost a walk over the whole spec either (100k dests: a
-second in the VM): keys are computed only for services that are not the very
+Deciding must not cost a walk over the whole spec either: keys are computed only for services that are not the very
 same object at the same position as last time (the agent reuses the parse of
 unchanged NodeState objects), and what the services imply for the node is
 judged by counts kept in the memory (``service_profile``).
@@ -127,8 +126,7 @@ def _positional_diff(old: tuple[Service, ...], new: tuple[Service, ...]) -> tupl
     object at the same position. Computing a key builds a ServiceKey: for
     unchanged, shared service objects (the agent reuses the parse of an
     unchanged NodeState) no key is computed at all. The scan runs in C
-    (``compress`` over ``is_not``): a Python loop over 10k positions was
-    half a second per change in the lab VM."""
+    (``compress`` over ``is_not``), not a Python loop over every position."""
     n = min(len(old), len(new))
     moved = list(compress(range(n), map(is_not, old, new)))
     return [old[i] for i in moved] + list(old[n:]), [new[i] for i in moved] + list(new[n:])

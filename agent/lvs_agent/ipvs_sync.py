@@ -39,7 +39,7 @@ MCAST_TTL             8     u8
 NEW_DAEMON needs STATE, MCAST_IFN and SYNC_ID; DEL_DAEMON only STATE;
 GET_DAEMON is a dump, one message per running daemon. The port is in host
 order (the kernel stores it as given, ipvsadm sends it so): sent big-endian,
-8848 reads back as 36898, as the lab kernel showed.
+8848 reads back as 36898.
 """
 from __future__ import annotations
 

@@ -343,8 +343,8 @@ class IPVSConnection(GenlSocket):
 
 
 def _with_dests(svc: Service, ds: list[tuple[Dest, DestRuntime | None]]) -> Service:
-    """``svc`` with these dests (dataclasses.replace costs ~1 ms per call in
-    the VM: the fields are copied)."""
+    """``svc`` with these dests, its fields shared (dataclasses.replace would
+    run __init__ and copy each one, for every service of every dump)."""
     full = object.__new__(Service)
     full.__dict__.update(svc.__dict__)
     full.__dict__["dests"] = tuple(d for d, _ in ds)

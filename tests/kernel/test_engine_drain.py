@@ -164,7 +164,7 @@ def test_agent_shows_a_draining_dest_and_deletes_it_once_drained(echo_nat, tmp_p
     t = echo_nat
     obj = {"metadata": {"name": "d1-web", "generation": 1}, "spec": {"node": "d1", **hold_doc(t)}}
     a = new_agent(t.director, tmp_path, {"d1-web": obj})
-    a.conn_status_interval = 0.2  # connection counts read into statuses every pass, not every 30 s
+    a.reporter.conn_status_interval = 0.2  # connection counts read into statuses every pass, not every 30 s
     conn = None
 
     def dests() -> dict:
