@@ -149,6 +149,8 @@ class StatusPatcher:
     # Seconds an auth header is reused: far below any token's lifetime (the
     # client's refresh hook rotates tokens), far above the time between writes.
     AUTH_TTL = 10.0
+    # Seconds one write may take before its connection is given up: a status
+    # write is small, so a longer wait means a dead connection, not a slow server.
     TIMEOUT = 30.0
 
     def __init__(self, api_client: Any):
