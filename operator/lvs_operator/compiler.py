@@ -29,6 +29,7 @@ stamps conditions whose status changed). No I/O.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
@@ -158,6 +159,13 @@ def _fmt_errors(errors: Iterable[FieldError]) -> str:
 
 
 def _ip_key(address: str) -> tuple[int, int]:
+    """(4 or 6, the address as an integer): the C parser for the common
+    forms, ipaddress's for the rest (a scope id, ...), same order either way."""
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        try:
+            return (version, int.from_bytes(socket.inet_pton(family, address), "big"))
+        except (OSError, ValueError):
+            pass
     ip = ipaddress.ip_address(address)
     return (ip.version, int(ip))
 

@@ -63,10 +63,11 @@ def reconciler() -> Reconciler:
     r = STATE.get("reconciler")
     if r is None:
         elector = STATE.get("elector")
+        raw = StatusPatcher(_api_client())
         r = STATE["reconciler"] = Reconciler(
             CONFIG["namespace"], _api, debounce=CONFIG["debounce"], resync=CONFIG["resync"],
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
-            identity=CONFIG["identity"], patch_status=StatusPatcher(_api_client()).patch,
+            identity=CONFIG["identity"], patch_status=raw.patch, request=raw.request,
             default_loadbalancer=CONFIG.get("default_loadbalancer", False))
     return r
 

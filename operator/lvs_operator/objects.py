@@ -20,8 +20,12 @@ def plain(obj: Any) -> Any:
 
 
 def project(kind: str, body: Mapping[str, Any]) -> dict:
-    """What the compiler needs of an object (keeps the caches small)."""
-    body = plain(body)
+    """What the compiler needs of an object (keeps the caches small). A plain
+    dict (JSON as the API returns it) is not copied: its parts kept here are
+    shared with it, and the rest (managedFields, ...) goes with the body; only
+    a kopf body or view is turned into plain dicts first."""
+    if not isinstance(body, dict):
+        body = plain(body)
     meta = body.get("metadata") or {}
     keep = {k: meta[k] for k in ("name", "namespace", "uid", "creationTimestamp", "generation",
                                  "resourceVersion", "labels", "annotations", "ownerReferences") if k in meta}

@@ -32,6 +32,14 @@ def resource_version(obj: Mapping[str, Any] | None) -> int | None:
         return None
 
 
+def share(echo: dict, written: Mapping[str, Any]) -> None:
+    """The watch's echo of our write keeps our spec object (equal, so the
+    same content): the caches then hold no second copy of what we wrote."""
+    spec = written.get("spec")
+    if spec is not None and echo.get("spec") is not spec and echo.get("spec") == spec:
+        echo["spec"] = spec
+
+
 class Overlay:
     def __init__(self, ttl: float = TTL, clock: Callable[[], float] = time.monotonic):
         self.ttl, self.clock = ttl, clock
@@ -76,6 +84,7 @@ class Overlay:
             mine = self.entries.get(key)
             if (mine is not None and mine[0] is not None and (rv := resource_version(new)) is not None
                     and resource_version(mine[0]) == rv):
+                share(new, mine[0])
                 return True
             sent = self.sending.get(key)
             if (sent is not None and old is not None and new.get("status") == sent

@@ -16,6 +16,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import quote
 
 from lvs_model import channel as C
 from lvs_kube.status_patch import JSON_PATCH, PatchError
@@ -38,10 +39,22 @@ WORKERS = 8
 LOG_EACH_MAX = 50
 
 PatchStatus = Callable[[str, str, str, list, str], bytes]
+# (method, path under /apis/<group>/<version>, body) -> the answer's body (StatusPatcher.request)
+Request = Callable[[str, str, Mapping[str, Any]], bytes]
 
 
 def _errors_line(errors: list[str]) -> str:
     return "; ".join(errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else "")
+
+
+def share_spec(written: dict, sent: Mapping[str, Any]) -> dict:
+    """``written`` (the API's answer) holding the very spec ``sent`` when the
+    two are equal: a NodeState's spec is then kept once, however many holders
+    (compile cache, overlay, caches) it has."""
+    spec = sent.get("spec")
+    if spec is not None and written.get("spec") == spec:
+        written["spec"] = spec
+    return written
 
 
 def event_body(ev: Event, identity: str, now: datetime, suffix: str) -> dict:
@@ -63,14 +76,19 @@ class Writer:
     def __init__(self, namespace: str, api_factory: Callable[[], Any], overlay: Overlay, *,
                  identity: str = "kube-lvs-operator", patch_status: PatchStatus | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
-                 on_status_done: Callable[[bool], None] = lambda ok: None, workers: int = WORKERS):
+                 on_status_done: Callable[[bool], None] = lambda ok: None, workers: int = WORKERS,
+                 request: Request | None = None):
         """``patch_status(plural, namespace, name, patch, content type)``: how
         statuses are written (handlers pass a StatusPatcher's; else through
         ``api_factory()``), returning the object written. ``on_status_done(ok)``:
-        called from a status thread after each status write, ok or failed."""
+        called from a status thread after each status write, ok or failed.
+        ``request``: how NodeStates are created and replaced (a kept-alive
+        connection per worker, JSON in and out: the generated client's own CPU
+        per write is taken from the API server on shared cores); else through
+        ``api_factory()``."""
         self.namespace, self.api_factory, self.overlay = namespace, api_factory, overlay
         self.identity, self._patch, self.is_leader = identity, patch_status, is_leader
-        self.on_status_done, self.workers = on_status_done, workers
+        self.on_status_done, self.workers, self._request = on_status_done, workers, request
         # Statuses planned and not written yet, (plural, namespace, name) -> status:
         # the newest wins, so a status superseded before its turn is never written.
         self._statuses: dict[Key, dict] = {}
@@ -91,17 +109,22 @@ class Writer:
         few = len(w.create) + len(w.replace) <= LOG_EACH_MAX
         note = self.overlay.note
 
+        request, where = self._request, f"/namespaces/{quote(ns)}/{C.NODESTATE_PLURAL}"
+
         def put(op: str, body: dict) -> None:
             name = body["metadata"]["name"]
             try:
-                if op == "create":
+                if request is not None:
+                    obj = json.loads(request("POST", where, body) if op == "create"
+                                     else request("PUT", f"{where}/{quote(name)}", body))
+                elif op == "create":
                     obj = api.create_namespaced_custom_object(g, v, ns, C.NODESTATE_PLURAL, body)
                 else:
                     obj = api.replace_namespaced_custom_object(g, v, ns, C.NODESTATE_PLURAL, name, body)
-                note("nodestates", obj, ns, name)
+                note("nodestates", share_spec(obj, body), ns, name)
                 if few:
                     log.info("%s NodeState %s", "created" if op == "create" else "updated", name)
-            except ApiException as e:
+            except (ApiException, PatchError) as e:
                 errors.append(f"{op} NodeState {name}: {e.status} {e.reason}")
 
         def delete(name: str, uid: str) -> None:

@@ -147,6 +147,66 @@ def test_writer_writes_nodestates_notes_them_and_fails_the_pass_on_any_error():
     assert overlay.entries[("nodestates", "kube-lvs-system", "c")][0] is None
 
 
+def test_writer_sends_nodestates_through_request_and_keeps_one_copy_of_each_spec():
+    import json
+    from lvs_kube.status_patch import PatchError
+    sent, rv = [], [20]
+
+    def request(method, path, body):
+        sent.append((method, path))
+        if body["metadata"]["name"] == "bad":
+            raise PatchError(409, "Conflict", b"{}")
+        rv[0] += 1
+        return json.dumps({**body, "metadata": {**body["metadata"], "resourceVersion": str(rv[0])}}).encode()
+    api, overlay = FakeApi(), Overlay()
+    w = Writer("kube-lvs-system", lambda: api, overlay, request=request)
+    a, b = _ns("a"), _ns("b")
+    with pytest.raises(RuntimeError, match="create NodeState bad: 409 Conflict"):
+        w.execute(Writes(create=[a, _ns("bad")], replace=[b], delete=[("c", "u")]))
+    assert sorted(sent) == [("POST", "/namespaces/kube-lvs-system/nodestates")] * 2 + [
+        ("PUT", "/namespaces/kube-lvs-system/nodestates/b")]
+    assert api.calls == [("delete", "c")]  # deletions still through the client
+    mine = overlay.entries[("nodestates", "kube-lvs-system", "a")][0]
+    assert mine["spec"] is a["spec"] and mine["metadata"]["resourceVersion"] == "21"
+    # the watch's echo (an equal copy) is recognised and then holds the same spec object
+    echo = {"metadata": {**a["metadata"], "resourceVersion": "21"}, "spec": {"node": "d1"}, "status": {}}
+    assert overlay.is_echo(("nodestates", "kube-lvs-system", "a"), None, echo)
+    assert echo["spec"] is a["spec"]
+    other = {"metadata": {**b["metadata"], "resourceVersion": "22"}, "spec": {"node": "d2"}, "status": {}}
+    overlay.is_echo(("nodestates", "kube-lvs-system", "b"), None, other)
+    assert other["spec"] == {"node": "d2"}  # a different spec is never replaced
+
+
+def test_project_keeps_parts_of_a_plain_body_and_copies_a_view():
+    from types import MappingProxyType
+    from lvs_operator.objects import project
+    body = {"metadata": {"name": "x", "namespace": "a", "managedFields": [{}], "labels": {"k": "v"}},
+            "spec": {"port": 80}, "status": {"s": 1}}
+    p = project("virtualservices", body)
+    assert p == {"metadata": {"name": "x", "namespace": "a", "labels": {"k": "v"}}, "spec": {"port": 80},
+                 "status": {"s": 1}}
+    assert p["spec"] is body["spec"]
+    view = MappingProxyType({"metadata": MappingProxyType({"name": "x"}), "spec": MappingProxyType({"port": 80})})
+    q = project("virtualservices", view)
+    assert type(q["spec"]) is dict and q == {"metadata": {"name": "x"}, "spec": {"port": 80}, "status": {}}
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "0.0.0.0", "255.255.255.255", "2001:db8::1", "::",
+                                     "::ffff:10.0.0.1", "fe80::1%eth0"])
+def test_ip_key_is_ipaddress_version_and_integer(address):
+    import ipaddress
+    from lvs_operator.compiler import _ip_key
+    ip = ipaddress.ip_address(address)
+    assert _ip_key(address) == (ip.version, int(ip))
+
+
+def test_ip_key_refuses_what_ipaddress_refuses():
+    from lvs_operator.compiler import _ip_key
+    for bad in ("010.0.0.1", "1.2.3", "10.0.0.1 ", "x"):
+        with pytest.raises(ValueError):
+            _ip_key(bad)
+
+
 def test_event_body_is_an_events_v1_event_on_the_object():
     ev = Event("Service", "team-a", "x" * 300, "uid-1", "Warning", "NoPool", "m" * 2000)
     body = event_body(ev, "op-1", datetime(2026, 1, 2, tzinfo=timezone.utc), "abc")
