@@ -24,9 +24,8 @@ from typing import Any, Callable, Hashable
 
 from lvs_model.nodespec import MIN_HEALTH_INTERVAL, Dest, DestKey, HealthCheck, NodeSpec, ServiceKey
 
-# The verdict vocabulary is pure (verdicts.py); the checker's users find it here too.
-from .verdicts import (DRAINING, HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, Verdicts, dest_health, effective_spec,
-                       step)
+from .netns import move_thread
+from .verdicts import DestHealth, Verdicts, step
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +89,7 @@ def enter_netns(netns: str | None) -> Callable[[], None]:
     """A worker thread's initializer: move it into ``netns`` (setns is per thread)."""
     def enter() -> None:
         if netns:
-            from pyroute2 import netns as nsmod
-            nsmod.setns(netns)
+            move_thread(netns)
     return enter
 
 
@@ -314,5 +312,4 @@ class HealthChecker:
         self._pool.shutdown()
 
 
-__all__ = ["DRAINING", "DestHealth", "FairPool", "HEALTHY", "HealthChecker", "UNHEALTHY", "UNKNOWN", "Verdicts",
-           "dest_health", "effective_spec", "enter_netns", "paced", "probe", "step"]
+__all__ = ["FairPool", "HealthChecker", "enter_netns", "paced", "probe"]

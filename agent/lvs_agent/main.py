@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--node (or env NODE_NAME from the downward API) is required")
     if not os.path.isdir(os.path.join(args.sysctl_root, "net")):
         p.error(f"--sysctl-root {args.sysctl_root}: no net/ below it (mount the host's /proc/sys/net there)")
-    from .observe import set_sysctl_root
+    from .sysctl import set_sysctl_root
     set_sysctl_root(args.sysctl_root)
 
     from kubernetes import client, config

@@ -24,7 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .verdicts import dest_health
-from .observe import IPVSTable, read_ipvs
+from .ipvs_codec import IPVSTable
+from .observe import read_ipvs
 
 PREFIX = "kube_lvs"
 DEFAULT_ADDRESS = "127.0.0.1"  # no authentication: exposing it is the user's deliberate choice

@@ -50,21 +50,26 @@ def in_netns(netns: str | None) -> Iterator[None]:
     with _ns_lock:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            try:
-                target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise FileNotFoundError(errno.ENOENT, f"no network namespace {netns!r}",
-                                        netns_path(netns)) from None
-            try:
-                _setns(target)
-            finally:
-                os.close(target)
+            move_thread(netns)
             try:
                 yield
             finally:
                 _setns(home)
         finally:
             os.close(home)
+
+
+def move_thread(netns: str) -> None:
+    """Move the calling thread into ``netns`` for good: a worker thread that
+    lives there (setns is per thread; the process stays where it is)."""
+    try:
+        target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"no network namespace {netns!r}", netns_path(netns)) from None
+    try:
+        _setns(target)
+    finally:
+        os.close(target)
 
 
 def netlink_socket(netns: str | None, proto: int) -> socket.socket:

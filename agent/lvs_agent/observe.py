@@ -15,17 +15,13 @@ from lvs_model.nodespec import Service, ServiceKey
 
 from .fou import read_ports
 from .gre_csum import read_csum
-from .ipvs_codec import DestRuntime, IPVSTable, Stats
+from .ipvs_codec import IPVSTable
 from .ipvs_timeouts import KEY_PREFIX as TIMEOUT_KEY_PREFIX
 from .netlink_batch import IPVSConnection
 from .nft import read_nft_table
 from .rtnl import RtnlReader
 from .state import LinkState, Observed
-from .sysctl import read_sysctls, set_sysctl_root
-# The table's types, where its readers (lvsctl, metrics) have always found them;
-# set_sysctl_root: main.py sets the root through here.
-__all__ = ["DestRuntime", "IPVSTable", "Stats", "observe", "read_ipvs", "read_ipvs_services",
-           "read_timeout_keys", "set_sysctl_root"]
+from .sysctl import read_sysctls
 
 
 def read_ipvs(netns: str | None = None, *, with_stats: bool = False,

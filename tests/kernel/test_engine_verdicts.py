@@ -16,7 +16,7 @@ import threading
 import time
 
 from lvs_agent.engine import Engine
-from lvs_agent.health import UNHEALTHY
+from lvs_agent.verdicts import UNHEALTHY
 from lvs_agent.observe import read_ipvs
 from lvs_agent.verdicts import VERDICT_RECORD, VerdictStore
 

@@ -210,7 +210,7 @@ def test_merge_reuses_the_parse_of_unchanged_objects():
 def test_effective_spec_keeps_services_without_failed_servers():
     from dataclasses import replace as dc_replace
 
-    from lvs_agent.health import UNHEALTHY, DestHealth, effective_spec
+    from lvs_agent.verdicts import UNHEALTHY, DestHealth, effective_spec
     from lvs_agent.nodestate import merge
     doc = obj("o1", "10.0.0.1")
     doc["spec"]["services"][0]["healthCheck"] = {"type": "tcp"}

@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 
 from lvs_agent.main import Agent, bgp_status
 from lvs_agent.metrics import registry_for
-from lvs_agent.observe import IPVSTable
+from lvs_agent.ipvs_codec import IPVSTable
 from lvs_model.nodespec import parse_node_spec
 
 from test_agent_incremental import FakeApi, FakeEngine, settled

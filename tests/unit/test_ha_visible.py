@@ -14,7 +14,7 @@ from lvs_agent import lvsctl as L
 from lvs_agent.ha_agent import HaController
 from lvs_agent.ipvs_sync import SyncDaemon
 from lvs_agent.metrics import registry_for
-from lvs_agent.observe import IPVSTable
+from lvs_agent.ipvs_codec import IPVSTable
 
 from test_metrics import FakeAgent, FakeEngine
 

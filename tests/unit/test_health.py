@@ -11,10 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lvs_agent import health
-from lvs_agent.health import (
-    DRAINING, HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, FairPool, HealthChecker, dest_health,
-    effective_spec, paced, probe, step,
-)
+from lvs_agent.health import FairPool, HealthChecker, paced, probe
+from lvs_agent.verdicts import DRAINING, HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, dest_health, effective_spec, step
 from lvs_model.nodespec import MIN_HEALTH_INTERVAL, Dest, HealthCheck, NodeSpec, Service
 
 

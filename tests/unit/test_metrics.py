@@ -7,9 +7,10 @@ from prometheus_client import generate_latest
 
 from lvs_agent import main as agent_main
 from lvs_agent import metrics as M
-from lvs_agent.health import DestHealth, HealthChecker
+from lvs_agent.health import HealthChecker
+from lvs_agent.verdicts import DestHealth
 from lvs_agent.metrics import registry_for
-from lvs_agent.observe import DestRuntime, IPVSTable, Stats
+from lvs_agent.ipvs_codec import DestRuntime, IPVSTable, Stats
 from lvs_model.nodespec import Dest, Service
 
 

@@ -1,5 +1,5 @@
 """The agent's merge of NodeState objects and the status it writes back."""
-from lvs_agent.health import UNHEALTHY, DestHealth, effective_spec
+from lvs_agent.verdicts import UNHEALTHY, DestHealth, effective_spec
 from lvs_agent.nodestate import build_status, merge, status_changed
 
 

@@ -12,7 +12,8 @@ import json
 from concurrent.futures import Future
 from types import SimpleNamespace
 
-from lvs_agent.health import HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, HealthChecker, effective_spec, step
+from lvs_agent.health import HealthChecker
+from lvs_agent.verdicts import HEALTHY, UNHEALTHY, UNKNOWN, DestHealth, effective_spec, step
 from lvs_agent.main import Agent
 from lvs_agent.verdicts import VERDICT_RECORD, VerdictStore
 from lvs_model.nodespec import Dest, HealthCheck, NodeSpec, Service
