@@ -3,6 +3,7 @@
 #
 #   bash bench/run.sh [--smoke] [--operator-sizes N,..] [--e2e-services M,..] [--e2e-changes C]
 #                     [--parts 1-3,4,5,6] [lvs_bench.kernel options...]
+#   bash bench/run.sh --parts 1-3 --lvsctl-only [--smoke]   (table 1b alone: lvsctl.{json,md,txt})
 #
 # Parts 1-3: boots the lab VM (real IPVS kernel under qemu), runs
 # `python -m lvs_bench.kernel` in it. Parts 4-5: `python -m lvs_bench.host` on the
@@ -45,6 +46,8 @@ main() {
         shift
     done
     for a in "${kargs[@]}"; do case "$a" in --sizes|--sizes=*) [ "$smoke" = 1 ] || name=custom ;; esac; done
+    # Table 1b alone (lvsctl vs ipvsadm, processes) gets a report of its own.
+    for a in "${kargs[@]}"; do [ "$a" = --lvsctl-only ] && { name=lvsctl; [ "$smoke" = 1 ] && name=lvsctl-smoke; }; done
     set -- "${kargs[@]}"
     [ "$smoke" = 1 ] && hargs+=(--smoke)
     hparts=""

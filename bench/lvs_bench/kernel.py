@@ -20,6 +20,11 @@ each starts from an empty table without flushing anything). Per size:
 Before any figure is reported, the table is read back with ``ipvsadm -Sn``
 and compared rule by rule with the workload; a mismatch becomes an error cell.
 
+1b. lvsctl and ipvsadm as a user runs them, one process per command:
+   ``lvsctl apply`` of a node file vs ``ipvsadm -R`` of the same rules, and
+   one weight change (``lvsctl apply`` of the edited file vs ``ipvsadm -e``).
+   ``--lvsctl-only`` runs just this table.
+
 Parts 4-5 (operator scale, end-to-end latency) need the operator and the
 control plane; they are reported as "not yet measured".
 
@@ -38,6 +43,7 @@ import gc
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -167,7 +173,8 @@ def _check(ns: NetNS, w: W.Workload, changed=None) -> float:
 # Peers
 # --------------------------------------------------------------------------
 
-def restore_trial(ns: NetNS, w: W.Workload, changed=None, timeout: float = DEFAULT_TIMEOUT) -> float:
+def restore_trial(ns: NetNS, w: W.Workload, changed=None, timeout: float = DEFAULT_TIMEOUT,
+                  argv: tuple[str, ...] = ("ipvsadm-restore",)) -> float:
     """``ipvsadm-restore < rules`` in ns; seconds from spawn to exit.
 
     ipvsadm-restore clears the table first (``ipvsadm -C``), then ``ipvsadm -R``:
@@ -180,11 +187,11 @@ def restore_trial(ns: NetNS, w: W.Workload, changed=None, timeout: float = DEFAU
     rules.write_text(W.restore_text(w, changed))
     with open(rules, "rb") as stdin:
         t0 = time.perf_counter()
-        p = subprocess.run(["ipvsadm-restore"], stdin=stdin, capture_output=True, text=True,
+        p = subprocess.run(list(argv), stdin=stdin, capture_output=True, text=True,
                            timeout=timeout, preexec_fn=ns._enter, pass_fds=(ns.fd,))
         took = time.perf_counter() - t0
     if p.returncode != 0:
-        raise TrialError(f"ipvsadm-restore exited {p.returncode}: {p.stderr.strip()[:300]}")
+        raise TrialError(f"{argv[0]} exited {p.returncode}: {p.stderr.strip()[:300]}")
     _check(ns, w, changed)
     return took
 
@@ -288,6 +295,161 @@ class Keepalived:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=60)
+
+
+# --------------------------------------------------------------------------
+# lvsctl and ipvsadm as a user runs them: one process per command
+# --------------------------------------------------------------------------
+
+LVSCTL_PER_SERVICE = 4  # the issue's node file: NAT services of 4 dests each
+LVSCTL_FULL_SIZES = (24_000,)  # 6,000 services x 4
+LVSCTL_SMOKE_SIZES = (8,)
+_LVSCTL_SUMMARY = re.compile(r"^(\d+) operations, (\d+) failed, uplink \S+, ([0-9.]+)s$", re.M)
+
+
+def lvsctl_argv() -> list[str]:
+    """The ``lvsctl`` console script beside this interpreter (what a user
+    runs), else the module through this interpreter."""
+    script = Path(sys.executable).with_name("lvsctl")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lvs_agent.lvsctl"]
+
+
+def lvsctl_summary(out: str) -> tuple[int, int, float] | None:
+    """(operations, failed, reconcile seconds) from ``lvsctl apply``'s last line."""
+    m = None
+    for m in _LVSCTL_SUMMARY.finditer(out):
+        pass
+    return (int(m.group(1)), int(m.group(2)), float(m.group(3))) if m else None
+
+
+def edit_argv(changed: tuple[int, int, int]) -> list[str]:
+    """``ipvsadm -e`` of the changed dest: a user of ipvsadm's one weight change."""
+    i, j, weight = changed
+    return ["ipvsadm", "-e", "-t", f"{W.vip(i)}:{W.VIP_PORT}", "-r", f"{W.rip(i, j)}:{W.RIP_PORT}",
+            "-m", "-w", str(weight)]
+
+
+def spec_yaml(w: W.Workload, changed: tuple[int, int, int] | None = None) -> str:
+    import yaml
+    dumper = getattr(yaml, "CSafeDumper", None) or yaml.SafeDumper
+    return yaml.dump(W.node_spec_doc(w, changed), Dumper=dumper, sort_keys=False)
+
+
+def timed_process(ns: NetNS, argv: list[str], timeout: float, stdin_path: Path | None = None
+                  ) -> tuple[float, str]:
+    """Seconds from spawn to exit of argv in ns, and its output (to a file, as
+    a user redirecting it; a pipe read from Python is slow under TCG)."""
+    out = ns.rundir / "out.txt"
+    with open(out, "wb") as f, (open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb")) as i:
+        t0 = time.perf_counter()
+        p = subprocess.run(argv, stdin=i, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                           preexec_fn=ns._enter, pass_fds=(ns.fd,))
+        took = time.perf_counter() - t0
+    text = out.read_text(errors="replace")
+    if p.returncode != 0:
+        raise TrialError(f"{' '.join(argv[-4:])} exited {p.returncode}: {text.strip()[-300:]}")
+    return took, text
+
+
+def lvsctl_apply(ns: NetNS, w: W.Workload, changed=None, dry_run: bool = False,
+                 timeout: float = DEFAULT_TIMEOUT) -> tuple[float, float | None]:
+    """``lvsctl apply`` of the workload's node file in ns, as a process: (seconds
+    from spawn to exit, the reconcile seconds it reports). The table is checked
+    afterwards (a dry run must find nothing to do)."""
+    f = ns.rundir / ("node.changed.yaml" if changed else "node.yaml")
+    f.write_text(spec_yaml(w, changed))
+    argv = [*lvsctl_argv(), "apply", str(f), "--netns", ns.name, "--state", str(ns.rundir / "lvsctl.json")]
+    took, out = timed_process(ns, argv + (["--dry-run"] if dry_run else []), timeout)
+    if dry_run:
+        if "nothing to do" not in out:
+            raise TrialError(f"dry run on the applied table planned something: {out.strip()[:300]}")
+        return took, None
+    summary = lvsctl_summary(out)
+    if summary is None or summary[1]:
+        raise TrialError(f"lvsctl apply: {out.strip()[-300:]}")
+    _check(ns, w, changed)
+    return took, summary[2]
+
+
+def lvsctl_columns() -> list[R.Column]:
+    return [
+        R.Column("dests", "dests", "int"),
+        R.Column("services", "services", "int"),
+        R.Column("ipvsadm_restore", "ipvsadm -R", "sec"),
+        R.Column("lvsctl", "lvsctl apply", "sec"),
+        R.Column("lvsctl_reconcile", "lvsctl: reconcile", "sec"),
+        R.Column("lvsctl_dry_run", "lvsctl apply --dry-run (full table)", "sec"),
+        R.Column("ipvsadm_edit", "ipvsadm -e", "sec"),
+        R.Column("lvsctl_change", "lvsctl apply (one weight changed)", "sec"),
+    ]
+
+
+LVSCTL_NOTES = [
+    "every figure is one process from spawn to exit, as a user runs it: interpreter start-up, imports, "
+    "reading and parsing the file included; lvsctl: reconcile = the reconcile time lvsctl itself prints",
+    "ipvsadm -R: the same rules (ipvsadm -Sn form) from a file into an empty table; lvsctl apply: the "
+    "node spec YAML into an empty table; --dry-run: the same file against the full table (nothing to do)",
+    "one weight change: ipvsadm -e of that dest, vs lvsctl apply of the node file with that weight edited "
+    "(lvsctl has no edit command: a user edits the file and applies it, a full reconcile; the agent's "
+    "incremental change on a watch event is part 2's 'ours')",
+]
+
+
+def run_lvsctl_size(w: W.Workload, timeout: float) -> dict:
+    n = w.total_dests
+    changed = (w.services // 2, min(3, w.dests_per_service - 1), 7)
+    row: dict[str, Any] = {"dests": n, "services": w.services}
+    no_table = R.error("no complete table to change (the apply failed)")
+    with fresh_ns(f"kb-ipvsadm-{n}") as ns:
+        row["ipvsadm_restore"] = c = _cell(lambda: restore_trial(ns, w, timeout=timeout, argv=("ipvsadm", "-R")),
+                                           f"{n} ipvsadm -R")
+        if R.is_error(c):
+            row["ipvsadm_edit"] = no_table
+        else:
+            quiesce()
+
+            def edit():
+                took, _ = timed_process(ns, edit_argv(changed), timeout)
+                _check(ns, w, changed)
+                return took
+            row["ipvsadm_edit"] = _cell(edit, f"{n} ipvsadm -e")
+    with fresh_ns(f"kb-lvsctl-{n}") as ns:
+        res = _cell(lambda: lvsctl_apply(ns, w, timeout=timeout), f"{n} lvsctl apply")
+        if R.is_error(res):
+            row.update(lvsctl=res, lvsctl_reconcile=None, lvsctl_dry_run=no_table, lvsctl_change=no_table)
+        else:
+            row["lvsctl"], row["lvsctl_reconcile"] = res
+            quiesce()
+            row["lvsctl_dry_run"] = _cell(lambda: lvsctl_apply(ns, w, dry_run=True, timeout=timeout)[0],
+                                          f"{n} lvsctl apply --dry-run")
+            quiesce()
+            row["lvsctl_change"] = _cell(lambda: lvsctl_apply(ns, w, changed, timeout=timeout)[0],
+                                         f"{n} lvsctl apply (changed)")
+    log(f"{n:,}: " + ", ".join(f"{c.label} {R.fmt_cell(row[c.key], c.kind)}" for c in lvsctl_columns()[2:]))
+    return row
+
+
+def build_lvsctl_table(rows: list[dict], notes: list[str]) -> R.Table:
+    t = R.Table("lvsctl", "1b. lvsctl and ipvsadm as a user runs them (one process each, NAT services "
+                f"of {LVSCTL_PER_SERVICE} dests)", lvsctl_columns(), rows, notes)
+    t.add_ratio("lvsctl", "ipvsadm_restore", "lvsctl apply/ipvsadm -R")
+    t.add_ratio("lvsctl_change", "ipvsadm_edit", "one change: lvsctl/ipvsadm -e")
+    return t
+
+
+def run_lvsctl(sizes: list[int], timeout: float = DEFAULT_TIMEOUT,
+               per_service: int = LVSCTL_PER_SERVICE) -> R.Table:
+    """The lvsctl table: at each size (total dests), ipvsadm then lvsctl."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    ns = NetNS("kb-warm-lvsctl")  # untimed: pages the interpreter and modules in, writes bytecode
+    try:
+        lvsctl_apply(ns, W.Workload(2, 2), timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - the timed trials report it properly
+        log(f"warm-up lvsctl: {type(e).__name__}: {e}")
+    finally:
+        ns.delete()
+    rows = [run_lvsctl_size(W.Workload.for_total(n, per_service), timeout) for n in sizes]
+    return build_lvsctl_table(rows, list(LVSCTL_NOTES))
 
 
 # --------------------------------------------------------------------------
@@ -945,6 +1107,11 @@ def write_outputs(tables: list[R.Table], machine: dict, out: Path, name: str) ->
     return list(files)
 
 
+def parse_sizes(text: str) -> list[int]:
+    """"1000,10_000" -> [1000, 10000]; "" -> []."""
+    return [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lvs_bench.kernel", description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help=f"tiny sizes {SMOKE_SIZES} (harness check)")
@@ -960,19 +1127,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="directory for NAME.json/.md/.txt "
                                   "(default $KUBE_LVS_LAB_RESULTS/bench, else ./bench-results)")
     ap.add_argument("--name", help="file name stem (default: latest, or smoke with --smoke)")
+    ap.add_argument("--lvsctl-sizes", metavar="DESTS,..",
+                    help=f"total dests of the lvsctl table (1b; default {LVSCTL_FULL_SIZES[0]}, "
+                         f"{LVSCTL_SMOKE_SIZES[0]} with --smoke; '' skips it)")
+    ap.add_argument("--lvsctl-only", action="store_true", help="only the lvsctl table (1b), not parts 1-3")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("lvs_bench.kernel: needs root and an IPVS kernel: run it through bench/run.sh "
               "(the lab VM)", file=sys.stderr)
         return 2
     if args.sizes:
-        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+        sizes = parse_sizes(args.sizes)
     else:
         sizes = list(SMOKE_SIZES if args.smoke else FULL_SIZES)
     mode = "smoke" if args.smoke else "full" if not args.sizes else "custom"
     repeat = 1 if args.smoke else max(1, args.repeat)
-    tables, machine = run(sizes, mode=mode, repeat=repeat, repeat_upto=args.repeat_upto,
-                          timeout=args.timeout, caps=parse_caps(args.cap), per_service=args.per_service)
+    lsizes = (parse_sizes(args.lvsctl_sizes) if args.lvsctl_sizes is not None
+              else list(LVSCTL_SMOKE_SIZES if args.smoke else LVSCTL_FULL_SIZES))
+    if args.lvsctl_only:
+        tables, machine = [], machine_info(mode)
+    else:
+        tables, machine = run(sizes, mode=mode, repeat=repeat, repeat_upto=args.repeat_upto,
+                              timeout=args.timeout, caps=parse_caps(args.cap), per_service=args.per_service)
+    if lsizes:
+        tables.insert(min(3, len(tables)), run_lvsctl(lsizes, args.timeout))
     print(R.render_report_text(tables, {k: v for k, v in machine.items() if k not in ("details", "warm_up")}))
     base = os.environ.get("KUBE_LVS_LAB_RESULTS")
     out = Path(args.out) if args.out else (Path(base) / "bench" if base else Path("bench-results"))

@@ -274,6 +274,14 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
                        f"{_ratio_text(r, 'ours/ipvsadm_save', 'ipvsadm -Sn reading the table')}; "
                        f"as the agent finds it, a sweep round {fmt_cell(r.get('ours_sweep'), 'sec')}, "
                        f"largest slice {fmt_cell(r.get('ours_slice'), 'sec')}")
+    t = by_id.get("lvsctl")
+    if t and t.status == "ok":
+        for r in t.rows:
+            out.append(f"lvsctl as a process, {fmt_cell(r.get('dests'), 'int')} dests: apply "
+                       f"{fmt_cell(r.get('lvsctl'), 'sec')} (reconcile {fmt_cell(r.get('lvsctl_reconcile'), 'sec')}) = "
+                       f"{_ratio_text(r, 'lvsctl/ipvsadm_restore', 'ipvsadm -R')}; one weight change "
+                       f"{fmt_cell(r.get('lvsctl_change'), 'sec')} = "
+                       f"{_ratio_text(r, 'lvsctl_change/ipvsadm_edit', 'ipvsadm -e')}")
     t = by_id.get("operator_scale")
     if t and t.status == "ok":
         for r in t.rows:
