@@ -354,6 +354,10 @@ NOTES = [
     "(Caches.on_change) / index (checked in the RealServer's event handler, which kopf runs after "
     "the object's index handlers) holds the new weight; both are wall clock on the same host",
     "peak RSS = the child's ru_maxrss; CPU = its user + system time at the end",
+    "kopf runs with its default settings but for those the operator sets (no posting, no scanning, "
+    "its watch timeouts)",
+    "a mode whose trial takes longer than --budget (300 s) gets no more trials at that size nor any "
+    "at larger sizes; medians are over the trials that ran",
 ]
 
 
@@ -483,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True)
     cp = ControlPlane(workdir / "control-plane")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control plane on the way out
-    result: dict[str, Any] = {"machine": machine_info(), "sizes": []}
+    result: dict[str, Any] = {"machine": {**machine_info(), "command": " ".join(["python -m lvs_bench.kopf_indexes",
+                                                                              *(argv or sys.argv[1:])])},
+                              "sizes": []}
     try:
         cp.start()
         prepare(cp, args.directors)
