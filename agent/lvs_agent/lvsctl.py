@@ -391,17 +391,10 @@ def cmd_save(args) -> int:
     return 0
 
 
-def yaml_loader():
-    """libyaml's safe loader when PyYAML was built with it, else the pure-Python
-    one: both build the same objects, libyaml's parser is native code."""
-    import yaml
-    return getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
-
-
 def load_spec_document(path: str):
-    import yaml
+    from .yaml_load import load
     with (sys.stdin if path == "-" else open(path)) as f:
-        doc = yaml.load(f, Loader=yaml_loader())  # noqa: S506 - a safe loader
+        doc = load(f.read())
     # Accept a bare node spec, or an object carrying one under "spec" (a NodeState).
     if isinstance(doc, dict) and "spec" in doc and ("kind" in doc or "apiVersion" in doc):
         doc = doc["spec"]

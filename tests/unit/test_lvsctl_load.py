@@ -1,5 +1,5 @@
-"""lvsctl reads its node file with libyaml when PyYAML has it, and builds the
-same document the pure-Python safe loader builds."""
+"""lvsctl reads its node file through yaml_load (libyaml's events when PyYAML
+has it) and builds the document yaml.safe_load builds."""
 from __future__ import annotations
 
 import io
@@ -33,22 +33,17 @@ services:
 """
 
 
-def test_the_loader_is_libyamls_when_pyyaml_has_it():
-    if yaml.__with_libyaml__:
-        assert L.yaml_loader() is yaml.CSafeLoader
-    else:
-        assert L.yaml_loader() is yaml.SafeLoader
+def test_the_file_goes_through_yaml_load(monkeypatch, tmp_path):
+    from lvs_agent import yaml_load
+    seen = []
+    monkeypatch.setattr(yaml_load, "load", lambda text: seen.append(text) or {"services": []})
+    f = tmp_path / "node.yaml"
+    f.write_text(DOC)
+    assert L.load_spec_document(str(f)) == {"services": []}
+    assert seen == [DOC]
 
 
 def test_the_loader_builds_what_safe_load_builds(tmp_path):
-    f = tmp_path / "node.yaml"
-    f.write_text(DOC)
-    assert L.load_spec_document(str(f)) == yaml.safe_load(DOC)
-
-
-def test_the_pure_python_fallback(monkeypatch, tmp_path):
-    monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
-    assert L.yaml_loader() is yaml.SafeLoader
     f = tmp_path / "node.yaml"
     f.write_text(DOC)
     assert L.load_spec_document(str(f)) == yaml.safe_load(DOC)
