@@ -16,9 +16,9 @@ whose claim settle keeps. Rules:
   their module loads and cannot be deleted: "adding" one loads the module,
   "deleting" one brings it down.
 
-IPVS ops go through ``netlink_batch`` (many messages per ``send``, acks read in
-bulk) when it is available, else one pyroute2 call each. Both paths give the
-same results; the kernel tests prove it.
+IPVS ops go only through ``netlink_batch`` (many messages per ``send``, acks
+read in bulk); the kernel tests check its results against pyroute2's reading
+of the kernel (tests/kernel/pyroute2_ipvs.py).
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ from . import ops as O
 from .fou import apply_op as apply_fou
 from .gre_csum import apply_op as apply_gre_csum
 from .ipvs_config import set_timeouts, with_connection
-from .ipvs_pyroute2 import open_ipvs, pyroute2_dest, pyroute2_dest_key, pyroute2_service, pyroute2_service_key
 from .netns import netlink_socket
 from .nft import run_nft
 from .rtnl import RtnlReader, open_iproute
@@ -96,29 +95,6 @@ def normalize(op: O.Op, err: str | None) -> str | None:
 # IPVS
 # --------------------------------------------------------------------------
 
-def _ipvs_one(ipvs, op: O.Op) -> None:
-    match op:
-        case O.AddService(s):
-            ipvs.service("add", service=pyroute2_service(s))
-        case O.SetService(s):
-            # "set", never "update": pyroute2's "update" sends DEL (it deletes).
-            ipvs.service("set", service=pyroute2_service(s))
-        case O.DelService(k):
-            ipvs.service("del", service=pyroute2_service_key(k))
-        case O.AddDest(s, d):
-            ipvs.dest("add", service=pyroute2_service_key(s.key), dest=pyroute2_dest(d))
-        case O.SetDest(s, d):
-            ipvs.dest("set", service=pyroute2_service_key(s.key), dest=pyroute2_dest(d))
-        case O.DelDest(k, dk):
-            ipvs.dest("del", service=pyroute2_service_key(k), dest=pyroute2_dest_key(dk))
-        case _:
-            raise TypeError(op)
-
-
-def _ipvs_what(op: O.Op) -> str:
-    return O.describe(op)
-
-
 def ipvs_phases(ops: Sequence[O.Op]) -> tuple[list[int], list[int]]:
     """Split IPVS op indices into (service adds, everything else in order).
 
@@ -131,27 +107,10 @@ def ipvs_phases(ops: Sequence[O.Op]) -> tuple[list[int], list[int]]:
     return adds, rest
 
 
-def apply_ipvs_pyroute2(ipvs, ops: Sequence[O.Op]) -> list[str | None]:
-    out: list[str | None] = [None] * len(ops)
-    failed: dict[ServiceKey, str] = {}
-    adds, rest = ipvs_phases(ops)
-    for i in adds + rest:
-        op = ops[i]
-        if isinstance(op, O.AddDest) and op.key in failed:
-            out[i] = f"ECANCELED: not attempted: adding service {op.key} failed ({failed[op.key]})"
-            continue
-        try:
-            _ipvs_one(ipvs, op)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a per-op result
-            out[i] = exc_text(e, _ipvs_what(op))
-            if isinstance(op, O.AddService):
-                failed[op.key] = err_code(out[i])
-        out[i] = normalize(op, out[i])
-    return out
-
-
 def apply_ipvs_batch(conn, ops: Sequence[O.Op]) -> list[str | None]:
-    """The same contract as apply_ipvs_pyroute2, through netlink_batch."""
+    """One result per op (None: done), through netlink_batch: service adds
+    first (ipvs_phases), and a dest whose service failed to add is not sent
+    (ECANCELED naming the add's error)."""
     out: list[str | None] = [None] * len(ops)
     adds, rest = ipvs_phases(ops)
     failed: dict[ServiceKey, str] = {}
@@ -358,32 +317,22 @@ def _apply_nft(op: O.Op, netns: str | None) -> None:
 class Applier:
     """Applies op lists in one network namespace.
 
-    ``ipvs_conn`` is a netlink_batch.IPVSConnection (or None for pyroute2
-    only); pyroute2 sockets are opened per ``apply`` call and closed after,
-    so an Applier may be used from any thread.
+    ``ipvs_conn`` is a netlink_batch.IPVSConnection (opened on first use when
+    None): IPVS is read and written only through it, so a socket that cannot
+    open fails the pass (and the next one retries) rather than switching
+    implementation. pyroute2 sockets (links) are opened per ``apply`` call and
+    closed after, so an Applier may be used from any thread.
     """
 
-    def __init__(self, netns: str | None = None, ipvs_conn=None, use_batch: bool = True):
+    def __init__(self, netns: str | None = None, ipvs_conn=None):
         self.netns = netns
         self._conn = ipvs_conn
-        self.use_batch = use_batch
-        self.last_path = ""  # "batch" | "pyroute2" | "" (for tests and benchmarks)
 
     def batch_conn(self):
-        """The netlink_batch connection (opened on first use), or None."""
-        return self._batch_conn()
-
-    def _batch_conn(self):
-        if not self.use_batch:
-            return None
+        """The netlink_batch connection, opened on first use (its error raised)."""
         if self._conn is None:
-            try:
-                from .netlink_batch import IPVSConnection
-                self._conn = IPVSConnection(self.netns)
-            except Exception:  # noqa: BLE001 - no fast path here: per-op pyroute2 calls
-                log.debug("netlink_batch unavailable", exc_info=True)
-                self.use_batch = False
-                return None
+            from .netlink_batch import IPVSConnection
+            self._conn = IPVSConnection(self.netns)
         return self._conn
 
     def close(self) -> None:
@@ -413,7 +362,7 @@ class Applier:
                     if isinstance(op, O.SetSysctl):
                         _apply_sysctl(op, self.netns)
                     elif isinstance(op, O.SetIPVSTimeouts):
-                        with_connection(self.netns, self._batch_conn(), set_timeouts, dict(op.timeouts))
+                        with_connection(self.netns, self.batch_conn(), set_timeouts, dict(op.timeouts))
                     elif isinstance(op, (*O.ROUTING_OPS, O.AddAddress, O.DelAddress)):
                         if rtnl is None:
                             rtnl = RtnlWriter(self.netns)
@@ -438,27 +387,21 @@ class Applier:
             run_other(before)
             if ipvs_idx:
                 sub = [ops[i] for i in ipvs_idx]
-                errs = None
-                conn = self._batch_conn()
-                if conn is not None:
+                try:
+                    conn = self.batch_conn()
+                except Exception as e:  # noqa: BLE001 - nothing sent: every op failed, the next pass retries
+                    log.exception("IPVS netlink socket not opened")
+                    errs = [normalize(op, exc_text(e, "opening the IPVS netlink socket")) for op in sub]
+                else:
                     try:
                         errs = apply_ipvs_batch(conn, sub)
                     except Exception as e:  # noqa: BLE001
-                        # Socket-level trouble after (maybe) sending: replaying
-                        # through pyroute2 could double-apply, so every op of this
-                        # run has an unknown outcome (settle keeps the claims); the
-                        # next reconcile observes and repairs.
+                        # Socket-level trouble after (maybe) sending: every op of
+                        # this run has an unknown outcome (settle keeps the
+                        # claims); the next reconcile observes and repairs.
                         log.exception("batched IPVS apply failed")
                         self.close()
                         errs = [unknown_result(exc_text(e, "batched IPVS send"))] * len(sub)
-                    self.last_path = "batch"
-                if errs is None:
-                    ipvs = open_ipvs(self.netns)
-                    try:
-                        errs = apply_ipvs_pyroute2(ipvs, sub)
-                        self.last_path = "pyroute2"
-                    finally:
-                        ipvs.close()
                 for i, e in zip(ipvs_idx, errs):
                     results[i] = e
             run_other(after)
@@ -470,9 +413,9 @@ class Applier:
         return list(zip(ops, results))
 
 
-def apply(ops: Iterable[O.Op], netns: str | None = None, *, use_batch: bool = True) -> list[Result]:
+def apply(ops: Iterable[O.Op], netns: str | None = None) -> list[Result]:
     """One-shot apply (opens and closes its sockets)."""
-    a = Applier(netns, use_batch=use_batch)
+    a = Applier(netns)
     try:
         return a.apply(ops)
     finally:

@@ -160,22 +160,20 @@ class DrainStore(JsonRecord[Records]):
 
 def read_active(netns: str | None, keys: Iterable[ServiceKey], conn=None) -> dict[DrainKey, int]:
     """Active connection counts of every dest of ``keys`` (services absent
-    from the kernel give nothing): through ``conn`` (a netlink_batch
-    connection) one get and one dest dump per service, else a pyroute2
-    read of the whole table."""
+    from the kernel give nothing): one get and one dest dump per service,
+    through ``conn`` (an IPVSConnection), else a connection of its own."""
     keys = sorted(set(keys))
     if not keys:
         return {}
-    if conn is not None:
-        from lvs_model import kernel as K
-        found = [got for k in keys if (got := conn.get_service(k)) is not None]
-        dumps = conn.dump_dests([(ka, K.FAMILIES[svc.family]) for svc, _, _, ka in found], runtime=True)
-        return {(svc.key, d.key): (rt.active if rt is not None else 1)
-                for (svc, _, _, _), ds in zip(found, dumps) for d, rt in ds}
-    from .observe import read_ipvs
-    wanted = set(keys)
-    table = read_ipvs(netns, fast=False)
-    return {k: rt.active for k, rt in table.dest_runtime.items() if k[0] in wanted}
+    if conn is None:
+        from .netlink_batch import IPVSConnection
+        with IPVSConnection(netns) as own:
+            return read_active(netns, keys, own)
+    from lvs_model import kernel as K
+    found = [got for k in keys if (got := conn.get_service(k)) is not None]
+    dumps = conn.dump_dests([(ka, K.FAMILIES[svc.family]) for svc, _, _, ka in found], runtime=True)
+    return {(svc.key, d.key): (rt.active if rt is not None else 1)
+            for (svc, _, _, _), ds in zip(found, dumps) for d, rt in ds}
 
 
 __all__ = ["Decision", "DrainKey", "DrainStore", "Records", "by_service", "decide", "leaving", "merge_records",

@@ -151,12 +151,12 @@ class Engine:
     """Programs one network namespace (None: the engine's own)."""
 
     def __init__(self, state_path: str | os.PathLike | None = None, netns: str | None = None,
-                 uplink: str = "", use_batch: bool = True, drain_path: str | os.PathLike | None = None):
+                 uplink: str = "", drain_path: str | os.PathLike | None = None):
         """``drain_path``: drain leaving dests, with their records there (module doc)."""
         self.netns = netns or None
         self.uplink = uplink
         self.store = OwnershipStore(state_path or default_state_path(self.netns))
-        self.applier = Applier(self.netns, use_batch=use_batch)
+        self.applier = Applier(self.netns)
         self._lock = threading.RLock()
         self.last_table: IPVSTable | None = None
         self._owned: tuple[tuple | None, Ownership] | None = None
@@ -222,15 +222,13 @@ class Engine:
         extra = {"need_routing": routing, "nft_tables": nft}
         conn = self.applier.batch_conn()
         try:
-            obs, table = observe(self.netns, names, with_stats=with_stats, fast=conn is not None,
+            obs, table = observe(self.netns, names, with_stats=with_stats,
                                  need_net=need_net, conn=conn, runtime=with_stats, ipvs_table=ipvs_table,
                                  **extra)
         except OSError:
-            # A broken fast socket: drop it, read once more through a fresh one.
-            if conn is None:
-                raise
+            # A broken socket: drop it, read once more through a fresh one.
             self.applier.close()
-            obs, table = observe(self.netns, names, with_stats=with_stats, fast=True, need_net=need_net,
+            obs, table = observe(self.netns, names, with_stats=with_stats, need_net=need_net,
                                  ipvs_table=ipvs_table, **extra)
         if ipvs_table:
             kernel_forced(obs, spec)
@@ -241,8 +239,7 @@ class Engine:
     def table(self, with_stats: bool = False) -> IPVSTable:
         """The whole IPVS table with counters (for lvsctl list and metrics)."""
         with self._lock:
-            return read_ipvs(self.netns, with_stats=with_stats, fast=self.applier.use_batch,
-                             conn=self.applier.batch_conn())
+            return read_ipvs(self.netns, with_stats=with_stats, conn=self.applier.batch_conn())
 
     def connections(self, pause: Callable[[], object] | None = None,
                     ) -> dict[tuple[ServiceKey, str, int], tuple[int, int]]:
@@ -253,7 +250,7 @@ class Engine:
         agent's status thread calls this). ``pause`` is
         called between slices of the read: the agent's waits while a change
         is programmed, so the two do not share the interpreter meanwhile."""
-        t = read_ipvs(self.netns, fast=self.applier.use_batch, pause=pause)
+        t = read_ipvs(self.netns, pause=pause)
         return {(k, dk.address, dk.port): (rt.active, rt.inactive)
                 for (k, dk), rt in t.dest_runtime.items()}
 
@@ -399,9 +396,7 @@ class Engine:
         try:
             return read_ipvs_services(self.netns, keys, conn=conn)
         except OSError:
-            if conn is None:
-                raise
-            self.applier.close()  # a broken fast socket: once more through a fresh one
+            self.applier.close()  # a broken socket: once more through a fresh one
             return read_ipvs_services(self.netns, keys, conn=self.applier.batch_conn())
 
     def _claim_apply_settle(self, p: Plan, owned: Ownership, claimed: Ownership,

@@ -40,10 +40,8 @@ def kernel_table(agent: Any) -> IPVSTable:
     the table, and a reconcile would wait for the scrape).
     Like the status thread's connection counts, the read pauses between
     slices while the agent programs a change."""
-    engine = agent.engine
-    applier = getattr(engine, "applier", None)
-    return read_ipvs(getattr(engine, "netns", None), with_stats=True,
-                     fast=getattr(applier, "use_batch", True), pause=getattr(agent, "_yield_to_pass", None))
+    return read_ipvs(getattr(agent.engine, "netns", None), with_stats=True,
+                     pause=getattr(agent, "_yield_to_pass", None))
 
 
 class AgentCollector(Collector):

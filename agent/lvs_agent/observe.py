@@ -3,9 +3,10 @@ rules and routes, nftables, sysctls -- each through its own module, put
 together here into the ``Observed`` the planner compares with the spec.
 
 Everything takes ``netns`` (netns.py says how it is entered). IPVS is read
-through the batched generic-netlink connection (netlink_batch, decoding in
-ipvs_codec); pyroute2 (ipvs_pyroute2) only where the engine was asked not to
-batch. Links, addresses, rules and routes: rtnl.RtnlReader.
+only through the batched generic-netlink connection (netlink_batch, decoding
+in ipvs_codec): one way in, so a socket that cannot open is an error the pass
+reports, not a switch to another implementation. Links, addresses, rules and
+routes: rtnl.RtnlReader.
 """
 from __future__ import annotations
 
@@ -25,36 +26,28 @@ from .sysctl import read_sysctls
 
 
 def read_ipvs(netns: str | None = None, *, with_stats: bool = False,
-              fast: bool = True, conn=None, runtime: bool = True,
+              conn=None, runtime: bool = True,
               pause: Callable[[], object] | None = None) -> IPVSTable:
     """The IPVS table: through ``conn`` (an IPVSConnection), else a
-    connection of its own (``fast``), else pyroute2 (the engine's
-    ``use_batch=False``). ``pause``: see IPVSConnection.dump_dests."""
+    connection of its own. ``pause``: see IPVSConnection.dump_dests."""
     if conn is not None:
         return conn.dump(with_stats=with_stats, runtime=runtime, pause=pause)
-    if fast:
-        with IPVSConnection(netns) as own:
-            return own.dump(with_stats=with_stats, runtime=runtime, pause=pause)
-    from .ipvs_pyroute2 import open_ipvs, read_ipvs_pyroute2
-    ipvs = open_ipvs(netns)
-    try:
-        return read_ipvs_pyroute2(ipvs, with_stats)
-    finally:
-        ipvs.close()
+    with IPVSConnection(netns) as own:
+        return own.dump(with_stats=with_stats, runtime=runtime, pause=pause)
 
 
 def read_ipvs_services(netns: str | None, keys: Iterable[ServiceKey], *, conn=None) -> dict[ServiceKey, Service]:
-    """Only the services ``keys`` (those present), with their dests: through
-    ``conn`` (a netlink_batch connection) one get and one dest dump each;
-    without it, the whole table read and cut down (the pyroute2 path)."""
+    """Only the services ``keys`` (those present), with their dests: one get
+    and one dest dump each, through ``conn`` (an IPVSConnection), else a
+    connection of its own."""
     if conn is not None:
         return conn.read_services(keys)
-    keys = set(keys)
-    return {k: s for k, s in read_ipvs(netns, fast=False, runtime=False).services.items() if k in keys}
+    with IPVSConnection(netns) as own:
+        return own.read_services(keys)
 
 
 def observe(netns: str | None = None, sysctls: Iterable[str] = (), *,
-            with_stats: bool = False, fast: bool = True, need_net: bool = True,
+            with_stats: bool = False, need_net: bool = True,
             conn=None, runtime: bool = True, need_routing: tuple[int, int] | None = None,
             nft_tables: Iterable[tuple[str, str]] = (), ipvs_table: bool = True) -> tuple[Observed, IPVSTable]:
     """The kernel as it is now: (Observed for the planner, the full IPVS table).
@@ -64,7 +57,7 @@ def observe(netns: str | None = None, sysctls: Iterable[str] = (), *,
     (lo, hi): also read policy rules and the default routes of tables lo..hi-1;
     ``nft_tables``: the (family, name) nftables tables to read.
     ``ipvs_table=False``: everything but IPVS (the caller reads the services it needs)."""
-    table = (read_ipvs(netns, with_stats=with_stats, fast=fast, conn=conn, runtime=runtime)
+    table = (read_ipvs(netns, with_stats=with_stats, conn=conn, runtime=runtime)
              if ipvs_table else IPVSTable())
     links: dict[str, LinkState] = {}
     addrs: set[tuple[str, str]] = set()

@@ -478,12 +478,12 @@ class Ours:
     "observe", so a fallback to full shows).
     """
 
-    def __init__(self, ns: NetNS, use_batch: bool = True):
+    def __init__(self, ns: NetNS):
         from lvs_agent import engine as E
         self.E = E
         self.ns = ns
         t0 = time.perf_counter()
-        self.engine = E.Engine(ns.rundir / "ownership.json", netns=ns.name, use_batch=use_batch)
+        self.engine = E.Engine(ns.rundir / "ownership.json", netns=ns.name)
         self.setup_seconds = time.perf_counter() - t0
         self.phases: dict[str, float] = {}
         self._wrap_instance()
@@ -537,7 +537,7 @@ class Ours:
         ipvs = [op for op in rep.ops if isinstance(op, O.IPVS_OPS)]
         phases = dict(self.phases)
         phases["other"] = max(0.0, took - sum(phases.values()))
-        return OursResult(took, len(rep.ops), len(ipvs), self.engine.applier.last_path or "-", phases,
+        return OursResult(took, len(rep.ops), len(ipvs), "batch" if ipvs else "-", phases,
                           self.build_time(ipvs))
 
     def sweep_round(self, spec) -> tuple[float, float, int]:

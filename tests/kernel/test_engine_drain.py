@@ -42,7 +42,7 @@ def doc(t, rips, timeout: int | None = None) -> dict:
 
 def kernel_dests(t) -> dict[str, tuple[int, int]]:
     """rip -> (weight, active connections) of the test service, read from the kernel."""
-    table = read_ipvs(t.director, fast=True)
+    table = read_ipvs(t.director)
     key = spec(hold_doc(t)).services[0].key
     svc = table.services.get(key)
     if svc is None:

@@ -13,10 +13,12 @@ import pytest
 from lvs_agent import netlink_batch
 from lvs_agent import ops as O
 from lvs_agent.engine import Engine
+from lvs_agent.observe import read_ipvs_services
 from lvs_agent.state import OwnershipStore
 from lvs_lab.topology import Lab
 
 from engine_helpers import reconcile_ok, spec
+from pyroute2_ipvs import oracle_read
 from test_engine_lifecycle import bare, ipvsadm  # noqa: F401 - the same bare namespace fixture
 
 OURS = {"services": [
@@ -224,15 +226,20 @@ def test_a_fresh_engine_has_no_memory(bare, reads, tmp_path):
         reconcile_ok(fresh, {})
 
 
-def test_pyroute2_path_reads_only_the_changed_services_too(tmp_path):
+def test_incremental_pass_matches_the_pyroute2_oracle(tmp_path):
+    """An incremental pass changes only the changed dest, and what the
+    batched client reads of those services (through a connection of its own)
+    is what pyroute2 reads back from the kernel."""
     with Lab() as lab:
         ns = lab.host("bare")
         lab.apply()
-        with Engine(tmp_path / "p.json", netns=ns, use_batch=False) as e:
+        with Engine(tmp_path / "p.json", netns=ns) as e:
             reconcile_ok(e, OURS)
             r = reconcile_ok(e, with_weight(OURS, 1, 1, 4), incremental=True)
             assert [type(op).__name__ for op in r.ops] == ["SetDest"]
             assert "-a -u 10.10.0.2:53 -r 10.20.0.5:53 -g -w 4" in ipvsadm(lab, ns, "-Sn")
+            ks = keys(OURS)
+            assert read_ipvs_services(ns, ks) == {k: oracle_read(ns).services[k] for k in ks}
             converged_full(e, with_weight(OURS, 1, 1, 4))
             reconcile_ok(e, {})
 

@@ -37,7 +37,7 @@ def nodestate(t) -> dict:
 
 def weights(t) -> dict[str, int]:
     key = spec(nodestate(t)["spec"]).services[0].key
-    svc = read_ipvs(t.director, fast=True, runtime=False).services.get(key)
+    svc = read_ipvs(t.director, runtime=False).services.get(key)
     return {d.address: d.weight for d in svc.dests} if svc is not None else {}
 
 

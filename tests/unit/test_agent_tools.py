@@ -105,7 +105,8 @@ def test_engine_reconcile_without_nft_programs_the_other_services(no_nft, tmp_pa
                 obs.nft_tables[(fam, name)] = table
         return obs, IPVSTable()
     monkeypatch.setattr(engine_mod, "observe", kernel)
-    engine = Engine(state_path=tmp_path / "ownership.json", use_batch=False)
+    engine = Engine(state_path=tmp_path / "ownership.json")
+    monkeypatch.setattr(engine.applier, "batch_conn", lambda: None)  # no IPVS socket: the kernel is faked
     applied: list[O.Op] = []
 
     def apply(ops):

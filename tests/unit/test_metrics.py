@@ -96,7 +96,7 @@ def test_default_reader_uses_a_socket_of_its_own_not_the_engine(monkeypatch):
     with engine._lock:
         text = generate_latest(registry_for(agent)).decode()
     assert "kube_lvs_dest_health" in text
-    assert calls == [("director", {"with_stats": True, "fast": True, "pause": agent._yield_to_pass})]
+    assert calls == [("director", {"with_stats": True, "pause": agent._yield_to_pass})]
 
 
 class CountingChecker:

@@ -1,18 +1,22 @@
-"""IPVS through pyroute2, one call per op: the path for ``use_batch=False``
-(the kernel tests run both paths and require the same results of each) and
-the fallback where the batched connection cannot be opened.
+"""IPVS through pyroute2, one call per op: the kernel tests' independent
+oracle for the agent's batched netlink client (netlink_batch). The agent
+reads and writes IPVS only through that client; this module reads the kernel
+back with pyroute2's own decoder, and writes the same ops with pyroute2's own
+encoder, so a mistake in netlink_batch or ipvs_codec shows as a difference.
 """
 from __future__ import annotations
 
 import socket
 from dataclasses import replace
+from typing import Sequence
 
+from lvs_agent import ops as O
+from lvs_agent.apply import err_code, exc_text, ipvs_phases, normalize
+from lvs_agent.ipvs_codec import (DestRuntime, IPVSTable, STAT_FIELDS, Stats, decode_dest, decode_service,
+                                  ipv6_netmask_encode, svc_flags)
+from lvs_agent.netns import netlink_socket
 from lvs_model import kernel as K
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
-
-from .ipvs_codec import (DestRuntime, IPVSTable, STAT_FIELDS, Stats, decode_dest, decode_service,
-                         ipv6_netmask_encode, svc_flags)
-from .netns import netlink_socket
 
 NETLINK_GENERIC = 16
 
@@ -116,3 +120,64 @@ def read_ipvs_pyroute2(ipvs, with_stats: bool = False) -> IPVSTable:
                 _stats_from(da) if with_stats else Stats())
         table.services[key] = replace(svc, dests=tuple(dests))
     return table
+
+
+def _ipvs_one(ipvs, op: O.Op) -> None:
+    match op:
+        case O.AddService(s):
+            ipvs.service("add", service=pyroute2_service(s))
+        case O.SetService(s):
+            # "set", never "update": pyroute2's "update" sends DEL (it deletes).
+            ipvs.service("set", service=pyroute2_service(s))
+        case O.DelService(k):
+            ipvs.service("del", service=pyroute2_service_key(k))
+        case O.AddDest(s, d):
+            ipvs.dest("add", service=pyroute2_service_key(s.key), dest=pyroute2_dest(d))
+        case O.SetDest(s, d):
+            ipvs.dest("set", service=pyroute2_service_key(s.key), dest=pyroute2_dest(d))
+        case O.DelDest(k, dk):
+            ipvs.dest("del", service=pyroute2_service_key(k), dest=pyroute2_dest_key(dk))
+        case _:
+            raise TypeError(op)
+
+
+def _ipvs_what(op: O.Op) -> str:
+    return O.describe(op)
+
+
+def apply_ipvs_pyroute2(ipvs, ops: Sequence[O.Op]) -> list[str | None]:
+    """The Applier's contract for IPVS ops (apply.py), one pyroute2 call each."""
+    out: list[str | None] = [None] * len(ops)
+    failed: dict[ServiceKey, str] = {}
+    adds, rest = ipvs_phases(ops)
+    for i in adds + rest:
+        op = ops[i]
+        if isinstance(op, O.AddDest) and op.key in failed:
+            out[i] = f"ECANCELED: not attempted: adding service {op.key} failed ({failed[op.key]})"
+            continue
+        try:
+            _ipvs_one(ipvs, op)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a per-op result
+            out[i] = exc_text(e, _ipvs_what(op))
+            if isinstance(op, O.AddService):
+                failed[op.key] = err_code(out[i])
+        out[i] = normalize(op, out[i])
+    return out
+
+
+def oracle_read(netns: str | None, with_stats: bool = False) -> IPVSTable:
+    """The table in ``netns`` as pyroute2 reads it."""
+    ipvs = open_ipvs(netns)
+    try:
+        return read_ipvs_pyroute2(ipvs, with_stats)
+    finally:
+        ipvs.close()
+
+
+def oracle_apply(netns: str | None, ops: Sequence[O.Op]) -> list[str | None]:
+    """``ops`` (IPVS only) written in ``netns`` through pyroute2: one result each."""
+    ipvs = open_ipvs(netns)
+    try:
+        return apply_ipvs_pyroute2(ipvs, ops)
+    finally:
+        ipvs.close()
