@@ -234,6 +234,13 @@ def content_errors(items: list[dict], expected: dict[str, dict], limit: int = 3)
     return errs
 
 
+def phase_lines(text: str) -> list[str]:
+    """The operator's own split of its start (log lines with their timestamps):
+    every kind listed, then the first pass's derive, compile, plan and write."""
+    return [line.strip() for line in text.splitlines() if "caches populated" in line or FIRST_PASS in line
+            or "NodeStates: " in line][:3]
+
+
 def _wait(what: str, check: Callable[[], Any], timeout: float, every: float) -> tuple[Any, float]:
     t0 = time.perf_counter()
     last: Any = None
@@ -429,6 +436,9 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
         except (TimeoutError, RuntimeError) as e:
             row["change_writes"] = R.error(str(e)[:300])
             return row, details
+        details["operator_phases"] = phase_lines(op.text())
+        for line in details["operator_phases"]:
+            log(f"N={n}: operator: {line}")
         before = api.versions("nodestates", OPNS)
         statuses0, t_statuses0 = status_writes(cp), time.perf_counter()
         k = n // 2

@@ -20,11 +20,13 @@ names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from lvs_kube.backoff import Backoff
 
@@ -43,6 +45,21 @@ log = logging.getLogger("lvs_operator")
 # Defaults of the flags of the same names (main.py, operator/README.md).
 DEBOUNCE = 0.3  # seconds: at most this long between a pass and the next, so a burst's events gather
 RESYNC = 300.0  # seconds: every VirtualService recompiled once per this period, whatever the watch missed
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic collector off while a pass computes: a compile allocates
+    many acyclic objects, each batch of which would make the collector rescan
+    the whole (large, long-lived) heap; it runs once afterwards instead, so
+    a cycle made meanwhile is still collected. Left off if it was off."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def now_rfc3339() -> str:
@@ -276,7 +293,8 @@ class Reconciler:
         snap = self.writer.write_owned(rw, snap)
         derived_writes += len(rw)
         t_derive = clock()
-        result = compile_snapshot(snap, self.namespace, now, self.compile_cache)
+        with paused_gc():
+            result = compile_snapshot(snap, self.namespace, now, self.compile_cache)
         t_compile = clock()
         result.events.extend(der.events + (lb.events if scope is None else []))
         if scope is None:
@@ -286,7 +304,8 @@ class Reconciler:
             result.peer_status = {}  # which nodes peer with a BGPPeer: only a full pass sees them all
         if result.recheck_after is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.recheck, result.recheck_after)
-        w = plan_writes(result, snap, self.namespace)
+        with paused_gc():
+            w = plan_writes(result, snap, self.namespace)
         t_plan = clock()
         self.phases = {"derive": t_derive - t, "compile": t_compile - t_derive, "plan": t_plan - t_compile}
         if not w:

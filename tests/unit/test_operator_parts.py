@@ -259,3 +259,21 @@ def test_ref_index_and_scoped_view_give_the_scoped_part_and_follow_changes():
     other = {k: dict(v) for k, v in caches.items()}  # other caches: the index starts anew
     del other["realservers"][("team-a", "r1")]
     assert list(scoped_view(other, {("team-a", "a")}, index)["realservers"]) == [("team-a", "r2")]
+
+
+def test_paused_gc_turns_the_collector_back_on_only_if_it_was_on():
+    import gc
+    from lvs_operator.reconciler import paused_gc
+    assert gc.isenabled()
+    with pytest.raises(KeyError):
+        with paused_gc():
+            assert not gc.isenabled()
+            raise KeyError("a failed pass")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
