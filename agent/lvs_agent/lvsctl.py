@@ -457,36 +457,47 @@ def cmd_apply(args) -> int:
         return _apply(args, spec, state, failed=bool(field_errors))
 
 
+def plan_lines(p) -> list[str]:
+    """A dry run's lines: the operations a reconcile would issue, then the problems."""
+    from . import ops as O
+    lines = [f"would       {O.describe(op)}\n" for op in p.ops]
+    lines += [f"problem     {k}: {why}\n" for k, why in p.problems.items()]
+    if not p.ops:
+        lines.append("nothing to do\n")
+    return lines
+
+
+def report_lines(report) -> list[str]:
+    """A reconcile's lines: per service, then the errors and a summary."""
+    lines = [f"programmed  {k}\n" for k in report.programmed]
+    lines += [f"problem     {k}: {why}\n" for k, why in report.problems.items()]
+    lines += [f"failed      {k}: {why}\n" for k, why in report.service_errors.items()]
+    lines += [f"error       {why}\n" for why in report.errors]
+    lines.append(f"{len(report.results)} operations, {len(report.failed)} failed, uplink {report.uplink or '-'}, "
+                 f"{report.duration:.2f}s\n")
+    return lines
+
+
+def _write(lines: list[str]) -> None:
+    # One write: a line per service on an unbuffered or terminal stdout would
+    # be a system call per line.
+    sys.stdout.write("".join(lines))
+    sys.stdout.flush()
+
+
 def _apply(args, spec, state: Path, failed: bool) -> int:
     """Plan (--dry-run) or reconcile, with the record's lock held."""
-    from . import ops as O
     from .engine import Engine
     engine = Engine(state, netns=args.netns, uplink=args.uplink or "")
     try:
         if args.dry_run:
             p, _, _, uplink = engine.plan(spec)
-            for op in p.ops:
-                print(f"would       {O.describe(op)}")
-            for k, why in p.problems.items():
-                print(f"problem     {k}: {why}")
-                failed = True
-            if not p.ops:
-                print("nothing to do")
-            return 1 if failed else 0
+            _write(plan_lines(p))
+            return 1 if (failed or p.problems) else 0
         report = engine.reconcile(spec)
     finally:
         engine.close()
-    for k in report.programmed:
-        print(f"programmed  {k}")
-    for k, why in report.problems.items():
-        print(f"problem     {k}: {why}")
-    for k, why in report.service_errors.items():
-        print(f"failed      {k}: {why}")
-    for why in report.errors:
-        print(f"error       {why}")
-    n_fail = len(report.failed)
-    print(f"{len(report.results)} operations, {n_fail} failed, uplink {report.uplink or '-'}, "
-          f"{report.duration:.2f}s")
+    _write(report_lines(report))
     return 1 if (failed or not report.ok) else 0
 
 
