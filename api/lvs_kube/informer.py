@@ -96,12 +96,16 @@ class Informer:
     """LIST + WATCH of one ``source`` until ``stopped()``.
 
     ``sleep(seconds)``: how a backoff waits (an Event's ``wait`` ends it at a
-    stop); ``backoff``: the retry delays while the API server is away."""
+    stop); ``backoff``: the retry delays while the API server is away;
+    ``item``: what of each listed object is kept, applied page by page so a
+    LIST never holds every raw object at once."""
 
-    def __init__(self, source: Source, on_list: Callable[[list[dict]], None], on_event: Callable[[dict], None],
+    def __init__(self, source: Source, on_list: Callable[[list[Any]], None], on_event: Callable[[dict], None],
                  stopped: Callable[[], bool], *, name: str = "", watch_seconds: int = WATCH_SECONDS,
-                 page: int = PAGE, backoff: Backoff | None = None, sleep: Callable[[float], Any] = time.sleep):
+                 page: int = PAGE, backoff: Backoff | None = None, sleep: Callable[[float], Any] = time.sleep,
+                 item: Callable[[dict], Any] | None = None):
         self.source, self.on_list, self.on_event, self.stopped = source, on_list, on_event, stopped
+        self.item = item
         self.name, self.watch_seconds, self.page = name, watch_seconds, page
         self.backoff = backoff or Backoff()
         self.sleep = sleep
@@ -109,11 +113,12 @@ class Informer:
 
     def list(self) -> str:
         """Every page, then ``on_list``; the resourceVersion to watch from."""
-        items: list[dict] = []
+        items: list[Any] = []
         cont, rv = "", ""
         while True:
             body = self.source.list_page(self.page, cont)
-            items.extend(body.get("items") or ())
+            page = body.get("items") or ()
+            items.extend(page if self.item is None else map(self.item, page))
             meta = body.get("metadata") or {}
             cont, rv = meta.get("continue") or "", meta.get("resourceVersion") or rv
             if not cont:

@@ -104,9 +104,8 @@ def informer(kind: Kind, api_client_factory: Callable[[], Any], loop: asyncio.Ab
     keyed and projected in its thread, handed to the loop in one call."""
     plural = kind.plural
 
-    def listed(items: list[dict]) -> None:
-        objs = {key_of(o): project(plural, o) for o in items}
-        loop.call_soon_threadsafe(caches.replace, plural, objs)
+    def listed(items: list[tuple[Key, dict]]) -> None:
+        loop.call_soon_threadsafe(caches.replace, plural, dict(items))
 
     def event(ev: dict) -> None:
         typ, obj = ev["type"], ev.get("object") or {}
@@ -114,7 +113,7 @@ def informer(kind: Kind, api_client_factory: Callable[[], Any], loop: asyncio.Ab
                                   None if typ == "DELETED" else project(plural, obj))
 
     return Informer(Collection(kind.path(), api_client_factory), listed, event, stop.is_set, name=plural,
-                    backoff=Backoff(cap=RETRY_CAP), sleep=stop.wait)
+                    backoff=Backoff(cap=RETRY_CAP), sleep=stop.wait, item=lambda o: (key_of(o), project(plural, o)))
 
 
 __all__ = ["Caches", "Kind", "informer", "operator_kinds"]

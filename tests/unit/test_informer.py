@@ -122,3 +122,27 @@ def test_custom_objects_pages_and_turns_an_expired_continue_into_gone():
     assert api.kw[-1] == {"label_selector": "node=n1", "limit": 500}
     with pytest.raises(Gone):
         src.list_page(500, "old")
+
+
+def test_item_is_applied_page_by_page_before_the_next_page_is_fetched():
+    """What a LIST keeps is transformed as each page arrives: the raw objects
+    of one page are gone before the next page is asked for."""
+    seen = []
+
+    class Paged(Source):
+        def list_page(self, limit, cont):
+            seen.append(("page", cont))
+            return super().list_page(limit, cont)
+
+    src = Paged([{"items": [obj("a"), obj("b")], "metadata": {"continue": "c1", "resourceVersion": "1"}},
+                 {"items": [obj("c")], "metadata": {"resourceVersion": "5"}}], [])
+    got = []
+
+    def item(o):
+        seen.append(("item", o["metadata"]["name"]))
+        return o["metadata"]["name"].upper()
+
+    Informer(src, got.append, lambda e: None, lambda: len(src.calls) > 2, item=item,
+             backoff=Backoff(1.0, 4.0, jitter=lambda: 1.0), sleep=lambda s: None).run()
+    assert got[0] == ["A", "B", "C"]
+    assert seen == [("page", ""), ("item", "a"), ("item", "b"), ("page", "c1"), ("item", "c")]
