@@ -54,7 +54,7 @@ def usage() -> dict:
 
 
 def snapshot_compile(snap: dict[str, list[dict]], namespace: str) -> None:
-    from lvs_operator.reconciler import compile_snapshot
+    from lvs_operator.write_plan import compile_snapshot
     t0 = time.perf_counter()
     result = compile_snapshot(snap, namespace, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     emit("compiled", compile_s=time.perf_counter() - t0, nodestates=len(result.nodestates))
@@ -241,20 +241,6 @@ def measure(mode: str, kubeconfig: Path, api: S.Api, target: tuple[str, str], we
         c.stop()
     S.log(f"{mode}: {json.dumps({k: v for k, v in out.items() if k not in ('sizes', 'stderr_tail')})}")
     return out
-
-
-def prepare(cp: Any, directors: int) -> None:
-    """kube-lvs's CRDs and RBAC, the bench namespace, a VIPPool and the director Nodes."""
-    cp.kubectl("apply", "--server-side", "-k", str(S.REPO / "deploy"))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               "crd/virtualservices.lvs.kube-lvs.io", "crd/realservers.lvs.kube-lvs.io",
-               "crd/vippools.lvs.kube-lvs.io", "crd/nodestates.lvs.kube-lvs.io")
-    cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": S.BENCH_NS}},
-              {"apiVersion": f"{S.GROUP}/{S.VERSION}", "kind": "VIPPool", "metadata": {"name": "bench"},
-               "spec": {"addresses": ["10.1.0.0/16"], "namespaces": [S.BENCH_NS]}}]
-             + [{"apiVersion": "v1", "kind": "Node",
-                 "metadata": {"name": f"director{k}", "labels": {S.DIRECTOR_LABEL: "true"}}}
-                for k in range(directors)])
 
 
 def median(xs: list[float]) -> float | None:
@@ -492,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                               "sizes": []}
     try:
         cp.start()
-        prepare(cp, args.directors)
+        S.prepare(cp, args.directors)
         api = S.Api(cp.admin_kubeconfig)
         timed_out: set[str] = set()
         for k, n in enumerate(int(x) for x in args.sizes.split(",")):

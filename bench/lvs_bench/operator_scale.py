@@ -341,6 +341,22 @@ class Operator:
                 self.proc.wait()
 
 
+def prepare(cp: Any, directors: int) -> list[str]:
+    """kube-lvs's CRDs and RBAC, the bench namespace, a VIPPool and the
+    director Nodes in a started control plane; the directors' names."""
+    cp.kubectl("apply", "--server-side", "-k", str(REPO / "deploy"))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+               "crd/virtualservices.lvs.kube-lvs.io", "crd/realservers.lvs.kube-lvs.io",
+               "crd/vippools.lvs.kube-lvs.io", "crd/nodestates.lvs.kube-lvs.io")
+    nodes = [f"director{k}" for k in range(directors)]
+    cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BENCH_NS}},
+              {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VIPPool", "metadata": {"name": "bench"},
+               "spec": {"addresses": ["10.1.0.0/16"], "namespaces": [BENCH_NS]}}]
+             + [{"apiVersion": "v1", "kind": "Node",
+                 "metadata": {"name": d, "labels": {DIRECTOR_LABEL: "true"}}} for d in nodes])
+    return nodes
+
+
 def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float) -> tuple[dict, dict]:
     """One size in a fresh control plane: (row, details)."""
     from lvs_cluster.control_plane import ControlPlane
@@ -356,17 +372,8 @@ def run_size(n: int, per_vs: int, directors: int, workdir: Path, timeout: float)
     try:
         t0 = time.perf_counter()
         cp.start()
-        cp.kubectl("apply", "--server-side", "-k", str(REPO / "deploy"))
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                   "crd/virtualservices.lvs.kube-lvs.io", "crd/realservers.lvs.kube-lvs.io",
-                   "crd/vippools.lvs.kube-lvs.io", "crd/nodestates.lvs.kube-lvs.io")
+        nodes = prepare(cp, directors)
         details["control_plane_s"] = round(time.perf_counter() - t0, 2)
-        nodes = [f"director{k}" for k in range(directors)]
-        cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BENCH_NS}},
-                  {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VIPPool", "metadata": {"name": "bench"},
-                   "spec": {"addresses": ["10.1.0.0/16"], "namespaces": [BENCH_NS]}}]
-                 + [{"apiVersion": "v1", "kind": "Node",
-                     "metadata": {"name": d, "labels": {DIRECTOR_LABEL: "true"}}} for d in nodes])
         opkc = cp.kubeconfig_for_serviceaccount(OPNS, OPERATOR_SA, path=workdir / "operator.kubeconfig")
         api = Api(cp.admin_kubeconfig)
         log(f"N={n}: creating {n} VirtualServices x {per_vs} RealServers")
