@@ -461,7 +461,7 @@ class OursResult:
     seconds: float
     ops: int  # every op the planner issued (links, sysctls, IPVS)
     ipvs_ops: int
-    path: str  # "batch" | "pyroute2"
+    path: str  # "batch", or "-" when there were no IPVS ops
     phases: dict[str, float] = field(default_factory=dict)
     # Building the IPVS messages of this reconcile's ops, timed in a separate
     # untimed-by-the-headline pass (None: netlink_batch unavailable).
@@ -584,14 +584,6 @@ class Ours:
 
     def close(self) -> None:
         self.engine.close()
-
-
-def batch_available() -> tuple[bool, str]:
-    try:
-        from lvs_agent import netlink_batch  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return False, f"{type(e).__name__}: {e}"
-    return True, ""
 
 
 # --------------------------------------------------------------------------
@@ -1065,13 +1057,6 @@ def run(sizes: list[int], *, mode: str, repeat: int = 1, repeat_upto: int = 10_0
     t_start = time.perf_counter()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     notes = {k: list(v) for k, v in STANDING_NOTES.items()}
-    ok, why = batch_available()
-    if not ok:
-        notes["program"].append(f"netlink_batch not importable ({why}): ours ran on the pyroute2 "
-                                "per-op path")
-        if "ours" not in caps.limits:
-            caps.limits["ours"] = (10_000, "netlink_batch fast path absent; the pyroute2 per-op path "
-                                   "(~9 ms/op under TCG) would take ~20 min at 100k")
     for who, (lim, reason) in sorted(caps.limits.items()):
         if any(n > lim for n in sizes):
             notes["program"].append(f"{who} capped at {lim:,} dests: {reason}")
