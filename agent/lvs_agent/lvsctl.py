@@ -28,10 +28,10 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from lvs_model import kernel as K
-from lvs_model.nodespec import TIMEOUT_NAMES, Dest, DestKey, Service, ServiceKey
+from lvs_model.nodespec import TIMEOUT_NAMES, Dest, Service
 
 from .ipvs_codec import DestRuntime, IPVSTable, Stats, svc_flags
 

@@ -42,7 +42,7 @@ from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyR
 from . import bgp_peers as BGP
 from . import shards as S
 from .compile_cache import NO_CACHE, CompileCache
-from .crmodel import IPVSSettings, Meta, Node, RealServer, VIPPool, VirtualService, selector_matches
+from .crmodel import IPVSSettings, Node, RealServer, VIPPool, VirtualService, selector_matches
 from .ha_groups import (active_director, canonical_gateway, director_group, gateway_annotations, gateway_denial,
                         held_here, held_since)
 
