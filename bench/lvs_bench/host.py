@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         stem = Path(args.out) / args.name
     machine["host_parts_wall_seconds"] = wall
     machine["host_load_after_parts_4_5"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    machine["host_details"] = host_details
+    # A part run alone replaces its own details and keeps the other part's.
+    machine["host_details"] = {**(machine.get("host_details") or {}), **host_details}
     tables = merge(tables, new)
     for f in write(tables, machine, stem):
         print(f"[bench/host] wrote {f}", file=sys.stderr)
