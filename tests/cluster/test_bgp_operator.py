@@ -23,7 +23,7 @@ from lvs_operator.bgp_peers import ANNOTATION_DRAIN_STARTED, DRAIN_MARGIN, PeerC
 
 from test_operator import OPNS, ROOT, SA, Operator, ns, pool, rs, vs, wait_for
 
-RUN = uuid.uuid4().hex[:4]
+RUN = "g" + uuid.uuid4().hex[:4]  # a letter first: YAML never reads a label value like 85e1 as a number
 NS = f"lvs-bgp-{RUN}"
 ROLE = "lvs-test.kube-lvs.io/bgp-director"
 SELECT = {"matchLabels": {ROLE: RUN}}
