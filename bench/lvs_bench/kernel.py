@@ -17,6 +17,13 @@ each starts from an empty table without flushing anything). Per size:
    ours to detect and repair it (observe + plan + apply), next to the time
    ``ipvsadm -Sn`` needs just to read the table.
 
+Ours also runs as a process, as the agent starts (``agent_process.py``: spawn
+to exit, imports, NodeState read and parse, one full reconcile): into an
+empty namespace (part 1, like for like with the peers' processes) and on
+ours' full table after parts 2-3 with the same ownership record (part 3: an
+agent restart, which must find nothing to do). Part 2 also times ``ipvsadm
+-e`` of the changed dest as one process (what a user of ipvsadm runs).
+
 Before any figure is reported, the table is read back with ``ipvsadm -Sn``
 and compared rule by rule with the workload; a mismatch becomes an error cell.
 
@@ -32,7 +39,8 @@ Processes: peers are started with their network namespace entered by
 setns(2) between fork and exec (what ``ip netns exec`` does, without the
 extra ``ip`` process and sysfs remount, which would add to the peers' times).
 Ours runs in this long-lived process, as the agent does; interpreter start-up
-and imports are not in its times, the peers' process start-up is in theirs.
+and imports are not in its times, the peers' process start-up is in theirs
+(and in ours' process figures).
 """
 from __future__ import annotations
 
@@ -54,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import agent_process as A
 from . import report as R
 from . import workload as W
 
@@ -329,6 +338,14 @@ def edit_argv(changed: tuple[int, int, int]) -> list[str]:
             "-m", "-w", str(weight)]
 
 
+def edit_trial(ns: NetNS, w: W.Workload, changed: tuple[int, int, int], timeout: float) -> float:
+    """``ipvsadm -e`` of the changed dest in ns (a full table), spawn to exit;
+    the whole table is checked afterwards."""
+    took, _ = timed_process(ns, edit_argv(changed), timeout)
+    _check(ns, w, changed)
+    return took
+
+
 def spec_yaml(w: W.Workload, changed: tuple[int, int, int] | None = None) -> str:
     import yaml
     dumper = getattr(yaml, "CSafeDumper", None) or yaml.SafeDumper
@@ -349,6 +366,33 @@ def timed_process(ns: NetNS, argv: list[str], timeout: float, stdin_path: Path |
     if p.returncode != 0:
         raise TrialError(f"{' '.join(argv[-4:])} exited {p.returncode}: {text.strip()[-300:]}")
     return took, text
+
+
+AGENT_PROCESS = Path(A.__file__)
+
+
+def nodestates_json(w: W.Workload) -> str:
+    """The agent's object-cache file holding the workload's NodeState."""
+    import json
+    return json.dumps(A.nodestate_objects(W.node_spec_doc(w)))
+
+
+def agent_process_trial(ns: NetNS, w: W.Workload, objects_json: str, timeout: float,
+                        record: Path | None = None, expect_ops: int | None = None) -> dict:
+    """The agent's start as one process in ns (``agent_process.py``): its
+    report (phases, ops, peak RSS) with "seconds", spawn to exit. The table is
+    checked afterwards; ``expect_ops``: the ops its reconcile must issue."""
+    objects = ns.rundir / "nodestates.json"
+    objects.write_text(objects_json)
+    record = record or ns.rundir / "agent.json"
+    argv = [sys.executable, str(AGENT_PROCESS), str(objects), "--record", str(record)]
+    took, out = timed_process(ns, argv, timeout)
+    try:
+        rep = A.parse_report(out, expect_ops)
+    except ValueError as e:
+        raise TrialError(f"agent process: {e}") from None
+    _check(ns, w)
+    return {**rep, "seconds": took}
 
 
 def lvsctl_apply(ns: NetNS, w: W.Workload, changed=None, dry_run: bool = False,
@@ -407,12 +451,7 @@ def run_lvsctl_size(w: W.Workload, timeout: float) -> dict:
             row["ipvsadm_edit"] = no_table
         else:
             quiesce()
-
-            def edit():
-                took, _ = timed_process(ns, edit_argv(changed), timeout)
-                _check(ns, w, changed)
-                return took
-            row["ipvsadm_edit"] = _cell(edit, f"{n} ipvsadm -e")
+            row["ipvsadm_edit"] = _cell(lambda: edit_trial(ns, w, changed, timeout), f"{n} ipvsadm -e")
     with fresh_ns(f"kb-lvsctl-{n}") as ns:
         res = _cell(lambda: lvsctl_apply(ns, w, timeout=timeout), f"{n} lvsctl apply")
         if R.is_error(res):
@@ -483,7 +522,8 @@ class Ours:
         self.E = E
         self.ns = ns
         t0 = time.perf_counter()
-        self.engine = E.Engine(ns.rundir / "ownership.json", netns=ns.name)
+        self.record = ns.rundir / "ownership.json"
+        self.engine = E.Engine(self.record, netns=ns.name)
         self.setup_seconds = time.perf_counter() - t0
         self.phases: dict[str, float] = {}
         self._wrap_instance()
@@ -583,7 +623,10 @@ class Ours:
             conn.close()
 
     def close(self) -> None:
-        self.engine.close()
+        """Close the engine (again: a no-op)."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
 # --------------------------------------------------------------------------
@@ -625,9 +668,11 @@ def program_columns() -> list[R.Column]:
         R.Column("ours", "ours", "sec"),
         R.Column("ipvsadm_restore", "ipvsadm-restore", "sec"),
         R.Column("keepalived", "keepalived", "sec"),
+        R.Column("ours_process", "ours from process start", "sec"),
         R.Column("ours_apply", "ours: apply", "sec"),
         R.Column("ours_build", "ours: msg build", "sec"),
         R.Column("ours_path", "ours: path", "text"),
+        R.Column("ours_process_rss", "agent peak RSS MiB", "int"),
     ]
 
 
@@ -639,6 +684,7 @@ def change_columns() -> list[R.Column]:
         R.Column("ours_full", "ours: full reconcile", "sec"),
         R.Column("ipvsadm_restore", "full ipvsadm-restore", "sec"),
         R.Column("keepalived", "keepalived reload", "sec"),
+        R.Column("ipvsadm_edit", "ipvsadm -e", "sec"),
         R.Column("ours_read", "ours: read", "sec"),
         R.Column("ours_observe", "ours full: observe", "sec"),
     ]
@@ -653,6 +699,8 @@ def drift_columns() -> list[R.Column]:
         R.Column("ours_observe", "ours: observe", "sec"),
         R.Column("ours_sweep", f"ours: sweep round ({SWEEP_SLICES} slices)", "sec"),
         R.Column("ours_slice", "ours: largest slice", "sec"),
+        R.Column("ours_restart", "ours: restart (process start to first full reconcile)", "sec"),
+        R.Column("ours_restart_reconcile", "ours restart: reconcile", "sec"),
     ]
 
 
@@ -711,11 +759,13 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
     t0 = time.perf_counter()
     spec = W.node_spec(w)
     spec_changed = share_unchanged(spec, W.node_spec(w, changed))
+    objects_json = nodestates_json(w)
     detail["spec_build_seconds"] = time.perf_counter() - t0
 
     restore_t: list[Any] = []
     keep_t: list[Any] = []
     ours_t: list[Any] = []
+    agent_t: list[Any] = []
     ours0: OursResult | None = None
     no_table = R.error("no complete table to change (part 1 failed)")
 
@@ -724,6 +774,7 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
         if (why := caps.skip("ipvsadm_restore", n)) is not None:
             restore_t.append(why)
             chg.setdefault("ipvsadm_restore", why)
+            chg.setdefault("ipvsadm_edit", why)
         else:
             with fresh_ns(f"kb-restore-{n}-{rep}") as ns:
                 c = _cell(lambda: restore_trial(ns, w, timeout=timeout), f"{n} ipvsadm-restore")
@@ -731,12 +782,18 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
                 log(f"{n:,}: ipvsadm-restore {R.fmt_cell(c, 'sec')}")
                 if rep == 0:
                     if R.is_error(c):
-                        chg["ipvsadm_restore"] = no_table
+                        chg["ipvsadm_restore"] = chg["ipvsadm_edit"] = no_table
                     else:
                         quiesce()
                         chg["ipvsadm_restore"] = _cell(lambda: restore_trial(ns, w, changed, timeout),
                                                        f"{n} full restore")
                         log(f"{n:,}: full ipvsadm-restore {R.fmt_cell(chg['ipvsadm_restore'], 'sec')}")
+                        quiesce()
+                        # Another weight than the restore's, so the check tells the edit took.
+                        edited = (*changed[:2], changed[2] + 2)
+                        chg["ipvsadm_edit"] = _cell(lambda: edit_trial(ns, w, edited, timeout),
+                                                    f"{n} ipvsadm -e")
+                        log(f"{n:,}: ipvsadm -e {R.fmt_cell(chg['ipvsadm_edit'], 'sec')}")
 
         # ---- keepalived: 1, then (first repetition) 2 = reload with the changed config
         if (why := caps.skip("keepalived", n)) is not None:
@@ -759,6 +816,17 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
                             log(f"{n:,}: keepalived reload {R.fmt_cell(chg['keepalived'], 'sec')}")
                 finally:
                     k.stop()
+
+        # ---- ours from process start: the agent's start as a process, into an empty table
+        if (why := caps.skip("ours", n)) is not None:
+            agent_t.append(why)
+        else:
+            with fresh_ns(f"kb-agent-{n}-{rep}") as ns:
+                c = _cell(lambda: agent_process_trial(ns, w, objects_json, timeout), f"{n} ours from process start")
+                agent_t.append(c)
+                if not R.is_error(c):
+                    detail["trials"].append({"bench": "process", "rep": rep, **c})
+                log(f"{n:,}: ours from process start {_process_text(c)}")
 
         # ---- ours: 1, then (first repetition) 2 and 3 on the same engine and table
         if (why := caps.skip("ours", n)) is not None:
@@ -797,6 +865,8 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
                     continue
                 ours0 = r
                 _ours_change_and_drift(o, ns, w, spec, spec_changed, changed, drifted, chg, dft, detail)
+                o.close()  # the restart takes over its ownership record
+                _ours_restart(ns, w, objects_json, timeout, o.record, dft, detail)
             finally:
                 o.close()
 
@@ -806,7 +876,10 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
     prog["ours_apply"] = ours0.phases.get("apply") if ours0 else None
     prog["ours_build"] = ours0.build_seconds if ours0 else None
     prog["ours_path"] = ours0.path if ours0 else None
-    detail["program_trials"] = {"ours": ours_t, "ipvsadm_restore": restore_t, "keepalived": keep_t}
+    prog["ours_process"] = _median([_process_field(c, "seconds") for c in agent_t])
+    prog["ours_process_rss"] = _peak([_process_field(c, "peak_rss_mib") for c in agent_t])
+    detail["program_trials"] = {"ours": ours_t, "ipvsadm_restore": restore_t, "keepalived": keep_t,
+                                "ours_process": [_process_field(c, "seconds") for c in agent_t]}
     detail["teardown_quiesce_seconds"] = quiesce(max_wait=60)
     return prog, chg, dft
 
@@ -814,7 +887,43 @@ def run_size(w: W.Workload, caps: Caps, repeat: int, timeout: float,
 def _ours_unmeasured(chg: dict, dft: dict, why: Any) -> None:
     """Parts 2 and 3 of ours not run: ``why`` in their headline cells."""
     chg.update(ours=why, ours_ops=None, ours_full=None, ours_read=None, ours_observe=None)
-    dft.update(ours=why, ours_ops=None, ipvsadm_save=None, ours_observe=None)
+    dft.update(ours=why, ours_ops=None, ipvsadm_save=None, ours_observe=None, ours_restart=why,
+               ours_restart_reconcile=None)
+
+
+def _process_field(c: Any, key: str) -> Any:
+    """A process trial's field, or the trial's error / skip cell as it is."""
+    return c[key] if isinstance(c, dict) and not R.is_error(c) else c
+
+
+def _peak(cells: list[Any]) -> Any:
+    """The largest number, or the first error / skip cell if any trial has one."""
+    nums = [R.number(c) for c in cells]
+    if any(x is None for x in nums) or not nums:
+        return _median(cells)
+    return max(nums)
+
+
+def _process_text(c: Any) -> str:
+    if not isinstance(c, dict) or R.is_error(c):
+        return R.fmt_cell(c, "sec")
+    return (f"{R.fmt_seconds(c['seconds'])} (imports {R.fmt_seconds(c['imports'])}, read+parse "
+            f"{R.fmt_seconds(c['read_parse'])}, reconcile {R.fmt_seconds(c['reconcile'])}, {c['ops']:,} ops; "
+            f"peak RSS {c['peak_rss_mib']:.0f} MiB)")
+
+
+def _ours_restart(ns: NetNS, w: W.Workload, objects_json: str, timeout: float, record: Path,
+                  dft: dict, detail: dict) -> None:
+    """Part 3's agent restart: the agent's start as a process on ours' full
+    table with its ownership record; it must find nothing to do."""
+    n = w.total_dests
+    quiesce()
+    c = _cell(lambda: agent_process_trial(ns, w, objects_json, timeout, record=record, expect_ops=0), f"{n} ours restart")
+    dft.update(ours_restart=_process_field(c, "seconds"),
+               ours_restart_reconcile=None if R.is_error(c) else c["reconcile"])
+    if not R.is_error(c):
+        detail["trials"].append({"bench": "restart", **c})
+    log(f"{n:,}: ours restart {_process_text(c)}")
 
 
 def _ours_change_and_drift(o: Ours, ns: NetNS, w: W.Workload, spec, spec_changed, changed, drifted,
@@ -906,7 +1015,7 @@ def warm_up() -> dict:
     w = W.Workload(2, 2)
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
-    for kind in ("restore", "keepalived", "ours"):
+    for kind in ("restore", "keepalived", "ours", "agent"):
         ns = NetNS(f"kb-warm-{kind}")
         try:
             if kind == "restore":
@@ -915,6 +1024,8 @@ def warm_up() -> dict:
                 k = Keepalived(ns, w)
                 k.start(120)
                 k.stop()
+            elif kind == "agent":
+                agent_process_trial(ns, w, nodestates_json(w), 120)
             else:
                 o = Ours(ns)
                 o.reconcile(W.node_spec(w))
@@ -989,6 +1100,8 @@ def build_tables(progs: list[dict], chgs: list[dict], dfts: list[dict], notes: d
                  program_columns(), progs, notes.get("program", []))
     t1.add_ratio("ours", "ipvsadm_restore", "ours/ipvsadm-restore")
     t1.add_ratio("ours", "keepalived", "ours/keepalived")
+    t1.add_ratio("ours_process", "ipvsadm_restore", "ours from start/ipvsadm-restore")
+    t1.add_ratio("ours_process", "keepalived", "ours from start/keepalived")
     t1.add_per_unit("dests", "ours", "ours µs/dest")
     t1.add_growth("dests", "ours", "growth ours")
     t1.add_growth("dests", "ipvsadm_restore", "growth restore")
@@ -998,11 +1111,13 @@ def build_tables(progs: list[dict], chgs: list[dict], dfts: list[dict], notes: d
     t2.add_ratio("ours", "ipvsadm_restore", "ours/restore")
     t2.add_ratio("ours", "keepalived", "ours/keepalived")
     t2.add_ratio("ours", "ours_full", "ours/full reconcile")
+    t2.add_ratio("ours", "ipvsadm_edit", "ours/ipvsadm -e")
     t2.add_growth("dests", "ours", "growth ours")
     t2.add_growth("dests", "ours_full", "growth full reconcile")
     t3 = R.Table("drift", "3. Drift: a dest deleted by hand, time to detect and repair",
                  drift_columns(), dfts, notes.get("drift", []))
     t3.add_ratio("ours", "ipvsadm_save", "ours/ipvsadm -Sn")
+    t3.add_ratio("ours_restart", "ipvsadm_save", "restart/ipvsadm -Sn")
     t3.add_per_unit("dests", "ours", "ours µs/dest")
     t3.add_growth("dests", "ours", "growth ours")
     return [t1, t2, t3] + not_yet_tables()
@@ -1017,6 +1132,12 @@ STANDING_NOTES = {
         "keepalived: checker process only, real servers without checkers; completion polled every "
         "~10 ms with ipvsadm on the last virtual server, then the whole table verified",
         "every figure verified by reading the table back with ipvsadm -Sn and comparing rule by rule",
+        "ours from process start: like for like with the peers, ours as a process, spawn to exit, doing "
+        "what the agent does on start: interpreter start-up, imports, its NodeState read from a JSON file "
+        "(the agent's object cache format) and parsed as the agent does, the Engine created with an "
+        "ownership record, one full reconcile into the empty namespace. agent peak RSS: that process's "
+        "VmHWM, i.e. the engine process programming N dests from its parsed spec; the agent's API "
+        "client, watch and status parts are not in it",
     ],
     "change": [
         "ours: incremental reconcile of the spec with one weight changed, as the agent runs on a watch "
@@ -1028,6 +1149,9 @@ STANDING_NOTES = {
         "plan, apply), as the agent's periodic resync does; ours full: observe = its table read",
         "full ipvsadm-restore: clear + restore of the changed table (a restore-based tool's cost per "
         "change); keepalived reload: SIGHUP with the changed config until the kernel shows the weight",
+        "ipvsadm -e: that dest's weight set by one ipvsadm process on a full table (the ipvsadm-restore "
+        "namespace), what a user of ipvsadm runs for one change; ours/ipvsadm -e compares it with ours' "
+        "incremental change, whose process is already running",
     ],
     "drift": [
         "ipvsadm -d of one dest in our namespace, then one reconcile; ipvsadm -Sn is the C tool merely "
@@ -1037,6 +1161,11 @@ STANDING_NOTES = {
         f"{SWEEP_SLICES} incremental passes each re-checking 1/{SWEEP_SLICES} of the services (at "
         "--resync 30 the agent runs one every 0.5 s); largest slice: the most a change arriving "
         "during the sweep waits for it",
+        "ours: restart: the agent restarting on its full table (as every DaemonSet rollout does): after "
+        "parts 2-3 the long-lived engine is closed and the agent's start as a process (see table 1) runs "
+        "with the same ownership record, spawn to exit; its first full reconcile must issue 0 ops. Its "
+        "floor is reading the table, hence the ratio to ipvsadm -Sn; ours restart: reconcile = that "
+        "reconcile alone, as the process times it",
     ],
 }
 

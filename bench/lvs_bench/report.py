@@ -248,6 +248,16 @@ def _ratio_text(row: dict, key: str, peer: str) -> str:
     return f"{fmt_ratio(x)} {peer}" if x is not None else f"no ratio to {peer}"
 
 
+def _process_text(r: dict) -> str:
+    """The program row's agent-as-a-process figures, if the row has them."""
+    if "ours_process" not in r:
+        return ""
+    return (f"; ours from process start {fmt_cell(r.get('ours_process'), 'sec')} = "
+            f"{_ratio_text(r, 'ours_process/ipvsadm_restore', 'ipvsadm-restore')}, "
+            f"{_ratio_text(r, 'ours_process/keepalived', 'keepalived')}, peak RSS "
+            f"{fmt_cell(r.get('ours_process_rss'), 'int')} MiB")
+
+
 def summary_lines(tables: Iterable[Table]) -> list[str]:
     """One line per measured benchmark, at each size: the headline ratios."""
     by_id = {t.id: t for t in tables}
@@ -257,7 +267,7 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
         for r in t.rows:
             out.append(f"programming {fmt_cell(r.get('dests'), 'int')} dests from empty: ours "
                        f"{fmt_cell(r.get('ours'), 'sec')} = {_ratio_text(r, 'ours/ipvsadm_restore', 'ipvsadm-restore')}, "
-                       f"{_ratio_text(r, 'ours/keepalived', 'keepalived')}")
+                       f"{_ratio_text(r, 'ours/keepalived', 'keepalived')}" + _process_text(r))
     t = by_id.get("change")
     if t and t.status == "ok":
         for r in t.rows:
@@ -265,7 +275,8 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
                        f"{fmt_cell(r.get('ours_ops'), 'count')} op(s), {fmt_cell(r.get('ours'), 'sec')} "
                        f"(incremental; full reconcile {fmt_cell(r.get('ours_full'), 'sec')}) = "
                        f"{_ratio_text(r, 'ours/ipvsadm_restore', 'a full restore')}, "
-                       f"{_ratio_text(r, 'ours/keepalived', 'a keepalived reload')}")
+                       f"{_ratio_text(r, 'ours/keepalived', 'a keepalived reload')}"
+                       + (f", {_ratio_text(r, 'ours/ipvsadm_edit', 'ipvsadm -e')}" if "ipvsadm_edit" in r else ""))
     t = by_id.get("drift")
     if t and t.status == "ok":
         for r in t.rows:
@@ -273,7 +284,9 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
                        f"{fmt_cell(r.get('ours_ops'), 'count')} op(s), {fmt_cell(r.get('ours'), 'sec')} = "
                        f"{_ratio_text(r, 'ours/ipvsadm_save', 'ipvsadm -Sn reading the table')}; "
                        f"as the agent finds it, a sweep round {fmt_cell(r.get('ours_sweep'), 'sec')}, "
-                       f"largest slice {fmt_cell(r.get('ours_slice'), 'sec')}")
+                       f"largest slice {fmt_cell(r.get('ours_slice'), 'sec')}"
+                       + (f"; agent restart on the full table {fmt_cell(r.get('ours_restart'), 'sec')} = "
+                          f"{_ratio_text(r, 'ours_restart/ipvsadm_save', 'ipvsadm -Sn')}" if "ours_restart" in r else ""))
     t = by_id.get("lvsctl")
     if t and t.status == "ok":
         for r in t.rows:

@@ -73,3 +73,22 @@ def test_outputs_render(smoke, tmp_path):
     assert data["machine"]["guest_kernel"] == os.uname().release
     md = (tmp_path / "smoke.md").read_text()
     assert "ours/ipvsadm-restore" in md and "ours/keepalived" in md
+
+
+def test_agent_process_ipvsadm_edit_and_restart_columns(smoke):
+    tables, machine = smoke
+    prog, chg, dft = (tables[t].rows[0] for t in ("program", "change", "drift"))
+    for row, keys in ((prog, ("ours_process", "ours_process/ipvsadm_restore", "ours_process/keepalived",
+                              "ours_process_rss")),
+                      (chg, ("ipvsadm_edit", "ours/ipvsadm_edit")),
+                      (dft, ("ours_restart", "ours_restart_reconcile", "ours_restart/ipvsadm_save"))):
+        for k in keys:
+            assert isinstance(row[k], (int, float)) and row[k] > 0, f"{k} = {row[k]!r}"
+    # spawn to exit holds the process's own reconcile
+    assert dft["ours_restart_reconcile"] < dft["ours_restart"]
+    trials = machine["details"][0]["trials"]
+    (process,) = [t for t in trials if t["bench"] == "process"]
+    (restart,) = [t for t in trials if t["bench"] == "restart"]
+    assert process["ops"] > 0 and process["services"] == 2
+    assert restart["ops"] == 0  # the restart on the full table finds nothing to do
+    assert process["reconcile"] < process["seconds"] and process["imports"] > 0

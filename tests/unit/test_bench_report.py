@@ -136,13 +136,16 @@ def test_json_roundtrip_and_machine():
 def test_kernel_tables_have_every_column_even_with_errors():
     from lvs_bench import kernel as K  # importable on the host: no kernel access at import
     prog = {"dests": 20, "services": 2, "ours": 0.1, "ipvsadm_restore": R.error("x"),
-            "keepalived": 0.2, "ours_apply": 0.05, "ours_build": 0.01, "ours_path": "batch"}
+            "keepalived": 0.2, "ours_apply": 0.05, "ours_build": 0.01, "ours_path": "batch",
+            "ours_process": R.error("y"), "ours_process_rss": R.error("y")}
     chg = {"dests": 20, "ours": 0.01, "ours_ops": 1, "ours_full": 0.05, "ipvsadm_restore": 0.3,
-           "keepalived": None, "ours_read": 0.001, "ours_observe": 0.005}
+           "keepalived": None, "ipvsadm_edit": 0.02, "ours_read": 0.001, "ours_observe": 0.005}
     dft = {"dests": 20, "ours": 0.02, "ours_ops": 1, "ipvsadm_save": 0.01, "ours_observe": 0.01,
-           "ours_sweep": 0.03, "ours_slice": 0.001}
+           "ours_sweep": 0.03, "ours_slice": 0.001, "ours_restart": 0.5, "ours_restart_reconcile": 0.2}
     tables = K.build_tables([prog], [chg], [dft], K.STANDING_NOTES)
     assert [t.id for t in tables] == ["program", "change", "drift", "operator_scale", "end_to_end"]
+    assert tables[0].rows[0]["ours_process/ipvsadm_restore"] is None  # an error gives no ratio
+    assert [k for _, k, _ in tables[0].errors()] == ["ipvsadm_restore", "ours_process", "ours_process_rss"]
     for t in tables[:3]:
         assert t.missing_columns() == [], t.id
     assert "ours/ipvsadm_restore" in tables[0].keys() and "ours/keepalived" in tables[0].keys()
