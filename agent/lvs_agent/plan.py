@@ -267,16 +267,19 @@ def plan_services(desired: Iterable[Service], observed: Mapping[ServiceKey, Serv
         if have.attrs() != svc.attrs():
             p.ops.append(O.SetService(svc))
         have_dests = {d.key: d for d in have.dests}
+        wanted = set()
         for d in svc.dests:
-            cur = have_dests.get(d.key)
+            dk = d.key
+            wanted.add(dk)
+            cur = have_dests.get(dk)
             if cur is None:
                 p.ops.append(O.AddDest(svc, d))
             elif cur != d:
                 p.ops.append(O.SetDest(svc, d))
-        wanted = {d.key for d in svc.dests}
+        # Sorted for a stable plan, but only what goes (most services lose nothing).
         mine = owned.dests.get(k, set())
-        p.ops.extend(O.DelDest(k, dk) for dk in sorted(have_dests)
-                     if dk not in wanted and dk in mine)
+        stale = [dk for dk in have_dests if dk not in wanted and dk in mine]
+        p.ops.extend(O.DelDest(k, dk) for dk in sorted(stale))
     desired_keys = {s.key for s in desired}
     for k in sorted(owned.services):
         if k not in desired_keys and k in observed:
@@ -330,9 +333,22 @@ def _forget_services(own: Ownership, desired: Iterable[Service], observed: Obser
     return own
 
 
+_DEST_CREATES = (O.AddDest, O.SetDest)
+# Ops whose success leaves the record as claim made it (settle acts on their failure only).
+_CREATES = (O.AddService, O.AddDest, O.SetDest)
+
+
 def _record(own: Ownership, p: Plan, observed: Observed) -> Ownership:
     """Add (in place) everything the plan's ops may create."""
+    # A service's dests follow it in the plan: its key and record set are
+    # looked up once per service, not once per dest.
+    last, dests = None, set()
     for op in p.ops:
+        if type(op) in _DEST_CREATES:
+            if op.service is not last:
+                last, dests = op.service, own.dests.setdefault(op.service.key, set())
+            dests.add(op.dest.key)
+            continue
         match op:
             case O.AddService(s):
                 own.services.add(s.key)
@@ -373,6 +389,8 @@ def settle(claimed: Ownership, results: list[tuple[O.Op, str | None]]) -> Owners
     """
     own = claimed.copy()
     for op, err in results:
+        if err is None and type(op) in _CREATES:
+            continue  # created as claimed: nothing to drop
         refused = bool(err) and not outcome_unknown(err)
         match op:
             case O.AddService(s) if refused:
