@@ -2,10 +2,11 @@
 
     python -m lvs_e2e.ha_traffic servers PORT NS:NAME...   echo servers that hold
         every connection (lvs_lab.held.HoldServer), until SIGTERM
-    python -m lvs_e2e.ha_traffic probe DIR NS VIP HOLD_PORT HELD
+    python -m lvs_e2e.ha_traffic probe DIR NS VIP HOLD_PORT HELD [TIMEOUT]
         from ``NS``: HELD connections to VIP:HOLD_PORT held open, and a new
-        HTTP request to VIP:80 every 50 ms (0.5 s timeout each), each logged
-        to DIR/requests.log as "<CLOCK_BOOTTIME> <1|0>"; a file DIR/check-K
+        HTTP request to VIP:80 every 50 ms (TIMEOUT seconds each, 0.5 by
+        default), each logged to DIR/requests.log as
+        "<CLOCK_BOOTTIME at start> <1|0> <seconds taken>"; a file DIR/check-K
         makes it echo through every held connection and write DIR/check-K.json
         ({"answering": n}); DIR/stop ends it
     python -m lvs_e2e.ha_traffic arp NS SOURCE IP   the MACs that answer ARP for IP
@@ -39,7 +40,7 @@ def servers(port: int, specs: list[str]) -> None:
         h.close()
 
 
-def probe(workdir: str, ns: str, vip: str, hold_port: int, count: int) -> None:
+def probe(workdir: str, ns: str, vip: str, hold_port: int, count: int, timeout: float = 0.5) -> None:
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
     held = [Held(ns, vip, hold_port) for _ in range(count)]
@@ -51,8 +52,8 @@ def probe(workdir: str, ns: str, vip: str, hold_port: int, count: int) -> None:
         with open(out / "requests.log", "a", buffering=1) as log:
             while not stop.is_set():
                 started = now()
-                ok = tcp_replies(ns, vip, 80, timeout=0.5)[0] is not None
-                log.write(f"{started:.3f} {int(ok)}\n")
+                ok = tcp_replies(ns, vip, 80, timeout=timeout)[0] is not None
+                log.write(f"{started:.3f} {int(ok)} {now() - started:.3f}\n")
                 time.sleep(max(0.0, 0.05 - (now() - started)))
     thread = threading.Thread(target=requests, daemon=True)
     thread.start()
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> None:
     if cmd == "servers":
         servers(int(rest[0]), rest[1:])
     elif cmd == "probe":
-        probe(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]))
+        probe(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]), *map(float, rest[5:6]))
     elif cmd == "arp":
         print(" ".join(sorted(arp_answers(rest[0], rest[1], rest[2]))))
     else:
