@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from . import apiserver_writes as W
 from . import report as R
 
 GROUP, VERSION = "lvs.kube-lvs.io", "v1alpha1"
@@ -42,6 +43,10 @@ NETNS = "nat-director"
 OPNS = "kube-lvs-system"
 WATCH_NAME = "bench-ipvs-watch"
 FULL = {"services": (1000, 10000), "changes": 100}
+# Writes of each kind sent to find the API server's floor: enough that the
+# pool's start is a small share of the time, few enough to keep it to seconds.
+FLOOR_SAMPLE = 2000
+SETTLE_KINDS = ("virtualservices", "realservers", "nodestates")
 SMOKE = {"services": (3,), "changes": 5}
 
 WATCHER = r"""
@@ -184,6 +189,14 @@ def columns() -> list[R.Column]:
         R.Column("host_busy", "host cores busy during changes", "cores"),
         R.Column("initial", "all services in kernel", "sec"),
         R.Column("settled", "statuses settled", "sec"),
+        R.Column("creates", "creates", "count"),
+        R.Column("vs_status", "VirtualService status writes", "count"),
+        R.Column("rs_status", "RealServer status writes", "count"),
+        R.Column("ns_status", "NodeState status writes", "count"),
+        R.Column("ns_writes", "NodeState writes", "count"),
+        R.Column("writes", "writes to settle", "count"),
+        R.Column("floor", "API server floor for them", "sec"),
+        R.Column("settled/floor", "settled / floor", "ratio"),
         R.Column("agent_rss_mib", "agent peak RSS MiB", "int"),
         R.Column("operator_rss_mib", "operator peak RSS MiB", "int"),
     ]
@@ -312,11 +325,12 @@ def settle(api, timeout: float, window: float = 5.0) -> float:
 
 def measure(system, services: int, changes: int, change_timeout: float = 60,
             initial_timeout: float = 900, cleanup: bool = True, director: str = NETNS,
-            start: int = 0) -> tuple[dict, dict]:
+            start: int = 0, floor_sample: int = FLOOR_SAMPLE) -> tuple[dict, dict]:
     """On a running System: (row, details). `director` is the one Node labelled
     lvs.kube-lvs.io/director=true, its netns of the same name (nat-director by default).
     ``start``: services 0..start-1 are there already (a smaller size's), only the rest
-    are created; ``cleanup``: delete the namespace afterwards."""
+    are created; ``cleanup``: delete the namespace afterwards; ``floor_sample``:
+    writes of each kind sent to find the API server's floor for the settle's writes."""
     row: dict[str, Any] = {c.key: None for c in columns()}
     row.update(services=services, changes=changes)
     details: dict[str, Any] = {}
@@ -324,6 +338,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
     watching = False
     try:
         ensure_director(system, director)
+        counts0 = W.request_counts(system.kubectl("get", "--raw", "/metrics"))
         t0 = time.perf_counter()
         objs = objects(services, start)
         details["added"] = services - start
@@ -358,6 +373,10 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         # status writes for the new services have settled.
         row["settled"] = settle(api, initial_timeout) - t0
         log(f"statuses settled after {row['settled']:.1f}s")
+        settle_writes = W.writes_between(counts0, W.request_counts(system.kubectl("get", "--raw", "/metrics")),
+                                         SETTLE_KINDS)
+        row.update(W.by_kind(settle_writes))
+        details["settle_writes"] = {W.label(k): v for k, v in settle_writes.items()}
 
         target = f"/tmp/e2e/{WATCH_NAME}.target"
         system.ctl.run(["rm", "-f", guest_log, target])
@@ -438,6 +457,7 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
         row["operator_rss_mib"] = operator_rss(system)
         log(f"{len(xs)} changes: p50 {row['p50']}, p99 {row['p99']}, max {row['max']}, "
             f"clock offset {off:.3f}s ±{row['clock_err']:.3f}")
+        floor(system, api, settle_writes, floor_sample, director, row, details)
         return row, details
     except Exception as e:  # noqa: BLE001 - an error cell, not a crash
         log(f"failed: {e}")
@@ -452,6 +472,31 @@ def measure(system, services: int, changes: int, change_timeout: float = 60,
                 pass
         if cleanup:
             delete_services(system)
+
+
+def floor(system, api, writes: dict, sample: int, director: str, row: dict, details: dict) -> None:
+    """The API server's floor for the settle's ``writes`` (after the measured
+    phases: it stops the operator and the agent meanwhile), into ``row`` and
+    ``details``; what it disturbed settled again before returning."""
+    from . import write_floor as F
+    t0 = time.perf_counter()
+    try:
+        got = F.measure(system, system.cp.admin_kubeconfig, writes,
+                        {"virtualservices": NS, "realservers": NS, "nodestates": OPNS},
+                        {"nodestates": lambda o: o["metadata"]["name"].startswith(f"{director}-{NS}-")},
+                        sample, director)
+    except Exception as e:  # noqa: BLE001 - an error cell, the rest of the row kept
+        log(f"floor not measured: {e}")
+        row["floor"] = R.error(f"floor not measured: {e}"[:400])
+        return
+    finally:
+        details["floor_wall_s"] = round(time.perf_counter() - t0, 1)
+    details["floor"] = got
+    row["floor"] = got["floor_s"]
+    row["settled/floor"] = R.ratio(row.get("settled"), row["floor"])
+    log(f"floor for the {row['writes']} writes to settle: {row['floor']} s at {got['threads']} threads "
+        f"(settled / floor {row['settled/floor']}); {got['kinds']}")
+    settle(api, 600)  # the operator's and the agent's catch-up, if any, before what comes next
 
 
 def delete_services(system) -> None:
@@ -485,6 +530,20 @@ STANDING_NOTES = [
     "the agent's own share of the VM",
     "agent with the product's default --resync 30: every service re-checked for drift once per 30 s, a "
     "slice every 0.5 s between changes; statuses built and written by threads of their own",
+    "writes to settle: the API server's own count (apiserver_request_total, answered 2xx) of the writes "
+    "to VirtualServices, RealServers and NodeStates from the create's first request to 'statuses "
+    "settled': creates (the bench's own VirtualServices and RealServers: the settle clock starts "
+    "with them), status writes of each kind (operator: VirtualServices and RealServers; agent: "
+    "NodeStates), NodeState writes (the operator's creates and replaces); per kind and verb in the "
+    "JSON's details.settle_writes",
+    "API server floor for them: after the changes, with the operator and the agent stopped (SIGSTOP), "
+    "the same number of writes of each kind and verb sent by a plain client (kept-alive raw HTTPS, "
+    "lvs_kube.status_patch) to the same objects with their own bodies: creates of copies (deleted "
+    "after, not timed), status writes and replaces changing one value and then restoring it; at "
+    f"most {FLOOR_SAMPLE:,} writes per kind timed and the floor scaled up by count / writes sent; the "
+    "kinds one after the other, from the fastest of 4, 8 and 16 threads (tried on the largest kind); "
+    "details.floor has each kind's rate, body size and the threads chosen. settled / floor: issue "
+    "21's goal is <= 1.3x",
     "context only, not a side-by-side peer: kube-proxy in IPVS mode was reported at ~20 s per "
     "endpoint change with ~4,000 endpoints (kubernetes#73382); issue 7's target is p99 < 1 s at 10k "
     "services",
@@ -513,7 +572,8 @@ def build_table(rows: list[dict], notes: list[str]) -> R.Table:
                    "director's kernel)", columns(), rows, STANDING_NOTES + notes)
 
 
-def run(sizes: list[int], changes: int, workdir: Path | None = None) -> tuple[R.Table, dict]:
+def run(sizes: list[int], changes: int, workdir: Path | None = None,
+        floor_sample: int = FLOOR_SAMPLE) -> tuple[R.Table, dict]:
     """Boot the whole system once and measure each size, smallest first; each size
     adds its services to the previous size's (after a failed size: from empty)."""
     from lvs_e2e.system import REPO, System
@@ -552,7 +612,7 @@ def run(sizes: list[int], changes: int, workdir: Path | None = None) -> tuple[R.
                     _agent_log_tail(s, NETNS, d)
                     details.append(d)
                     continue
-            r, d = measure(s, n, changes, cleanup=False, start=present)
+            r, d = measure(s, n, changes, cleanup=False, start=present, floor_sample=floor_sample)
             rows.append(r)
             details.append(d)
             present = n

@@ -11,7 +11,6 @@ is written to --out/NAME.{json,md,txt}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -59,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-vs", type=int, help="part 4 RealServers per VirtualService (default 10, smoke 3)")
     ap.add_argument("--e2e-services", help=f"part 5 VirtualService counts (default {E.FULL['services']})")
     ap.add_argument("--e2e-changes", type=int, help=f"part 5 changes (default {E.FULL['changes']})")
+    ap.add_argument("--e2e-floor-sample", type=int, default=E.FLOOR_SAMPLE,
+                    help="part 5: writes of each kind timed for the API server's floor (default %(default)s)")
     ap.add_argument("--merge", help="report JSON of parts 1-3 to merge into (rewritten with .md/.txt)")
     ap.add_argument("--out", default="bench-results", help="directory when not merging")
     ap.add_argument("--name", default="host", help="file stem when not merging")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if "5" in parts:
         base = E.SMOKE if args.smoke else E.FULL
         sizes = _sizes(args.e2e_services, base["services"])
-        t, m = E.run(sizes, args.e2e_changes or base["changes"])
+        t, m = E.run(sizes, args.e2e_changes or base["changes"], floor_sample=args.e2e_floor_sample)
         new.append(t)
         host_details["end_to_end"] = m
         print(R.render_text(t), flush=True)

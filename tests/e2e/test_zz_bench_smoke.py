@@ -49,6 +49,15 @@ def test_end_to_end_smoke(system):
     cpu = details["cpu_during_changes"]
     assert {"vm", "operator", "kube-apiserver", "etcd", "agent (in the VM)"} <= cpu.keys(), cpu
     assert cpu["vm"] > 0 and cpu["wall_s"] > 0 and 0 < row["host_busy"] <= os.cpu_count() + 0.5, cpu
+    # The writes to settle, by the API server's count, and its floor for them.
+    assert row["creates"] == 3 * (1 + len(E.RS_ADDRS)), details["settle_writes"]
+    assert row["vs_status"] >= 3 and row["rs_status"] >= 6 and row["ns_status"] >= 3 and row["ns_writes"] >= 3, row
+    assert row["writes"] == sum(details["settle_writes"].values()) == sum(
+        row[k] for k in ("creates", "vs_status", "rs_status", "ns_status", "ns_writes"))
+    floor = details["floor"]
+    assert floor["threads"] in (4, 8, 16) and set(floor["kinds"]) == set(details["settle_writes"]), floor
+    assert all(k["sampled"] >= k["count"] and k["rate"] > 0 for k in floor["kinds"].values()), floor
+    assert row["floor"] > 0 and row["settled/floor"] == row["settled"] / row["floor"], row
     for c in t.columns:
         v = row[c.key]
         assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{c.key} = {v!r}"
