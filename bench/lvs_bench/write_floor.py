@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
+from lvs_model.channel import LABEL_NODE
+
 from . import apiserver_writes as W
 
 VERSION = "v1alpha1"
@@ -57,6 +59,9 @@ def tasks_for(key: W.Key, objs: list[dict], n: int, ns: str, raw: Any, made: lis
         def create(o: dict) -> Task:
             body = _bare(o)
             body["metadata"] = {**body["metadata"], "name": f"{FLOOR_PREFIX}{len(made)}"}
+            labels = body["metadata"].get("labels") or {}
+            if LABEL_NODE in labels:  # a NodeState copy: no agent's (a node of that name never runs one)
+                body["metadata"]["labels"] = {**labels, LABEL_NODE: f"{FLOOR_PREFIX}node"}
             made.append((plural, body["metadata"]["name"]))
 
             def run() -> int:

@@ -108,7 +108,7 @@ class FakeApi:
 def objs(n: int) -> list[dict]:
     return [{"apiVersion": "v", "kind": "NodeState",
              "metadata": {"name": f"ns{i}", "namespace": "x", "resourceVersion": str(100 + i), "uid": "u",
-                          "managedFields": [{}], "labels": {"a": "b"}},
+                          "managedFields": [{}], "labels": {"a": "b", F.LABEL_NODE: "n1"}},
              "spec": {"i": i}, "status": {"observedGeneration": 1}} for i in range(n)]
 
 
@@ -143,5 +143,6 @@ def test_floor_creates_copies_under_names_of_their_own_and_remembers_them():
     names = [name for _, name, _ in api.calls]
     assert names == [f"{F.FLOOR_PREFIX}{i}" for i in range(5)] and made == [("nodestates", n) for n in names]
     first = api.calls[0][2]
-    assert first["spec"] == {"i": 0} and first["metadata"]["labels"] == {"a": "b"}
+    assert first["spec"] == {"i": 0} and first["metadata"]["labels"] == {"a": "b", F.LABEL_NODE: "bench-floor-node"}
+    assert o[0]["metadata"]["labels"][F.LABEL_NODE] == "n1"  # no agent's copy; the original untouched
     assert "uid" not in first["metadata"] and "resourceVersion" not in first["metadata"]
