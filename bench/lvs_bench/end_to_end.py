@@ -496,7 +496,11 @@ def floor(system, api, writes: dict, sample: int, director: str, row: dict, deta
     row["settled/floor"] = R.ratio(row.get("settled"), row["floor"])
     log(f"floor for the {row['writes']} writes to settle: {row['floor']} s at {got['threads']} threads "
         f"(settled / floor {row['settled/floor']}); {got['kinds']}")
-    settle(api, 600)  # the operator's and the agent's catch-up, if any, before what comes next
+    try:
+        settle(api, 600)  # the operator's and the agent's catch-up, if any, before what comes next
+    except TimeoutError as e:
+        details["after_floor"] = str(e)
+        log(f"after the floor: {e}")
 
 
 def delete_services(system) -> None:
@@ -540,7 +544,8 @@ STANDING_NOTES = [
     "the same number of writes of each kind and verb sent by a plain client (kept-alive raw HTTPS, "
     "lvs_kube.status_patch) to the same objects with their own bodies: creates of copies (deleted "
     "after, not timed), status writes and replaces changing one value and then restoring it; at "
-    f"most {FLOOR_SAMPLE:,} writes per kind timed and the floor scaled up by count / writes sent; the "
+    f"most --e2e-floor-sample (default {FLOOR_SAMPLE:,}) writes per kind timed and the floor scaled "
+    "up by count / writes sent; the "
     "kinds one after the other, from the fastest of 4, 8 and 16 threads (tried on the largest kind); "
     "details.floor has each kind's rate, body size and the threads chosen. settled / floor: issue "
     "21's goal is <= 1.3x",
