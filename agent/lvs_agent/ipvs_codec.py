@@ -17,7 +17,6 @@ and the caches of a connection live in netlink_batch; observe reads through it.
 """
 from __future__ import annotations
 
-import ipaddress
 import operator
 import socket
 import struct
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from lvs_model import kernel as K
+from lvs_model.addresses import canonical
 from lvs_model.nodespec import Dest, DestKey, Service, ServiceKey
 
 from . import ops as O
@@ -101,8 +101,9 @@ class IPVSTable:
 # --------------------------------------------------------------------------
 
 def ip_text(text: str) -> str:
-    """Canonical text of an address (the model's spelling)."""
-    return str(ipaddress.ip_address(text))
+    """Canonical text of an address (the model's spelling); inet_ntop's text
+    of a dumped address already is, but for an embedded IPv4 part."""
+    return canonical(text)
 
 
 def ipv6_netmask_encode(plen: int) -> str:

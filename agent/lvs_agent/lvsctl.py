@@ -23,7 +23,6 @@ functions are pure and take an ``IPVSTable``.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import socket
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from lvs_model import kernel as K
+from lvs_model.addresses import words
 from lvs_model.nodespec import TIMEOUT_NAMES, Dest, Service
 
 from .ipvs_codec import DestRuntime, IPVSTable, Stats, svc_flags
@@ -48,16 +48,8 @@ def _i32(x: int) -> int:
     return x - (1 << 32) if x & 0x80000000 else x
 
 
-def _addr_words(address: str) -> tuple[int, ...]:
-    ip = ipaddress.ip_address(address) if address else ipaddress.IPv4Address(0)
-    n = int(ip)
-    if ip.version == 4:
-        return (n,)
-    return tuple((n >> s) & 0xFFFFFFFF for s in (96, 64, 32, 0))
-
-
 def _cmp_addr(af6: bool, a: str, b: str) -> int:
-    wa, wb = _addr_words(a), _addr_words(b)
+    wa, wb = words(a), words(b)
     if af6:
         wa, wb = (wa + (0, 0, 0, 0))[:4], (wb + (0, 0, 0, 0))[:4]
         r = 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import kernel as K
+from .addresses import canonical, is_host_ipv4
 from .errors import FieldError, SpecError
 from .sysctls import device_error, sysctl_error
 
@@ -328,14 +329,14 @@ def local_addresses(spec: NodeSpec) -> tuple[LocalAddress, ...]:
 
 def _canon_ip(value: Any, path: str, errors: list[FieldError], family: str | None = None) -> str:
     try:
-        ip = ipaddress.ip_address(str(value))
+        address = canonical(str(value))
     except ValueError:
         errors.append(FieldError(path, f"{value!r} is not an IP address"))
         return ""
-    fam = "ipv6" if ip.version == 6 else "ipv4"
+    fam = "ipv6" if ":" in address else "ipv4"  # canonical text: only IPv6 has colons
     if family and fam != family:
-        errors.append(FieldError(path, f"{ip} is {fam} but the service is {family}"))
-    return str(ip)
+        errors.append(FieldError(path, f"{address} is {fam} but the service is {family}"))
+    return address
 
 
 def unusable_address(address: str) -> str:
@@ -346,6 +347,8 @@ def unusable_address(address: str) -> str:
     holds the clouds' metadata services (169.254.169.254), multicast and
     broadcast are not one host. Private ranges are fine.
     """
+    if is_host_ipv4(address):
+        return ""
     ip = ipaddress.ip_address(address)
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return f"{ip} is an IPv4-mapped IPv6 address: write the IPv4 address {ip.ipv4_mapped}"
@@ -365,6 +368,8 @@ def unusable_address(address: str) -> str:
 def _host_ip(value: Any, path: str, errors: list[FieldError], family: str | None = None,
              what: str = "an address") -> str:
     """An address that must be one routable host (VIP, real server, director)."""
+    if type(value) is str and (not family or family == "ipv4") and is_host_ipv4(value):
+        return value  # the common case, with nothing to report
     address = _canon_ip(value, path, errors, family)
     why = unusable_address(address) if address else ""
     if why:
@@ -530,14 +535,14 @@ def parse_service(d: Any, path: str, errors: list[FieldError]) -> Service | None
         address = _canon_ip(d["address"], f"{path}.address", errors, family or None)
         if address:
             family = family or ("ipv6" if ":" in address else "ipv4")
-            if ipaddress.ip_address(address).is_unspecified:
+            why = unusable_address(address)
+            if why and ipaddress.ip_address(address).is_unspecified:  # an unspecified one is unusable
                 errors.append(FieldError(
                     f"{path}.address",
                     f"{address} never matches a packet: IPVS matches the virtual address exactly. "
                     "Use the real VIP, or a firewall-mark service (fwmark) to catch many addresses"))
-            elif unusable_address(address):
-                errors.append(FieldError(f"{path}.address", f"{unusable_address(address)}; "
-                                         "a VIP must be a unicast address"))
+            elif why:
+                errors.append(FieldError(f"{path}.address", f"{why}; a VIP must be a unicast address"))
         protocol = _choice(d, "protocol", path, errors, "tcp", K.PROTOCOLS)
         if "port" not in d:
             errors.append(FieldError(f"{path}.port", "is required (0 means all ports, with persistence)"))
