@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from .objects import project
 from .scope import SCOPED_KINDS, Ref, without_status
+from .write_plan import same_nodestate
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
 
@@ -47,6 +48,8 @@ class Overlay:
         self.entries: dict[Key, tuple[dict | None, float]] = {}
         # Statuses being written, key -> status: their echo may arrive before the write returns.
         self.sending: dict[Key, dict] = {}
+        # NodeStates being created or replaced, key -> body sent: their echo too may beat the answer.
+        self.putting: dict[Key, Mapping[str, Any]] = {}
         self.writes = 0  # objects written since start
         self.lock = threading.Lock()
 
@@ -74,10 +77,22 @@ class Overlay:
             if self.sending.get(key) is value:
                 del self.sending[key]
 
+    def putting_begin(self, key: Key, body: Mapping[str, Any]) -> None:
+        with self.lock:
+            self.putting[key] = body
+
+    def putting_end(self, key: Key, body: Mapping[str, Any]) -> None:
+        with self.lock:
+            if self.putting.get(key) is body:
+                del self.putting[key]
+
     def is_echo(self, key: Key, old: dict | None, new: dict | None) -> bool:
         """Whether ``new`` is exactly what we wrote: the object held here
         (same resourceVersion), or, when the echo beats the writer thread's
-        note of it, the status being written and nothing else changed."""
+        note of it, the status being written and nothing else changed, or the
+        NodeState being put, its status as it was. Unrecognised, an echo
+        would make the next pass recompile what this one just wrote (and,
+        after a first pass, plan every status still queued a second time)."""
         if new is None:
             return False
         with self.lock:
@@ -91,12 +106,18 @@ class Overlay:
                     and without_status(old) == without_status(new)):
                 del self.sending[key]
                 return True
+            body = self.putting.get(key)
+            if (body is not None and same_nodestate(body, new)
+                    and (new.get("status") or {}) == ((old or {}).get("status") or {})):
+                share(new, body)
+                return True
         return False
 
     def clear(self) -> None:
         with self.lock:
             self.entries.clear()
             self.sending.clear()
+            self.putting.clear()
 
     def apply(self, snap: dict[str, dict], caches: Mapping[str, Mapping[tuple[str, str], dict]],
               scope: set[Ref] | None) -> None:

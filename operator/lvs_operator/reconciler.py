@@ -105,6 +105,7 @@ class Reconciler:
         self.last_ok = 0.0
         self._recheck: asyncio.TimerHandle | None = None  # the next pass a drain needs (recheck)
         self.phases: dict[str, float] = {}  # seconds per phase of the last pass (phases_line)
+        self.full_pass_running = False  # a full pass is compiling or writing (resync_tick)
 
     @property
     def writes(self) -> int:
@@ -188,7 +189,13 @@ class Reconciler:
         return part
 
     def resync_tick(self) -> None:
-        """One slice of the resync round into the next pass's scope."""
+        """One slice of the resync round into the next pass's scope; none
+        while a full pass runs: it rechecks every VirtualService itself, and
+        the slices gathered meanwhile (a first pass at scale takes many
+        ticks) would make the next pass a full one again, planning every
+        status the first one queued a second time."""
+        if self.full_pass_running:
+            return
         part = self.resync_slice()
         if not part:
             return
@@ -241,9 +248,11 @@ class Reconciler:
                 snap = self.snapshot(scope)
                 try:
                     began = time.monotonic()
+                    self.full_pass_running = scope is None
                     try:
                         n = await asyncio.to_thread(self.reconcile_once, snap, scope)
                     finally:
+                        self.full_pass_running = False
                         self._pass_ended = time.monotonic()
                         self._pass_took = self._pass_ended - began
                     self.passes += 1

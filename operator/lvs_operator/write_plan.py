@@ -46,7 +46,8 @@ def _ours(obj: Mapping[str, Any], namespace: str) -> bool:
     return m.get("namespace") == namespace and (m.get("labels") or {}).get(C.LABEL_MANAGED_BY) == C.MANAGED_BY
 
 
-def _same_nodestate(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+def same_nodestate(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """``current`` already is what ``desired`` asks for: the spec, and our labels and annotations."""
     dm, cm = desired["metadata"], current.get("metadata") or {}
     return (desired["spec"] == current.get("spec")
             and all((cm.get("labels") or {}).get(k) == v for k, v in dm["labels"].items())
@@ -61,7 +62,7 @@ def plan_writes(result: Result, snapshot: Snapshot, namespace: str) -> Writes:
         cur = current.get(name)
         if cur is None:
             w.create.append(desired)
-        elif not _same_nodestate(desired, cur):
+        elif not same_nodestate(desired, cur):
             body = {**desired, "metadata": {**desired["metadata"],
                                             "resourceVersion": cur["metadata"].get("resourceVersion")}}
             w.replace.append(body)

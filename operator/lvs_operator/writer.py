@@ -113,6 +113,8 @@ class Writer:
 
         def put(op: str, body: dict) -> None:
             name = body["metadata"]["name"]
+            key = ("nodestates", ns, name)
+            self.overlay.putting_begin(key, body)
             try:
                 if request is not None:
                     obj = json.loads(request("POST", where, body) if op == "create"
@@ -126,6 +128,8 @@ class Writer:
                     log.info("%s NodeState %s", "created" if op == "create" else "updated", name)
             except (ApiException, PatchError) as e:
                 errors.append(f"{op} NodeState {name}: {e.status} {e.reason}")
+            finally:
+                self.overlay.putting_end(key, body)
 
         def delete(name: str, uid: str) -> None:
             try:

@@ -177,6 +177,35 @@ def test_writer_sends_nodestates_through_request_and_keeps_one_copy_of_each_spec
     assert other["spec"] == {"node": "d2"}  # a different spec is never replaced
 
 
+def test_writer_recognises_a_nodestate_echo_that_beats_the_answer():
+    """The watch may show a created NodeState before the POST returns: it is
+    ours (no pass of its own) and holds the spec sent; an agent's report
+    arriving meanwhile is not."""
+    import json
+    overlay = Overlay()
+    seen = {}
+    a = {**_ns("a"), "metadata": {**_ns("a")["metadata"], "labels": {"lvs.kube-lvs.io/node": "d1"}}}
+    b = _ns("b")
+
+    def request(method, path, body):
+        name = body["metadata"]["name"]
+        key = ("nodestates", "kube-lvs-system", name)
+        echo = {"metadata": {**body["metadata"], "resourceVersion": "30"}, "spec": {"node": "d1"}, "status": {}}
+        seen[name] = (overlay.is_echo(key, None, echo), echo["spec"] is body["spec"])
+        report = {**echo, "status": {"nodes": 1}}
+        seen[name + "-report"] = overlay.is_echo(key, echo, report)
+        other = {**echo, "spec": {"node": "d2"}}
+        seen[name + "-other"] = overlay.is_echo(key, None, other)
+        return json.dumps(echo).encode()
+    w = Writer("kube-lvs-system", lambda: FakeApi(), overlay, request=request)
+    w.execute(Writes(create=[a], replace=[b]))
+    assert seen == {"a": (True, True), "a-report": False, "a-other": False,
+                    "b": (True, True), "b-report": False, "b-other": False}
+    assert overlay.putting == {}  # only while the write is in flight
+    late = {"metadata": {**b["metadata"], "resourceVersion": "31"}, "spec": {"node": "d1"}, "status": {}}
+    assert not overlay.is_echo(("nodestates", "kube-lvs-system", "b"), None, late)
+
+
 def test_project_keeps_parts_of_a_plain_body_and_copies_a_view():
     from types import MappingProxyType
     from lvs_operator.objects import project

@@ -276,6 +276,22 @@ def test_resync_recompiles_every_virtualservice_once_per_round_in_scoped_slices(
     assert r.scope is None and r.resync_round.pos == 5  # the next round has begun
 
 
+def test_resync_waits_while_a_full_pass_runs():
+    """A full pass rechecks everything: slices gathered while it runs would
+    only make the next pass a full one again."""
+    r = Recorder()
+    snap = converged(cluster(n=8))
+    r.caches = {kind: {(o["metadata"].get("namespace") or "", o["metadata"]["name"]): o for o in objs}
+                for kind, objs in snap.items()}
+    r.scope = set()
+    r.full_pass_running = True
+    r.resync_tick()
+    assert r.scope == set() and r.resync_round.pos == 0 and not r.dirty.is_set()
+    r.full_pass_running = False
+    r.resync_tick()
+    assert r.scope and r.resync_round.pos == len(r.scope) and r.dirty.is_set()
+
+
 class FakeStatusApi:
     def __init__(self, fail=()):
         self.written, self.fail = [], set(fail)
