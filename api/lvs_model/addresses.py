@@ -13,6 +13,7 @@ import struct
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 _V6_WORDS = struct.Struct("!4I")
+_V6_HALVES = struct.Struct("!QQ")
 
 def ipv4_value(text: str) -> int | None:
     """The address's integer when ``text`` is an IPv4 address in canonical
@@ -30,6 +31,27 @@ def is_host_ipv4(text: str) -> bool:
     n = ipv4_value(text)
     return (n is not None and n != 0 and n != 0xFFFFFFFF  # unspecified, broadcast
             and n >> 24 != 127 and n >> 16 != 0xA9FE and n >> 28 != 0xE)  # 127/8, 169.254/16, 224/4
+
+
+def is_host(text: str) -> bool:
+    """True when ``text`` is an address of one routable host in canonical
+    form, either family (IPv6: not unspecified, loopback, IPv4-mapped,
+    link-local or multicast); False says "ask ipaddress", not "refused"."""
+    if type(text) is not str:
+        return False
+    if ":" not in text:
+        return is_host_ipv4(text)
+    if not _NTOP6_OK or "." in text:
+        return False
+    try:
+        packed = inet_pton(AF_INET6, text)
+    except (OSError, ValueError):
+        return False
+    if inet_ntop(AF_INET6, packed) != text:
+        return False
+    hi, lo = _V6_HALVES.unpack(packed)
+    return not ((hi == 0 and (lo <= 1 or lo >> 32 == 0xFFFF))  # ::, ::1, ::ffff:0:0/96
+                or hi >> 54 == 0x3FA or hi >> 56 == 0xFF)  # fe80::/10, ff00::/8
 
 
 def _ntop6_is_ipaddress() -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import kernel as K
-from .addresses import canonical, is_host_ipv4
+from .addresses import canonical, is_host
 from .errors import FieldError, SpecError
 from .sysctls import device_error, sysctl_error
 
@@ -347,7 +347,7 @@ def unusable_address(address: str) -> str:
     holds the clouds' metadata services (169.254.169.254), multicast and
     broadcast are not one host. Private ranges are fine.
     """
-    if is_host_ipv4(address):
+    if is_host(address):
         return ""
     ip = ipaddress.ip_address(address)
     if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -368,7 +368,7 @@ def unusable_address(address: str) -> str:
 def _host_ip(value: Any, path: str, errors: list[FieldError], family: str | None = None,
              what: str = "an address") -> str:
     """An address that must be one routable host (VIP, real server, director)."""
-    if type(value) is str and (not family or family == "ipv4") and is_host_ipv4(value):
+    if is_host(value) and (not family or family == ("ipv6" if ":" in value else "ipv4")):
         return value  # the common case, with nothing to report
     address = _canon_ip(value, path, errors, family)
     why = unusable_address(address) if address else ""

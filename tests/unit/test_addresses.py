@@ -32,7 +32,8 @@ EDGE_TEXTS = [
     "2001:db8::1", "2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1", "2001:0:0:1:0:0:0:1",
     "0:0:1:0:0:1:0:0", "1:0:0:2:0:0:0:3", "1:0:2:0:3:0:4:0", "1:2:3:4:5:6:7:0", "0:1:2:3:4:5:6:7",
     "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:0:0:0:0:0:0:0", "ffff::",
-    "fe80::1", "fe80::1%eth0", "fe80::1%1", "::%eth0", "ff02::1", "fec0::1", "2001:DB8::ABCD",
+    "fe80::1", "fe80::", "fe7f:ffff::1", "febf:ffff::1", "fec0::", "feff::1", "ff00::", "fe00::1",
+    "::ffff:0:1", "::fffe:0:1", "::1:ffff:0:1", "0:0:0:1::", "fe80::1%eth0", "fe80::1%1", "::%eth0", "ff02::1", "fec0::1", "2001:DB8::ABCD",
     # IPv4-mapped and IPv4-compatible: inet_ntop and ipaddress spell these differently
     "::ffff:1.2.3.4", "::ffff:102:304", "::FFFF:1.2.3.4", "::ffff:0.0.0.0", "::ffff:255.255.255.255",
     "::ffff:0:0", "::1.2.3.4", "::102:304", "::0.0.0.2", "::ffff:1.2.3.04", "::ffff:01.2.3.4",
@@ -168,6 +169,19 @@ def test_is_host_ipv4_is_a_usable_canonical_ipv4():
         ref = _reference_canonical(t)
         want = ref == t and ":" not in t and _reference_unusable(t) == ""
         assert A.is_host_ipv4(t) is want, t
+
+
+def test_is_host_is_a_usable_canonical_address():
+    for t in ALL_TEXTS:
+        want = _reference_canonical(t) == t and _reference_unusable(t) == ""
+        got = A.is_host(t)
+        assert want or not got, t  # never a wrong yes
+        # False may only mean "not certain" where inet_ntop writes an
+        # embedded IPv4 part (::ffff:1.2.3.4, ::1.2.3.4).
+        embedded = want and ":" in t and "." in socket.inet_ntop(socket.AF_INET6,
+                                                                  socket.inet_pton(socket.AF_INET6, t))
+        assert got is (want and not embedded), t
+    assert not any(A.is_host(v) for v in NON_STR)
 
 
 def test_unusable_address_messages_unchanged():
