@@ -2,7 +2,13 @@
 projection that keeps only what the compiler reads (pure)."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
+
+# Strings up to this long are shared (interned) by ``compact``: keys, reasons,
+# timestamps and the like repeat across objects; longer ones are messages,
+# mostly unique, which a shared table would only add to.
+SHARED_MAX = 64
 
 KINDS = ("virtualservices", "realservers", "vippools", "nodes", "namespaces", "nodestates", "ipvssettings",
          "services", "endpointslices", "bgppeers")
@@ -43,6 +49,35 @@ def project(kind: str, body: Mapping[str, Any]) -> dict:
     if kind == "namespaces":
         return {"metadata": {k: keep[k] for k in ("name", "labels", "resourceVersion") if k in keep}}
     return {"metadata": keep, "spec": body.get("spec") or {}, "status": body.get("status") or {}}
+
+
+def shared(value: Any) -> Any:
+    """``value`` (JSON) with its keys and short strings shared with every
+    other object's."""
+    if isinstance(value, dict):
+        return {sys.intern(k): shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shared(v) for v in value]
+    if isinstance(value, str) and len(value) <= SHARED_MAX:
+        return sys.intern(value)
+    return value
+
+
+def compact(kind: str, obj: dict) -> dict:
+    """A projected object from a watch event, its spec, status and labels
+    sharing their strings (in place). Each event is parsed on its own, so
+    each would hold its own copy of every key ("lastTransitionTime", ...)
+    and every repeated value; objects the operator writes come back this way
+    by the hundred thousand, and the caches keep them. A NodeState's spec is
+    left alone: the echo of our own write takes our spec object instead
+    (overlay.share)."""
+    for part in ("status",) if kind == "nodestates" else ("spec", "status"):
+        if part in obj:
+            obj[part] = shared(obj[part])
+    meta = obj.get("metadata")
+    if meta and "labels" in meta:
+        meta["labels"] = shared(meta["labels"])
+    return obj
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from .objects import project
+from .objects import compact, project
 from .scope import SCOPED_KINDS, Ref, without_status
 from .write_plan import same_nodestate
 
@@ -56,8 +56,8 @@ class Overlay:
     def note(self, plural: str, obj: dict | None, namespace: str, name: str) -> None:
         """An object just written (None: deleted)."""
         with self.lock:
-            self.entries[(plural, namespace, name)] = (project(plural, obj) if obj is not None else None,
-                                                       self.clock())
+            self.entries[(plural, namespace, name)] = (compact(plural, project(plural, obj)) if obj is not None
+                                                       else None, self.clock())
             self.writes += 1
 
     def forget(self, key: Key) -> None:

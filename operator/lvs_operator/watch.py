@@ -23,7 +23,7 @@ from lvs_kube.backoff import Backoff
 from lvs_kube.informer import Collection, Informer
 
 from .bgp_peers import BGPPEER_PLURAL
-from .objects import Key, key_of, project
+from .objects import Key, compact, key_of, project
 
 log = logging.getLogger("lvs_operator")
 
@@ -110,7 +110,7 @@ def informer(kind: Kind, api_client_factory: Callable[[], Any], loop: asyncio.Ab
     def event(ev: dict) -> None:
         typ, obj = ev["type"], ev.get("object") or {}
         loop.call_soon_threadsafe(caches.apply, plural, typ, key_of(obj),
-                                  None if typ == "DELETED" else project(plural, obj))
+                                  None if typ == "DELETED" else compact(plural, project(plural, obj)))
 
     return Informer(Collection(kind.path(), api_client_factory), listed, event, stop.is_set, name=plural,
                     backoff=Backoff(cap=RETRY_CAP), sleep=stop.wait, item=lambda o: (key_of(o), project(plural, o)))

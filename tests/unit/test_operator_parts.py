@@ -206,6 +206,25 @@ def test_writer_recognises_a_nodestate_echo_that_beats_the_answer():
     assert not overlay.is_echo(("nodestates", "kube-lvs-system", "b"), None, late)
 
 
+def test_compact_shares_keys_and_short_strings_and_keeps_the_content():
+    import json
+    from lvs_operator.objects import SHARED_MAX, compact
+    body = {"metadata": {"name": "r", "labels": {"app": "web"}},
+            "spec": {"virtualService": "web", "port": 80},
+            "status": {"conditions": [{"type": "Ready", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                       "message": "m" * (SHARED_MAX + 1)}], "health": "Healthy"}}
+    a, b = (compact("realservers", json.loads(json.dumps(body))) for _ in range(2))
+    assert a == b == body
+    ca, cb = a["status"]["conditions"][0], b["status"]["conditions"][0]
+    assert next(k for k in ca if k == "lastTransitionTime") is next(k for k in cb if k == "lastTransitionTime")
+    assert ca["lastTransitionTime"] is cb["lastTransitionTime"] and a["spec"]["virtualService"] is b["spec"]["virtualService"]
+    assert a["metadata"]["labels"]["app"] is b["metadata"]["labels"]["app"]
+    assert ca["message"] is not cb["message"]  # long strings (messages) are left alone
+    ns = {"metadata": {"name": "n"}, "spec": {"node": "d1"}, "status": {"a": "b"}}
+    spec = ns["spec"]
+    assert compact("nodestates", ns)["spec"] is spec  # the echo takes our own spec object (overlay.share)
+
+
 def test_project_keeps_parts_of_a_plain_body_and_copies_a_view():
     from types import MappingProxyType
     from lvs_operator.objects import project
