@@ -48,14 +48,9 @@ def load(text: str) -> Any:
     return yaml.load(text, Loader=yaml.CSafeLoader)  # noqa: S506 - a safe loader
 
 
-def _scalar(loader: Any, ev: ScalarEvent, cache: dict) -> Any:
-    if ev.anchor is not None or ev.tag is not None:
-        raise _Unsupported
-    key = (ev.value, ev.implicit)
-    try:
-        return cache[key]
-    except KeyError:
-        pass
+def _scalar(loader: Any, ev: ScalarEvent, cache: dict, key: tuple) -> Any:
+    """A scalar not met before in this document: resolved and constructed by
+    PyYAML, then cached under its (text, implicit) key."""
     tag = loader.resolve(ScalarNode, ev.value, ev.implicit)
     if tag not in PLAIN_TAGS:
         raise _Unsupported
@@ -75,38 +70,43 @@ def _build(loader: Any) -> Any:
         raise _Unsupported
     cache: dict = {}
     root: list = []
-    # Frames: [container, key]; key is _SEQ for a sequence, else the pending key or _NO_KEY.
-    stack: list[list] = [[root, _SEQ]]
-
-    def attach(value: Any) -> None:
-        frame = stack[-1]
-        k = frame[1]
-        if k is _SEQ:
-            frame[0].append(value)
-        elif k is _NO_KEY:
-            frame[1] = value
-        else:
-            frame[0][k] = value
-            frame[1] = _NO_KEY
-
+    # The open container and its key slot live in locals (one event is a few
+    # bytecodes: the loop runs once per scalar); ``stack`` keeps the enclosing
+    # ones. The key slot is _SEQ for a sequence, else the pending key or _NO_KEY.
+    stack: list[tuple] = []
+    cur: Any = root
+    k: Any = _SEQ
+    cached = cache.get
     while True:
         ev = get()
         cls = type(ev)
         if cls is ScalarEvent:
-            attach(_scalar(loader, ev, cache))
-        elif cls is MappingEndEvent or cls is SequenceEndEvent:
-            stack.pop()
-        elif cls is MappingStartEvent or cls is SequenceStartEvent:
-            if ev.anchor is not None or ev.tag is not None or stack[-1][1] is _NO_KEY:
-                raise _Unsupported  # anchored, tagged, or a collection as a key
-            if cls is MappingStartEvent:
-                d: dict = {}
-                attach(d)
-                stack.append([d, _NO_KEY])
+            if ev.anchor is not None or ev.tag is not None:
+                raise _Unsupported
+            key = (ev.value, ev.implicit)
+            value = cached(key, _NO_KEY)
+            if value is _NO_KEY:
+                value = _scalar(loader, ev, cache, key)
+            if k is _SEQ:
+                cur.append(value)
+            elif k is _NO_KEY:
+                k = value
             else:
-                s: list = []
-                attach(s)
-                stack.append([s, _SEQ])
+                cur[k] = value
+                k = _NO_KEY
+        elif cls is MappingEndEvent or cls is SequenceEndEvent:
+            cur, k = stack.pop()
+        elif cls is MappingStartEvent or cls is SequenceStartEvent:
+            if ev.anchor is not None or ev.tag is not None or k is _NO_KEY:
+                raise _Unsupported  # anchored, tagged, or a collection as a key
+            new: Any = {} if cls is MappingStartEvent else []
+            if k is _SEQ:
+                cur.append(new)
+                stack.append((cur, _SEQ))
+            else:
+                cur[k] = new
+                stack.append((cur, _NO_KEY))
+            cur, k = new, (_NO_KEY if cls is MappingStartEvent else _SEQ)
         elif cls is DocumentEndEvent:
             break
         else:  # an alias

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 
 import ipaddress
+from collections.abc import Iterable, Mapping  # isinstance on the abc is C; typing.Mapping adds a Python hop
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import kernel as K
 from .addresses import canonical, is_host
