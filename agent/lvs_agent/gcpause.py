@@ -98,6 +98,15 @@ class GCPauses:
         self.freezes += 1
         return True
 
+    def before_full_pass(self) -> None:
+        """Freeze, without a collection, before a full pass (the first one,
+        from the cache or after a failure). The spec it reads lives through
+        the whole pass, and the pass allocates in proportion to the table (the
+        table read back, the plan, the record): unfrozen, every automatic full
+        collection in it would walk the spec again."""
+        gc.freeze()
+        self.freezes += 1
+
     def freeze_starved(self) -> bool:
         """After a pass that programmed a change: freeze, without a collection,
         if no settle has run for STARVED seconds. Whether it did."""

@@ -188,6 +188,8 @@ class Agent:
             self.sweep.restart(started)
         elif not full:
             sweep = self.sweep.size(len(merged.spec.services), started, change=woken)
+        if full or hold:
+            self.gc.before_full_pass()
         try:
             if hold:
                 report = await asyncio.to_thread(reconcile_from_cache, self.engine, programmed)

@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     from lvs_agent.engine import DRAIN_RECORD, Engine
+    from lvs_agent.gcpause import GCPauses
     from lvs_agent.nodestate import merge
     from lvs_agent.object_cache import ObjectCache
     from lvs_agent.state import hold_record
@@ -95,6 +96,7 @@ def main(argv: list[str]) -> int:
     lock = hold_record(args.record, "lvs_bench agent_process")
     try:
         with Engine(args.record, drain_path=args.record.with_name(DRAIN_RECORD)) as engine:
+            GCPauses().before_full_pass()  # as the agent's first pass does
             rep = engine.reconcile(merged.spec)
     finally:
         lock.release()

@@ -339,15 +339,29 @@ def test_agent_settles_the_heap_only_in_passes_without_a_change(tmp_path):
     calls = []
     a.gc.settle = lambda: calls.append("settle")
     a.gc.freeze_starved = lambda: calls.append("freeze_starved")
+    a.gc.before_full_pass = lambda: calls.append("before_full_pass")
 
     async def go():
         await settled(a, full=True)
+        assert calls[0] == "before_full_pass"  # the spec frozen before the full pass walks the table
         del calls[:]
         await a.reconcile_once(woken=True)
         assert calls == ["freeze_starved"]  # a change's pass: at most a freeze, never a collection
         await a.reconcile_once(woken=False)
         assert calls == ["freeze_starved", "settle"]
     asyncio.run(go())
+
+
+def test_gc_pauses_freeze_before_a_full_pass_without_collecting(monkeypatch):
+    import gc
+
+    from lvs_agent.gcpause import GCPauses
+    calls = []
+    for name in ("freeze", "collect"):
+        monkeypatch.setattr(gc, name, lambda name=name: calls.append(name))
+    p = GCPauses(clock=lambda: 0.0)
+    p.before_full_pass()
+    assert calls == ["freeze"] and p.freezes == 1
 
 
 def test_gc_pauses_count_slow_collections(caplog):
