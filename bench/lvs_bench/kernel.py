@@ -563,8 +563,11 @@ class Ours:
 
     def reconcile(self, spec, incremental: bool = False) -> OursResult:
         from lvs_agent import ops as O
+        from lvs_agent.gcpause import GCPauses
         self.phases.clear()
         gc.collect()
+        if not incremental:
+            GCPauses().before_full_pass()  # as the agent's full passes do
         with self._wrap_module():
             t0 = time.perf_counter()
             rep = self.engine.reconcile(spec, incremental=incremental)
