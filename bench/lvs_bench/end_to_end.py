@@ -45,7 +45,7 @@ WATCH_NAME = "bench-ipvs-watch"
 FULL = {"services": (1000, 10000), "changes": 100}
 # Writes of each kind sent to find the API server's floor: enough that the
 # pool's start is a small share of the time, few enough to keep it to seconds.
-FLOOR_SAMPLE = 2000
+FLOOR_SAMPLE = 1000
 SETTLE_KINDS = ("virtualservices", "realservers", "nodestates")
 SMOKE = {"services": (3,), "changes": 5}
 
