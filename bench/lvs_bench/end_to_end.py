@@ -20,6 +20,11 @@ The host converts those times to its own clock with an offset measured over
 the command channel (`date` in the guest between two host timestamps, best of
 several; its uncertainty, half the best round trip, is reported) and paces the
 changes (next patch once the previous one was seen).
+
+"Statuses settled" is set against the API server's own floor for the writes
+the settle took (counted by the server, `apiserver_writes`; the floor measured
+after the changes, `write_floor`): a settle time is only as good as its
+distance from the time the server needs for those writes alone.
 """
 from __future__ import annotations
 
