@@ -101,9 +101,10 @@ class IPVSTable:
 # --------------------------------------------------------------------------
 
 def ip_text(text: str) -> str:
-    """Canonical text of an address (the model's spelling); inet_ntop's text
-    of a dumped address already is, but for an embedded IPv4 part."""
-    return canonical(text)
+    """The model's spelling of an address as inet_ntop wrote it. IPv4 text
+    already is (dotted decimal without leading zeros, on every libc); IPv6
+    text is checked (inet_ntop writes ::ffff:1.2.3.4 where ipaddress may not)."""
+    return text if ":" not in text else canonical(text)
 
 
 def ipv6_netmask_encode(plen: int) -> str:
