@@ -15,6 +15,7 @@ from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 _V6_WORDS = struct.Struct("!4I")
 _V6_HALVES = struct.Struct("!QQ")
 
+
 def ipv4_value(text: str) -> int | None:
     """The address's integer when ``text`` is an IPv4 address in canonical
     dotted-quad form (the form ``ipaddress`` prints), else None."""
