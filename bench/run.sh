@@ -2,6 +2,7 @@
 # kube-lvs benchmarks (issue 7, parts 1-5; issue 17, part 6).
 #
 #   bash bench/run.sh [--smoke] [--operator-sizes N,..] [--e2e-services M,..] [--e2e-changes C]
+#                     [--e2e-floor-sample K]
 #                     [--parts 1-3,4,5,6] [lvs_bench.kernel options...]
 #   bash bench/run.sh --parts 1-3 --lvsctl-only [--smoke]   (table 1b alone: lvsctl.{json,md,txt})
 #
@@ -33,8 +34,8 @@ main() {
     kargs=() hargs=() smoke=0 parts="1-3,4,5,6"
     while [ $# -gt 0 ]; do
         case "$1" in
-            --operator-sizes|--e2e-services|--e2e-changes) hargs+=("$1" "$2"); name=custom; shift 2; continue ;;
-            --operator-sizes=*|--e2e-services=*|--e2e-changes=*) hargs+=("$1"); name=custom ;;
+            --operator-sizes|--e2e-services|--e2e-changes|--e2e-floor-sample) hargs+=("$1" "$2"); name=custom; shift 2; continue ;;
+            --operator-sizes=*|--e2e-services=*|--e2e-changes=*|--e2e-floor-sample=*) hargs+=("$1"); name=custom ;;
             --parts) parts=$2; shift 2; continue ;;
             --parts=*) parts=${1#--parts=} ;;
             --smoke) name=smoke; smoke=1; timeout=${BENCH_TIMEOUT:-900}; kargs+=("$1") ;;

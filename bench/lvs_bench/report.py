@@ -315,6 +315,11 @@ def summary_lines(tables: Iterable[Table]) -> list[str]:
                        f"p50 {fmt_cell(r.get('p50'), 'sec')}, p99 {fmt_cell(r.get('p99'), 'sec')} over "
                        f"{fmt_cell(r.get('seen'), 'count')} changes (kube-proxy IPVS, kubernetes#73382: "
                        f"~20 s at ~4,000 endpoints; context only)")
+            if r.get("floor") is not None:
+                out.append(f"end to end with {fmt_cell(r.get('services'), 'int')} services: statuses settled "
+                           f"{fmt_cell(r.get('settled'), 'sec')} = {fmt_cell(r.get('settled/floor'), 'ratio')} the "
+                           f"API server's floor ({fmt_cell(r.get('floor'), 'sec')}) for the "
+                           f"{fmt_cell(r.get('writes'), 'count')} writes they took")
     out += [f"{t.title}: {t.status}" for t in by_id.values() if t.status != "ok"]
     return out
 

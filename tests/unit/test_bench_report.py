@@ -267,6 +267,16 @@ def test_summary_names_an_end_to_end_row_that_failed():
     assert lines[1] == "end to end with 10,000 services: not measured (error below the table)"
 
 
+def test_summary_sets_statuses_settled_against_the_api_servers_floor():
+    from lvs_bench import end_to_end as E
+    row = {c.key: None for c in E.columns()} | {"services": 1000, "changes": 100, "seen": 100, "p50": 0.5,
+                                                "p99": 3.6, "settled": 93.2, "writes": 12559, "floor": 64.6,
+                                                "settled/floor": 93.2 / 64.6}
+    lines = R.summary_lines([E.build_table([row], [])])
+    assert lines[1].startswith("end to end with 1,000 services: statuses settled 93.20 s = 1.44x the API "
+                               "server's floor (64.60 s) for the 12,559 writes"), lines
+
+
 def test_end_to_end_breakdown_splits_each_change_at_the_nodestate_write():
     import calendar
     import time as _t
