@@ -315,15 +315,13 @@ class Reconciler:
             self._loop.call_soon_threadsafe(self.recheck, result.recheck_after)
         with paused_gc():
             w = plan_writes(result, snap, self.namespace)
-        del result  # what is left to write is in w alone: its statuses are let go as they are queued
         t_plan = clock()
         self.phases = {"derive": t_derive - t, "compile": t_compile - t_derive, "plan": t_plan - t_compile}
-        n = len(w)
-        if not n:
+        if not w:
             return derived_writes
         self.execute(w)
         self.phases["write"] = clock() - t_plan
-        return n + derived_writes
+        return len(w) + derived_writes
 
     def phases_line(self) -> str:
         """Where the last pass's time went: a start-up at scale is judged by it."""

@@ -15,7 +15,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote
 
 from lvs_model import channel as C
@@ -45,21 +45,6 @@ Request = Callable[[str, str, Mapping[str, Any]], bytes]
 
 def _errors_line(errors: list[str]) -> str:
     return "; ".join(errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else "")
-
-
-def packed(status: Mapping[str, Any] | bytes) -> bytes:
-    """A status as compact JSON, the form it waits in: a first pass at scale
-    queues one per object, written over minutes, and as dicts they weigh
-    over twice as much."""
-    return status if isinstance(status, bytes) else json.dumps(status, separators=(",", ":")).encode()
-
-
-def _taken(items: list) -> Iterator:
-    """``items`` in order, each let go of as it is handed on (a status dict
-    is freed as its packed form is queued: both never held at once)."""
-    items.reverse()
-    while items:
-        yield items.pop()
 
 
 def share_spec(written: dict, sent: Mapping[str, Any]) -> dict:
@@ -104,9 +89,9 @@ class Writer:
         self.namespace, self.api_factory, self.overlay = namespace, api_factory, overlay
         self.identity, self._patch, self.is_leader = identity, patch_status, is_leader
         self.on_status_done, self.workers, self._request = on_status_done, workers, request
-        # Statuses planned and not written yet, (plural, namespace, name) -> status (packed):
+        # Statuses planned and not written yet, (plural, namespace, name) -> status:
         # the newest wins, so a status superseded before its turn is never written.
-        self._statuses: dict[Key, bytes] = {}
+        self._statuses: dict[Key, dict] = {}
         self._statuses_lock = threading.Lock()
         self._status_writer: StatusWriter | None = None
         self.status_failures = 0
@@ -165,8 +150,7 @@ class Writer:
                 log.info("NodeStates: %d created, %d updated; %d status(es) to write",
                          len(w.create), len(w.replace), len(w.status))
             list(pool.map(lambda d: delete(*d), w.delete))
-        statuses, w.status = w.status, []
-        self.queue_statuses(_taken(statuses))
+        self.queue_statuses(w.status)
         for ev in w.events:
             try:
                 self.post_event(api, ev)
@@ -252,14 +236,14 @@ class Writer:
         return len(todo)
 
     # -- statuses (written by threads of their own) ------------------------------
-    def queue_statuses(self, statuses: Iterable[tuple[str, str, str, Mapping[str, Any] | bytes]]) -> None:
+    def queue_statuses(self, statuses: Iterable[tuple[str, str, str, dict]]) -> None:
         """Hand statuses to the status threads and return. A status planned
         again before its turn replaces the queued one; every pass plans what
         is still unwritten again."""
         keys = set()
         with self._statuses_lock:
             for plural, namespace, name, value in statuses:
-                self._statuses[(plural, namespace, name)] = packed(value)
+                self._statuses[(plural, namespace, name)] = value
                 keys.add((plural, namespace, name))
         if not keys:
             return
@@ -273,18 +257,17 @@ class Writer:
         with self._statuses_lock:
             self._statuses.clear()
 
-    def _take_statuses(self, _snapshot: None, keys: set | None) -> dict[Key, bytes]:
+    def _take_statuses(self, _snapshot: None, keys: set | None) -> dict:
         with self._statuses_lock:
             if keys is None:
                 keys = set(self._statuses)
             return {k: self._statuses.pop(k) for k in keys if k in self._statuses}
 
-    def _write_status(self, key: Key, status: bytes) -> None:
+    def _write_status(self, key: Key, value: dict) -> None:
         if not self.is_leader():
             return  # leadership lost meanwhile: the new leader writes its own
         from kubernetes.client.exceptions import ApiException
         plural, namespace, name = key
-        value = json.loads(status)
         patch = [{"op": "add", "path": "/status", "value": value}]
         self.overlay.sending_begin(key, value)
         try:
@@ -304,7 +287,7 @@ class Writer:
         finally:
             self.overlay.sending_end(key, value)
 
-    def _status_done(self, key: Key, value: bytes, error: BaseException | None) -> None:
+    def _status_done(self, key: Key, value: dict, error: BaseException | None) -> None:
         if error is not None:
             self.status_failures += 1
             log.warning("status of %s %s/%s not written (planned again): %s", key[0], key[1], key[2], error)

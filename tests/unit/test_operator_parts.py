@@ -206,19 +206,6 @@ def test_writer_recognises_a_nodestate_echo_that_beats_the_answer():
     assert not overlay.is_echo(("nodestates", "kube-lvs-system", "b"), None, late)
 
 
-def test_writer_hands_its_statuses_over_packed_in_order_and_keeps_none():
-    from lvs_operator.writer import _taken, packed
-    items = [("realservers", "a", str(i), {"i": i}) for i in range(5)]
-    assert list(_taken(items)) == [("realservers", "a", str(i), {"i": i}) for i in range(5)] and items == []
-    assert packed({"a": [1, "x"]}) == b'{"a":[1,"x"]}' and packed(b"{}") == b"{}"
-    w = Writer("kube-lvs-system", lambda: FakeApi(), Overlay())
-    queued = []
-    w.queue_statuses = lambda statuses: queued.extend(statuses)
-    writes = Writes(status=[("realservers", "a", "r", {"health": "Healthy"})])
-    w.execute(writes)
-    assert queued == [("realservers", "a", "r", {"health": "Healthy"})] and writes.status == []
-
-
 def test_compact_shares_keys_and_short_strings_and_keeps_the_content():
     import json
     from lvs_operator.objects import SHARED_MAX, compact

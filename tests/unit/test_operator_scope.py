@@ -12,7 +12,6 @@ from lvs_operator.reconciler import Reconciler
 from lvs_operator.scope import scope_of_change, scoped_snapshot
 from lvs_operator.write_plan import compile_snapshot, plan_writes
 from lvs_operator.watch import Caches, Kind
-from lvs_operator.writer import packed
 
 from test_compiler import NODES, POOLS, rs, vs
 
@@ -318,7 +317,7 @@ def test_statuses_are_written_off_the_pass_and_the_newest_planned_wins():
     r.queue_statuses([(*key, {"phase": "Pending"})])
     r.queue_statuses([(*key, {"phase": "Ready"}), ("virtualservices", "team-a", "web1", {"phase": "Ready"})])
     assert submitted == [{key}, {key, ("virtualservices", "team-a", "web1")}]
-    assert r.writer._take_statuses(None, {key}) == {key: packed({"phase": "Ready"})}  # waits as compact JSON
+    assert r.writer._take_statuses(None, {key}) == {key: {"phase": "Ready"}}
     assert r.writer._take_statuses(None, {key}) == {}  # taken once
     # The real writer threads: written, and overlaid until the watch has them.
     r.writer._status_writer = None
