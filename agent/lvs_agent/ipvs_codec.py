@@ -297,10 +297,12 @@ def genl_message(family: int, cmd: int, body: bytes, flags: int, seq: int, port:
 
 
 def op_message(op: O.Op, family: int, seq: int,
-               key: Callable[[ServiceKey], bytes] = service_key_nest) -> bytes:
-    """The request (with NLM_F_ACK) that makes one change."""
+               key: Callable[[ServiceKey], bytes] = service_key_nest,
+               flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
+    """The request that makes one change (``flags``: with NLM_F_ACK unless
+    the sender reads failures only)."""
     cmd, body = op_command(op, key)
-    return genl_message(family, cmd, body, NLM_F_REQUEST | NLM_F_ACK, seq)
+    return genl_message(family, cmd, body, flags, seq)
 
 
 # --------------------------------------------------------------------------

@@ -134,14 +134,21 @@ class IPVSConnection(GenlSocket):
 
     # -- messages ------------------------------------------------------------
     def message(self, op: O.Op, seq: int) -> bytes:
-        return op_message(op, self.family, seq, self._key)
+        return op_message(op, self.family, seq, self._key, NLM_F_REQUEST)
 
     # -- changes -------------------------------------------------------------
     def execute(self, ops: Sequence[O.Op]) -> list[str | None]:
-        """Apply IPVS ops in order; per op None or "ERRNAME: message (op)"."""
+        """Apply IPVS ops in order; per op None or "ERRNAME: message (op)".
+
+        The requests ask for no ack: the kernel handles the messages of one
+        send in the sender's own call, in order, and answers each one that
+        fails whatever its flags (netlink_rcv_skb), so by the time send()
+        returns every failure of that chunk is queued on the socket and an op
+        without one succeeded: one read per failure, not one per op."""
         results: list[str | None] = [None] * len(ops)
-        # Each queued ack is an skb whose truesize (~1 KB) counts against the
-        # receive buffer: a chunk's acks stay within half of it.
+        # Each queued answer is an skb whose truesize (~1 KB) counts against
+        # the receive buffer: a chunk's answers, were every op to fail, stay
+        # within half of it.
         max_msgs = max(16, self.rcvbuf // 2048)
         i = 0
         n = len(ops)
@@ -165,32 +172,39 @@ class IPVSConnection(GenlSocket):
                 continue
             try:
                 self._send(b"".join(parts))
-                self._collect_acks(pending, results, ops)
             except OSError as e:
-                # The send failed, or the socket after it: whether the kernel did
-                # each op is not known (settle keeps its claim; the next pass reads).
+                # Whether the kernel did any of them is not known (settle keeps
+                # the claims; the next pass reads).
                 for idx in pending.values():
                     results[idx] = unknown_result(error_text(e.errno or errno.EIO, O.describe(ops[idx])))
+                continue
+            self._take_failures(pending, results, ops)
         return results
 
-    def _collect_acks(self, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
-        """Map each ack to its op. An op whose ack never comes has an unknown
-        outcome, never the socket's errno as if the kernel had refused it: on
-        ENOBUFS the kernel did the ops and dropped their acks (the buffer was
-        full), and a service it created must stay ours."""
-        while pending:
-            try:
-                self._take_acks(self._recv(), pending, results, ops)
-            except OSError as e:  # ENOBUFS (acks overran the buffer), timeout
-                # The acks that did fit may still be queued behind the error.
-                self._drain(pending, results, ops)
-                code = e.errno or errno.EIO
-                for idx in pending.values():
-                    results[idx] = unknown_result(error_text(code, f"no ack: {O.describe(ops[idx])}"))
-                pending.clear()
+    def _take_failures(self, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
+        """Map the failures queued for this chunk to their ops, without
+        waiting. Answers lost to a full receive buffer (ENOBUFS) leave the
+        outcome of every op not answered unknown, never a success: the kernel
+        may have refused it, or done it (a service it created stays ours)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    self._take_answers(self._recv(), pending, results, ops)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    code = e.errno or errno.EIO
+                    for idx in pending.values():
+                        results[idx] = unknown_result(error_text(code, f"no answer: {O.describe(ops[idx])}"))
+                    if code != errno.ENOBUFS:
+                        return
+                    # ENOBUFS is reported once: what is still queued is read on.
+        finally:
+            self.sock.settimeout(ACK_TIMEOUT)
 
     @staticmethod
-    def _take_acks(messages, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
+    def _take_answers(messages, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
         for typ, _, seq, s, _, buf in messages:
             if typ != NLMSG_ERROR:
                 continue
@@ -198,23 +212,7 @@ class IPVSConnection(GenlSocket):
             if idx is None:
                 continue
             code = -I32.unpack_from(buf, s)[0]
-            if code:
-                results[idx] = error_text(code, O.describe(ops[idx]))
-
-    def _drain(self, pending: dict[int, int], results: list, ops: Sequence[O.Op]) -> None:
-        """Read what is queued without waiting: the acks of ``pending`` are
-        mapped, anything else belongs to this chunk and is dropped."""
-        self.sock.setblocking(False)
-        try:
-            while True:
-                try:
-                    self._take_acks(self._recv(), pending, results, ops)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue
-        finally:
-            self.sock.settimeout(ACK_TIMEOUT)
+            results[idx] = error_text(code, O.describe(ops[idx])) if code else None
 
     # -- dumps ---------------------------------------------------------------
     def _request(self, cmd: int, body: bytes, flags: int) -> int:

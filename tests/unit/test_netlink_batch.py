@@ -1,11 +1,12 @@
 """The batch client's mapping of netlink answers to operations.
 
-A fake socket plays the kernel's side: it answers the IPVS family lookup and
-acks every IPVS message sent, in order, with the error code the case gives;
-it can fill its receive buffer (the acks that do not fit are dropped and the
-next read says ENOBUFS, then the queued acks come, as the kernel does), time
-out, or fail the send. The messages are the module's own encoding, the acks
-are built with its own header layout.
+A fake socket plays the kernel's side (netlink_rcv_skb): it answers the
+IPVS family lookup, carries out every IPVS message sent, in order, within the
+send, and answers each one that fails (with the error code the case gives),
+or asks for an ack; it can fill its receive buffer (the answers that do not
+fit are dropped and the next read says ENOBUFS, then the queued answers come,
+as the kernel does) or fail the send. The messages are the module's own
+encoding, the answers are built with its own header layout.
 """
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ class FakeKernel:
     """One netlink socket as the kernel treats it (see the module doc).
 
     ``codes``: op index -> errno the kernel answers it with (0: done).
-    ``fits``: how many acks fit in the receive buffer (None: all).
-    ``send_error``: the send fails with it; ``silent``: no ack ever comes."""
+    ``fits``: how many answers fit in the receive buffer (None: all).
+    ``send_error``: the send fails with it."""
 
     def __init__(self, codes: dict[int, int] | None = None, fits: int | None = None,
-                 send_error: int | None = None, silent: bool = False):
-        self.codes, self.fits, self.send_error, self.silent = codes or {}, fits, send_error, silent
+                 send_error: int | None = None):
+        self.codes, self.fits, self.send_error = codes or {}, fits, send_error
+        self.reads = 0
         self.queue: list[bytes] = []
         self.overrun = False
         self.blocking = True
@@ -67,10 +69,10 @@ class FakeKernel:
         msgs = []
         while off < len(data):
             ln, typ, flags, seq, pid = G.NLH.unpack_from(data, off)
-            msgs.append((typ, data[off:off + 16], seq))
+            msgs.append((typ, data[off:off + 16], seq, flags))
             off += G.pad(ln)
         if msgs[0][0] == G.GENL_ID_CTRL:  # the family lookup
-            _, hdr, seq = msgs[0]
+            _, hdr, seq, _ = msgs[0]
             body = G.nla(G.CTRL_ATTR_FAMILY_ID, G.U16.pack(FAMILY))
             self.queue.append(G.NLH_GENL.pack(20 + len(body), G.GENL_ID_CTRL, 0, seq, 4242,
                                                1, 1, 0) + body)
@@ -78,14 +80,14 @@ class FakeKernel:
             return len(data)
         if self.send_error is not None:
             raise OSError(self.send_error, "send")
-        for typ, hdr, seq in msgs:
+        for typ, hdr, seq, flags in msgs:
             assert typ == FAMILY
             idx = self._ipvs_sent
             self._ipvs_sent += 1
             code = self.codes.get(idx, 0)
             if not code:
                 self.done.append(idx)
-            if self.silent:
+            if not (flags & G.NLM_F_ACK or code):
                 continue
             if self.fits is not None and len(self.queue) >= self.fits:
                 self.overrun = True  # netlink_overrun: the ack is dropped
@@ -94,6 +96,7 @@ class FakeKernel:
         return len(data)
 
     def recv_into(self, buf) -> int:
+        self.reads += 1
         if self.overrun:
             self.overrun = False  # reported once (sock_error clears it)
             raise OSError(errno.ENOBUFS, "No buffer space available")
@@ -128,55 +131,66 @@ def codes(results: list[str | None]) -> list[str]:
 
 CASES = [
     # (name, kernel, ops, expected per op)
-    ("all acked", dict(), 4, [""] * 4),
-    ("the kernel refuses one", dict(codes={1: errno.EEXIST, 3: errno.EINVAL}), 4,
+    ("all done", dict(), 4, [""] * 4),
+    ("the kernel refuses two", dict(codes={1: errno.EEXIST, 3: errno.EINVAL}), 4,
      ["", "EEXIST", "", "EINVAL"]),
-    # Acks 0-2 fit (one of them a refusal), the rest were dropped: the kernel did
-    # those ops, so their outcome is unknown to us, never ENOBUFS as a refusal.
-    ("ENOBUFS after three acks", dict(codes={2: errno.EEXIST}, fits=3), 8,
-     ["", "", "EEXIST"] + ["unknown"] * 5),
-    ("no ack at all (timeout)", dict(silent=True), 3, ["unknown"] * 3),
+    # The answers to ops 0 and 2 fit, those to 4 and 5 were dropped: which of the
+    # ops not answered failed is not known, so none of them is a success, and
+    # none is refused with ENOBUFS either.
+    ("ENOBUFS after two answers", dict(codes={0: errno.EEXIST, 2: errno.EEXIST, 4: errno.EINVAL,
+                                              5: errno.EEXIST}, fits=2), 8,
+     ["EEXIST", "unknown", "EEXIST"] + ["unknown"] * 5),
     ("the send fails", dict(send_error=errno.ENOBUFS), 3, ["unknown"] * 3),
 ]
 
 
 @pytest.mark.parametrize("kernel,n,want", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_each_ack_maps_to_its_op_and_a_missing_ack_is_an_unknown_outcome(monkeypatch, kernel, n, want):
-    """Before: the ops of a chunk whose acks overran the buffer were all marked
-    ENOBUFS (also those whose acks had arrived and were then drained unread),
-    and a failed send by the socket's errno: settle read each as the kernel
-    refusing the op (the timeout case passed already: kept as a guard)."""
+def test_each_failure_maps_to_its_op_and_a_lost_answer_is_an_unknown_outcome(monkeypatch, kernel, n, want):
+    """Before: the ops of a chunk whose answers overran the buffer were all
+    marked ENOBUFS, and a failed send by the socket's errno: settle read each
+    as the kernel refusing the op."""
     k = FakeKernel(**kernel)
     c = connection(k, monkeypatch)
     assert c.family == FAMILY
     assert codes(c.execute(services(n))) == want
 
 
-def test_a_service_created_without_its_ack_stays_ours(monkeypatch):
-    """The kernel created all eight services but only three acks fit: settle
-    keeps the claims of all eight (the next pass reads them back and they are
-    ours), and drops the one the kernel refused. Before: five services the
-    kernel had created became foreign for good."""
-    k = FakeKernel(codes={1: errno.EEXIST}, fits=3)
+def test_a_service_created_without_an_answer_read_stays_ours(monkeypatch):
+    """The kernel refused services 0 and 1 and created the rest, but only the
+    first refusal fit in the buffer: settle keeps the claims of all seven not
+    answered (the next pass reads them back: those in the kernel are ours),
+    and drops the one refusal it read."""
+    k = FakeKernel(codes={0: errno.EEXIST, 1: errno.EEXIST}, fits=1)
     c = connection(k, monkeypatch)
     ops = services(8)
     results = list(zip(ops, c.execute(ops)))
     claimed = Ownership(services={op.key for op in ops}, dests={op.key: set() for op in ops})
     settled = settle(claimed, results)
-    assert settled.services == {op.key for i, op in enumerate(ops) if i != 1}
-    assert k.done == [0, 2, 3, 4, 5, 6, 7]
+    assert settled.services == {op.key for op in ops[1:]}
+    assert k.done == [2, 3, 4, 5, 6, 7]
+
+
+def test_changes_ask_for_no_ack_and_a_chunk_that_succeeds_costs_one_read(monkeypatch):
+    """The kernel answers only failures when no ack is asked for: 300 ops that
+    succeed are one send and one read (finding nothing queued), not 300 reads
+    of acks."""
+    k = FakeKernel()
+    c = connection(k, monkeypatch)
+    k.reads = 0
+    assert codes(c.execute(services(300))) == [""] * 300
+    assert k.reads == 1
 
 
 def test_the_next_chunk_is_read_after_an_overrun(monkeypatch):
-    """An overrun in one chunk does not leak into the next: its acks are read
+    """An overrun in one chunk does not leak into the next: its answers are read
     and mapped to the right ops (sequence numbers, not positions)."""
-    k = FakeKernel(fits=2)
+    k = FakeKernel(codes={i: errno.EEXIST for i in range(4)} | {5: errno.EINVAL}, fits=2)
     c = connection(k, monkeypatch)
     ops = services(6)
     first = c.execute(ops[:4])
     k.fits = None
-    assert codes(first) == ["", "", "unknown", "unknown"]
-    assert codes(c.execute(ops[4:])) == ["", ""]
+    assert codes(first) == ["EEXIST", "EEXIST", "unknown", "unknown"]
+    assert codes(c.execute(ops[4:])) == ["", "EINVAL"]
 
 
 def test_dest_and_delete_messages_are_acked_like_services(monkeypatch):
