@@ -266,6 +266,8 @@ def plan_services(desired: Iterable[Service], observed: Mapping[ServiceKey, Serv
             continue
         if have.attrs() != svc.attrs():
             p.ops.append(O.SetService(svc))
+        if have.dests == svc.dests or have.dests == svc.dests[::-1]:
+            continue  # the kernel lists dests newest first: an unchanged service, either way
         have_dests = {d.key: d for d in have.dests}
         wanted = set()
         for d in svc.dests:

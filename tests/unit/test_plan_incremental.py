@@ -429,3 +429,24 @@ def test_a_sweep_round_repairs_what_a_full_reconcile_repairs(services, drift, sl
     sw_own = sweep_round(spec, sw_k, sw_own, slice_size)
     assert sw_k == full_k
     assert sw_own == full_own
+
+
+@pytest.mark.parametrize("order", ["as in the spec", "newest first, as the kernel lists them"])
+def test_plan_services_reads_an_unchanged_service_in_either_order_and_a_change_in_any(order):
+    """The kernel lists a service's dests newest first: the same dests in the
+    spec's order or reversed are unchanged (no op), while a weight changed,
+    a dest missing or a stranger among them is planned in both orders."""
+    svc = nat_service(80)
+    flip = (lambda ds: ds) if order == "as in the spec" else (lambda ds: ds[::-1])
+    owned = Ownership(services={svc.key}, dests={svc.key: {d.key for d in svc.dests}})
+
+    def ops(have_dests) -> list:
+        return plan_services([svc], {svc.key: replace(svc, dests=flip(tuple(have_dests)))}, owned).ops
+
+    assert ops(svc.dests) == []
+    heavier = replace(svc.dests[0], weight=svc.dests[0].weight + 1)
+    assert ops((heavier,) + svc.dests[1:]) == [O.SetDest(svc, svc.dests[0])]
+    assert ops(svc.dests[1:]) == [O.AddDest(svc, svc.dests[0])]
+    stranger = Dest("10.9.9.9", 80)
+    owned.dests[svc.key].add(stranger.key)
+    assert ops(svc.dests + (stranger,)) == [O.DelDest(svc.key, stranger.key)]
