@@ -87,6 +87,19 @@ def canonical(text: str) -> str:
     return str(ipaddress.ip_address(text))
 
 
+def sort_key(address: str) -> tuple[int, int]:
+    """(4 or 6, the address as an integer), as ``ipaddress`` orders
+    addresses: the C parser for the common forms, ``ipaddress`` for the rest
+    (a scope id, ...), which also raises its ValueError."""
+    for family, version in ((AF_INET, 4), (AF_INET6, 6)):
+        try:
+            return (version, int.from_bytes(inet_pton(family, address), "big"))
+        except (OSError, ValueError):
+            pass
+    ip = ipaddress.ip_address(address)
+    return (ip.version, int(ip))
+
+
 def words(address: str) -> tuple[int, ...]:
     """The address as 32-bit words in network order, as libipvs compares
     them: one word for IPv4, four for IPv6; "" is 0.0.0.0."""

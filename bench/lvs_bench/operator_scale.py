@@ -35,6 +35,7 @@ from typing import Any, Callable
 import yaml
 
 from . import report as R
+from .apiserver_writes import request_counts
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "lvs.kube-lvs.io", "v1alpha1"
@@ -161,14 +162,9 @@ def status_writes(cp: Any) -> int:
 
 
 def count_status_writes(metrics: str) -> int:
-    total = 0.0
-    for line in metrics.splitlines():
-        if (line.startswith("apiserver_request_total{") and 'verb="PATCH"' in line
-                and 'subresource="status"' in line and f'group="{GROUP}"' in line
-                and ('resource="virtualservices"' in line or 'resource="realservers"' in line)
-                and 'code="2' in line):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    """Successful VirtualService and RealServer status PATCHes so far."""
+    counts = request_counts(metrics, GROUP)
+    return sum(counts.get((kind, "status", "PATCH"), 0) for kind in ("virtualservices", "realservers"))
 
 
 def _proc_status(pid: int) -> dict[str, str]:

@@ -28,13 +28,12 @@ stamps conditions whose status changed). No I/O.
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from lvs_model import channel as C
+from lvs_model.addresses import sort_key as address_key
 from lvs_model.errors import FieldError
 from lvs_model.nodespec import (BackendVip, Dest, LocalAddress, NodeSpec, ReplyRoute, Service,
                                 ServiceKey, dump_node_spec)
@@ -158,23 +157,11 @@ def _fmt_errors(errors: Iterable[FieldError]) -> str:
     return "; ".join(str(e) for e in errors)
 
 
-def _ip_key(address: str) -> tuple[int, int]:
-    """(4 or 6, the address as an integer): the C parser for the common
-    forms, ipaddress's for the rest (a scope id, ...), same order either way."""
-    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
-        try:
-            return (version, int.from_bytes(socket.inet_pton(family, address), "big"))
-        except (OSError, ValueError):
-            pass
-    ip = ipaddress.ip_address(address)
-    return (ip.version, int(ip))
-
-
 SortKey = Callable[[str, int], tuple]
 
 
 def _ip_sort_key(address: str, port: int) -> tuple:
-    return (*_ip_key(address), port)
+    return (*address_key(address), port)
 
 
 def _pool_hint(vs: VirtualService, svc: Service) -> str:
@@ -274,7 +261,7 @@ def compile_cluster(virtualservices: Iterable[Mapping[str, Any]] = (),
     _memo = cache.memo
     # Same NodeSpec (frozen, hashable), same document: callers never mutate it.
     _dump_node_spec = cache.calls(dump_node_spec)
-    ip_key = cache.calls(_ip_key)
+    ip_key = cache.calls(address_key)
 
     def sort_key(address: str, port: int) -> tuple:
         return (*ip_key(address), port)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from lvs_model import channel as C
+from lvs_model.addresses import sort_key
 
 from .compiler import Event
 from .crmodel import VirtualService, backend_errors
@@ -137,11 +138,6 @@ def _family(vs: VirtualService) -> str:
     return "IPv6" if vs.spec.get("family") == "ipv6" else "IPv4"
 
 
-def _ip_key(address: str) -> tuple[int, int]:
-    ip = ipaddress.ip_address(address)
-    return (ip.version, int(ip))
-
-
 def endpoints_of(vs: VirtualService, service: Mapping[str, Any] | None,
                  slices: list[Mapping[str, Any]]) -> dict[tuple[str, int], tuple[int, Mapping[str, Any]]]:
     """(address, port) -> (weight, endpoint) for every endpoint of the
@@ -229,7 +225,7 @@ def derive_realservers(virtualservices: Iterable[Mapping[str, Any]], services: I
         claimed = {(str((r.get("spec") or {}).get("address")), int((r.get("spec") or {}).get("port") or default_port))
                    for r in mine if not is_derived(r)}
         eps = endpoints_of(vs, svc_objs.get(ref), sorted(by_service.get(ref, ()), key=_ns_name))
-        keys = sorted((k for k in eps if k not in claimed), key=lambda k: (*_ip_key(k[0]), k[1]))
+        keys = sorted((k for k in eps if k not in claimed), key=lambda k: (*sort_key(k[0]), k[1]))
         if len(keys) > MAX_ENDPOINTS:
             have = sum(1 for r in mine if is_derived(r))
             if have < MAX_ENDPOINTS:

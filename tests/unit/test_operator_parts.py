@@ -243,13 +243,13 @@ def test_project_keeps_parts_of_a_plain_body_and_copies_a_view():
                                      "::ffff:10.0.0.1", "fe80::1%eth0"])
 def test_ip_key_is_ipaddress_version_and_integer(address):
     import ipaddress
-    from lvs_operator.compiler import _ip_key
+    from lvs_model.addresses import sort_key as _ip_key
     ip = ipaddress.ip_address(address)
     assert _ip_key(address) == (ip.version, int(ip))
 
 
 def test_ip_key_refuses_what_ipaddress_refuses():
-    from lvs_operator.compiler import _ip_key
+    from lvs_model.addresses import sort_key as _ip_key
     for bad in ("010.0.0.1", "1.2.3", "10.0.0.1 ", "x"):
         with pytest.raises(ValueError):
             _ip_key(bad)
